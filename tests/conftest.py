@@ -1,0 +1,61 @@
+"""Test session setup: 8 simulated CPU devices, no network, no GPU.
+
+The flag must be set before jax is imported anywhere, which is why it lives
+here. Tests that need a single device build a mesh over `jax.devices()[:1]`.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def digits_data_dir(tmp_path_factory) -> str:
+  """A TFDS data dir with `digits` and `digits_m` built once for the session."""
+  from tljax.data import open_domain
+
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  for name in ("digits", "digits_m"):
+    open_domain(name, "train", data_dir=data_dir)
+  return data_dir
+
+
+def tiny_config(data_dir: str, **overrides):
+  """The default digits config shrunk to seconds: a narrow CNN, small batches, few steps."""
+  import sys
+  sys.path.insert(0, str(REPO))
+  from configs import default
+
+  config = default.get_config()
+  config.data_dir = data_dir
+  config.model.backbone_kwargs.widths = (8, 8, 16)
+  config.model.bottleneck_dim = 32
+  config.batch_size = 16
+  config.eval_batch_size = 128
+  config.total_steps = 6
+  config.log_every = 2
+  config.eval_every = 3
+  config.checkpoint_every = 3
+  config.data.num_threads = 0
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+@pytest.fixture
+def make_config(digits_data_dir):
+  return lambda **overrides: tiny_config(digits_data_dir, **overrides)

@@ -1,0 +1,178 @@
+"""End to end: one command, its files, resumption, devices, and bad input."""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import REPO
+from tljax import optim, train
+
+
+def _final_params(workdir):
+  manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"))
+  step = manager.latest_step()
+  restored = manager.restore(step)
+  flat = jax.tree_util.tree_flatten_with_path(restored["params"])[0]
+  return step, {optim.path_str(p): np.asarray(v) for p, v in flat}
+
+
+def _jsonl(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_end_to_end_run_writes_its_files(make_config, tmp_path, caplog):
+  caplog.set_level(logging.INFO)
+  workdir = str(tmp_path / "run")
+  results = train.train_and_evaluate(make_config(), workdir, devices=jax.devices()[:1])
+  with open(os.path.join(workdir, "results.json")) as f:
+    on_disk = json.load(f)
+  for key in ("target_accuracy", "source_accuracy", "step", "config", "versions",
+              "target_per_class_accuracy"):
+    assert key in on_disk
+  assert on_disk["step"] == 6 and on_disk["target_accuracy"] == results["target_accuracy"]
+  assert 0.0 <= on_disk["target_accuracy"] <= 1.0 and len(on_disk["target_per_class_accuracy"]) == 10
+  assert on_disk["config"]["source"] == "digits" and on_disk["versions"]["jax"] == jax.__version__
+  lines = _jsonl(workdir)
+  assert [l["step"] for l in lines if l["kind"] == "train"] == [2, 4, 6]
+  assert [l["step"] for l in lines if l["kind"] == "eval"] == [3, 6]
+  assert all(np.isfinite(l["loss"]) for l in lines if l["kind"] == "train")
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+  progress = [r.getMessage() for r in caplog.records if "steps/s" in r.getMessage()]
+  assert progress and "ETA" in progress[-1] and "step 6/6" in progress[-1]
+  # Re-running a finished run restores it and reports the same numbers.
+  again = train.train_and_evaluate(make_config(), workdir, devices=jax.devices()[:1])
+  assert again["target_accuracy"] == results["target_accuracy"] and again["step"] == 6
+
+
+def test_one_device_and_eight_devices_agree(make_config, tmp_path):
+  runs = {}
+  for n in (1, 8):
+    workdir = str(tmp_path / f"devices{n}")
+    train.train_and_evaluate(make_config(), workdir, devices=jax.devices()[:n])
+    runs[n] = (_final_params(workdir)[1], _jsonl(workdir))
+  (params_1, log_1), (params_8, log_8) = runs[1], runs[8]
+  assert params_1.keys() == params_8.keys()
+  for k in params_1:
+    np.testing.assert_allclose(params_8[k], params_1[k], rtol=1e-5, atol=1e-5, err_msg=k)
+  for a, b in zip(log_1, log_8):
+    if a["kind"] == "train":
+      np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-5)
+
+
+def test_non_finite_loss_stops_with_a_clear_message(make_config, tmp_path):
+  config = make_config(**{"optimizer.learning_rate": float("nan")})
+  with pytest.raises(train.NonFiniteError, match=r"step 2: .*not finite.*learning_rate"):
+    train.train_and_evaluate(config, str(tmp_path / "nan"), devices=jax.devices()[:1])
+
+
+def test_unwritable_workdir(make_config, tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  with pytest.raises(PermissionError, match="cannot write to --workdir"):
+    train.train_and_evaluate(make_config(), str(blocker / "run"), devices=jax.devices()[:1])
+
+
+def test_unknown_dataset(make_config, tmp_path):
+  with pytest.raises(ValueError, match="unknown dataset 'office_99'"):
+    train.train_and_evaluate(make_config(target="office_99"), str(tmp_path / "x"),
+                             devices=jax.devices()[:1])
+
+
+def test_uncovered_param_groups_in_a_run(make_config, tmp_path):
+  with pytest.raises(ValueError, match="covers no group for"):
+    train.train_and_evaluate(make_config(param_groups=[("head/.*", 1.0)]), str(tmp_path / "x"),
+                             devices=jax.devices()[:1])
+
+
+# ----------------------------------------------------------------------------
+# The command line, in subprocesses (one simulated device each).
+# ----------------------------------------------------------------------------
+
+_TINY = ["--config.model.backbone_kwargs.widths=(8,8,16)", "--config.model.bottleneck_dim=32",
+         "--config.batch_size=16", "--config.eval_batch_size=128", "--config.log_every=5",
+         "--config.data.num_threads=0"]
+
+
+def _command(data_dir, workdir, *extra):
+  return [sys.executable, "-m", "tljax.main", "--config=configs/source_only.py:digits",
+          f"--workdir={workdir}", f"--config.data_dir={data_dir}", *_TINY, *extra]
+
+
+def _env():
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  return env
+
+
+def _wait_for(path, process, timeout=300):
+  start = time.time()
+  while not os.path.exists(path):
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    assert time.time() - start < timeout
+    time.sleep(0.02)
+
+
+_RESUME_ARGS = ("--config.total_steps=400", "--config.checkpoint_every=20",
+                "--config.eval_every=200")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(digits_data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+  subprocess.run(_command(digits_data_dir, workdir, *_RESUME_ARGS), cwd=REPO, env=_env(),
+                 check=True, capture_output=True)
+  return workdir
+
+
+def _assert_same_run(workdir, reference):
+  step, params = _final_params(workdir)
+  ref_step, ref_params = _final_params(reference)
+  assert step == ref_step == 400
+  for k in ref_params:
+    assert params[k].tobytes() == ref_params[k].tobytes(), k
+  with open(os.path.join(workdir, "results.json")) as f, open(os.path.join(reference, "results.json")) as g:
+    a, b = json.load(f), json.load(g)
+  for key in ("target_accuracy", "source_accuracy", "target_per_class_accuracy"):
+    assert a[key] == b[key]
+  evals = lambda d: [l for l in _jsonl(d) if l["kind"] == "eval"]
+  assert evals(workdir) == evals(reference)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_interrupted_run_resumes_bit_identically(digits_data_dir, tmp_path, uninterrupted, sig):
+  workdir = str(tmp_path / "interrupted")
+  command = _command(digits_data_dir, workdir, *_RESUME_ARGS)
+  process = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+  _wait_for(os.path.join(workdir, "checkpoints", "40"), process)
+  process.send_signal(sig)
+  _, stderr = process.communicate(timeout=120)
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+  if sig == signal.SIGKILL:
+    assert process.returncode == -signal.SIGKILL
+  else:  # SIGTERM saves the step it reached before exiting
+    assert process.returncode == 128 + signal.SIGTERM, stderr.decode()[-2000:]
+    assert b"SIGTERM: saved the checkpoint" in stderr
+    assert steps[-1] >= 40 and steps[-1] < 400
+  subprocess.run(command, cwd=REPO, env=_env(), check=True, capture_output=True)
+  _assert_same_run(workdir, uninterrupted)
+
+
+def test_cli_rejects_an_unknown_config_key(digits_data_dir, tmp_path):
+  result = subprocess.run(_command(digits_data_dir, str(tmp_path / "x"), "--config.totl_steps=5"),
+                          cwd=REPO, env=_env(), capture_output=True, text=True)
+  assert result.returncode != 0
+  assert "'totl_steps'; did you mean 'total_steps'?" in result.stderr
+  assert "Traceback" not in result.stderr

@@ -1,0 +1,118 @@
+"""Benchmark of the train step a config describes: compile time, steps/s, memory.
+
+    python -m tljax.bench --config=configs/source_only.py:digits [--steps=50] [--out=FILE.json]
+    python -m tljax.bench --config=configs/dan.py:digits --compare_source_only
+
+Runs the jitted train step of `tljax.train` on synthetic batches of the
+config's shapes (no data pipeline), over all devices. With
+`--compare_source_only`, the same config with `method.name=source_only` is timed
+too and the method's step time is reported as a ratio to it.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from ml_collections import config_flags
+
+from tljax import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (with ':arg').")
+_STEPS = flags.DEFINE_integer("steps", 50, "Timed steps (after compilation).")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
+_NUM_CLASSES = flags.DEFINE_integer("num_classes", 10, "Classes of the synthetic task.")
+_COMPARE = flags.DEFINE_bool("compare_source_only", False, "Also time source_only and report the ratio.")
+_OUT = flags.DEFINE_string("out", None, "Write the figures as JSON here.")
+flags.mark_flag_as_required("config")
+
+
+def time_train_step(config: ml_collections.ConfigDict, *, num_classes: int, steps: int,
+                    warmup: int) -> dict[str, float]:
+  """Compile time, seconds per step, images/s and XLA's memory figures of one config."""
+  devices = jax.devices()
+  mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  batch_sharding = NamedSharding(mesh, P("data"))
+  setup = train.build(config, num_classes, mesh)
+  rng = np.random.default_rng(0)
+  size = config.data.image_size
+  shape = (config.batch_size, size, size, 3)
+
+  def batch(with_labels: bool):
+    b = {"image": rng.standard_normal(shape, dtype=np.float32)}
+    if with_labels:
+      b["label"] = rng.integers(0, num_classes, config.batch_size).astype(np.int32)
+    return jax.device_put(b, batch_sharding)
+
+  source, target = batch(True), batch(False)
+  state = setup.state
+  start = time.perf_counter()
+  compiled = setup.train_step.lower(state, source, target).compile()
+  compile_s = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  for _ in range(warmup):
+    state, metrics = compiled(state, source, target)
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = compiled(state, source, target)
+  jax.block_until_ready((state, metrics))
+  step_s = (time.perf_counter() - start) / steps
+  figures = {
+      "compile_s": compile_s,
+      "step_ms": 1e3 * step_s,
+      "steps_per_s": 1.0 / step_s,
+      "images_per_s": 2 * config.batch_size / step_s,  # source + target
+  }
+  if memory is not None:
+    figures["step_temp_mib"] = memory.temp_size_in_bytes / 2**20
+    figures["step_args_mib"] = memory.argument_size_in_bytes / 2**20
+    figures["step_peak_mib_estimate"] = (memory.temp_size_in_bytes + memory.argument_size_in_bytes
+                                         + memory.output_size_in_bytes
+                                         - memory.alias_size_in_bytes) / 2**20
+  stats = devices[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    figures["device_peak_mib"] = stats["peak_bytes_in_use"] / 2**20
+  figures["process_max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  return figures
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  print(f"backend {jax.default_backend()}, {jax.device_count()} device(s), "
+        f"batch {config.batch_size} source + {config.batch_size} target, "
+        f"{config.data.image_size} px, model {config.model.name}")
+  rows = {}
+  configs = [(config.method.name, config)]
+  if _COMPARE.value and config.method.name != "source_only":
+    baseline = ml_collections.ConfigDict(config.to_dict())
+    baseline.method = ml_collections.ConfigDict({"name": "source_only"})
+    configs.insert(0, ("source_only", baseline))
+  for name, cfg in configs:
+    rows[name] = time_train_step(cfg, num_classes=_NUM_CLASSES.value, steps=_STEPS.value,
+                                 warmup=_WARMUP.value)
+    figures = rows[name]
+    print(f"{name:>14}: compile {figures['compile_s']:.2f} s | step {figures['step_ms']:.1f} ms "
+          f"| {figures['steps_per_s']:.2f} steps/s | {figures['images_per_s']:.0f} images/s"
+          + (f" | XLA peak ~{figures['step_peak_mib_estimate']:.1f} MiB" if "step_peak_mib_estimate" in figures else "")
+          + f" | max RSS {figures['process_max_rss_mib']:.0f} MiB")
+  if "source_only" in rows and len(rows) == 2:
+    ratio = rows[config.method.name]["step_ms"] / rows["source_only"]["step_ms"]
+    print(f"{config.method.name} step / source_only step = {ratio:.3f}")
+    rows["ratio_to_source_only"] = ratio
+  if _OUT.value:
+    with open(_OUT.value, "w") as f:
+      json.dump({"config": config.to_dict(), "backend": jax.default_backend(),
+                 "devices": jax.device_count(), "results": rows}, f, indent=2, default=str)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,94 @@
+"""Command-line entry point.
+
+    python -m tljax.main --config=configs/<file>.py:<arg> --workdir=DIR [--config.key=value ...]
+
+Runs `tljax.train.train_and_evaluate`; rerunning the same command resumes from
+the latest checkpoint in DIR.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+import re
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file, with an optional ':arg'.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for multi-process runs that "
+    "jax.distributed cannot detect from the environment (SLURM, TPU pods).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "Call jax.distributed.initialize(): 'auto' does when the flags above are given or "
+    "a cluster environment (SLURM, TPU pod, Open MPI) is detected.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _TljaxInfoOnly(std_logging.Filter):
+  """Console: tljax's own INFO lines (progress, evaluation), everyone's warnings."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or f"{os.sep}tljax{os.sep}" in record.pathname
+
+
+def _cluster_environment() -> bool:
+  return any(v in os.environ for v in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
+                                       "TPU_WORKER_HOSTNAMES", "CLOUD_TPU_TASK_ID")) and (
+      int(os.environ.get("SLURM_NTASKS", "2")) > 1)
+
+
+_started = False
+
+
+def main(argv):
+  global _started
+  _started = True
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # TF only builds/reads data here
+  logging.get_absl_handler().addFilter(_TljaxInfoOnly())
+  import jax  # pylint: disable=g-import-not-at-top
+
+  explicit = _COORDINATOR.value is not None
+  if _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and (explicit or _cluster_environment())):
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+  if jax.process_index() > 0:
+    logging.set_verbosity(logging.WARNING)
+
+  from tljax import train  # pylint: disable=g-import-not-at-top
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, PermissionError, FileNotFoundError, train.NonFiniteError) as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+def run() -> None:
+  """`app.run(main)`, turning a bad `--config.*` override into a one-line error."""
+  try:
+    app.run(main)
+  except (KeyError, AttributeError) as e:
+    if _started:
+      raise
+    message = str(e)
+    key = re.search(r"'([A-Za-z0-9_]+)", message)
+    suggestion = re.search(r'Did you mean "([^"]+)"', message)
+    sys.exit("error: a --config.* override names a field the config does not have"
+             + (f": {key.group(1)!r}" if key else f" ({message})")
+             + (f"; did you mean {suggestion.group(1)!r}?" if suggestion else ".")
+             + " The config file lists every field.")
+
+
+if __name__ == "__main__":
+  run()

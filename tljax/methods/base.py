@@ -1,0 +1,54 @@
+"""How a domain-adaptation method joins the train step.
+
+The step runs the classifier once on the concatenated source + target batch
+(so BatchNorm sees both domains, as in TLlib) and hands the split outputs to
+the method. A method is a linen module: it may own parameters and BatchNorm
+statistics (a domain discriminator, an adversarial head), which live in the
+train state beside the classifier's under their own top-level names, so
+`config.param_groups` addresses them like any other parameter
+(`discriminator/.*`). It returns the term added to the source cross-entropy,
+already weighted by its `trade_off`, and metrics to log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+@flax.struct.dataclass
+class DomainOutputs:
+  """The classifier's outputs on one step's source and target batches."""
+
+  source_features: jax.Array
+  target_features: jax.Array
+  source_logits: jax.Array
+  target_logits: jax.Array
+  source_labels: jax.Array
+
+
+class Method(nn.Module):
+  """A method's transfer term. Subclasses override `__call__`.
+
+  Called as `method.apply(variables, outputs, step=step, train=train,
+  rngs=..., mutable=['batch_stats'])`; `step` is the traced global step (for
+  warm-start schedules inside the jitted step).
+  """
+
+  trade_off: float = 1.0
+
+  def __call__(self, outputs: DomainOutputs, *, step: jax.Array,
+               train: bool = True) -> tuple[jax.Array, dict[str, Any]]:
+    raise NotImplementedError
+
+
+class SourceOnly(Method):
+  """No adaptation: the classifier trains on labelled source data only."""
+
+  def __call__(self, outputs, *, step, train=True):
+    del outputs, step, train
+    return jnp.zeros((), jnp.float32), {}

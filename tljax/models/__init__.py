@@ -1,0 +1,89 @@
+"""Backbones by name, and the classifier built from `config.model`.
+
+A backbone module registers itself with `@register("name")`; its factory takes
+keyword arguments (`dtype`, `frozen_norm`, plus its own) and returns a linen
+module mapping `(B, H, W, C)` images to pooled `(B, D)` features.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+import jax.numpy as jnp
+import ml_collections
+
+from tljax.models.classifier import Bottleneck, Classifier  # noqa: F401
+
+_BACKBONES: dict[str, Callable[..., Any]] = {}
+# Modules imported on first lookup, so that each backbone registers itself.
+_BACKBONE_MODULES = (
+    "tljax.models.small_cnn",
+    "tljax.models.resnet",
+    "tljax.models.vit",
+    "tljax.models.vgg",
+)
+
+
+def register(name: str):
+  """Class or function decorator adding a backbone factory under `name`."""
+
+  def wrap(factory):
+    if name in _BACKBONES:
+      raise ValueError(f"backbone {name!r} is registered twice")
+    _BACKBONES[name] = factory
+    return factory
+
+  return wrap
+
+
+def _import_all() -> None:
+  for module in _BACKBONE_MODULES:
+    try:
+      importlib.import_module(module)
+    except ModuleNotFoundError as e:
+      if e.name != module:  # a real import error inside the module
+        raise
+
+
+def backbone_names() -> list[str]:
+  _import_all()
+  return sorted(_BACKBONES)
+
+
+def get_backbone(name: str, **kwargs) -> Any:
+  _import_all()
+  if name not in _BACKBONES:
+    raise ValueError(
+        f"unknown backbone {name!r}; config.model.name must be one of "
+        f"{', '.join(backbone_names())}")
+  return _BACKBONES[name](**kwargs)
+
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def create_classifier(model_config: ml_collections.ConfigDict, num_classes: int,
+                      frozen_norm: str = "") -> Classifier:
+  """Builds the `Classifier` that `config.model` describes.
+
+  Args:
+    model_config: `name` (backbone), `bottleneck_dim`, `bottleneck_dropout`,
+      `dtype` (compute dtype; parameters stay fp32), and `backbone_kwargs`.
+    num_classes: classes of the task.
+    frozen_norm: regex of BatchNorm module paths that keep running statistics.
+  """
+  if model_config.get("dtype", "float32") not in _DTYPES:
+    raise ValueError(f"config.model.dtype must be one of {sorted(_DTYPES)}, "
+                     f"got {model_config.dtype!r}")
+  dtype = _DTYPES[model_config.get("dtype", "float32")]
+  kwargs = dict(model_config.get("backbone_kwargs", {}) or {})
+  backbone = get_backbone(model_config.name, dtype=dtype, frozen_norm=frozen_norm, **kwargs)
+  return Classifier(
+      backbone=backbone,
+      num_classes=num_classes,
+      bottleneck_dim=model_config.get("bottleneck_dim", 0),
+      bottleneck_dropout=model_config.get("bottleneck_dropout", 0.5),
+      frozen_norm=frozen_norm,
+      dtype=dtype,
+  )

@@ -1,0 +1,113 @@
+"""A small convnet for the digits tasks (28-32 px), registered as `small_cnn`.
+
+Three conv -> BatchNorm -> ReLU -> max-pool blocks, flattened. On CPUs, XLA's
+backward convolutions for such small layers are several times slower than the
+matrix products they amount to, so the convolutions can run as a slice-based
+im2col (`conv_impl='im2col'`: gather the k*k shifted views, one matmul). Both
+implementations share the parameter layout of `nn.Conv` (HWIO kernel, bias) and
+compute the same function; `'auto'` picks im2col on CPU and XLA's convolution on
+accelerators.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tljax.models import register
+from tljax.models.layers import BatchNorm
+
+
+class Conv(nn.Module):
+  """'SAME'-padded, stride-1 2D convolution with `nn.Conv`'s parameters."""
+
+  features: int
+  kernel_size: int
+  impl: str = "auto"
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel_size
+    in_features = x.shape[-1]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (k, k, in_features, self.features), jnp.float32)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    impl = self.impl
+    if impl == "auto":
+      impl = "im2col" if jax.default_backend() == "cpu" else "xla"
+    if impl == "xla":
+      y = jax.lax.conv_general_dilated(
+          x, kernel, window_strides=(1, 1), padding="SAME",
+          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    elif impl == "im2col":
+      height, width = x.shape[1:3]
+      before = (k - 1) // 2
+      padded = jnp.pad(x, ((0, 0), (before, k - 1 - before), (before, k - 1 - before), (0, 0)))
+      # (B, H, W, k*k*C) in the kernel's (kh, kw, C) order.
+      patches = jnp.concatenate(
+          [padded[:, i:i + height, j:j + width, :] for i in range(k) for j in range(k)],
+          axis=-1)
+      y = patches @ kernel.reshape(k * k * in_features, self.features)
+    else:
+      raise ValueError(f"conv_impl must be 'auto', 'xla' or 'im2col', got {impl!r}")
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
+    return y
+
+
+def _max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2/2 max-pool ('SAME': odd sizes padded with -inf), as `nn.max_pool`.
+
+  Written as the elementwise maximum of the four strided views: its gradient is
+  several times faster on CPU than reduce-window's select-and-scatter. (A
+  reshape + `max` would be faster still, but its gradient finds the winner by
+  comparing the input with the output; once XLA recomputes a fused input with
+  different rounding, that comparison fails and the gradient is silently lost.)
+  """
+  height, width = x.shape[1:3]
+  pad_h, pad_w = height % 2, width % 2
+  if pad_h or pad_w:
+    x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), constant_values=-jnp.inf)
+  return jnp.maximum(jnp.maximum(x[:, 0::2, 0::2], x[:, 0::2, 1::2]),
+                     jnp.maximum(x[:, 1::2, 0::2], x[:, 1::2, 1::2]))
+
+
+class SmallCNN(nn.Module):
+  """Conv blocks -> flattened features.
+
+  Attributes:
+    widths: output channels of the three blocks.
+    kernel_sizes: kernel size of each block.
+    conv_impl: 'auto', 'xla' or 'im2col' (see module docstring).
+    frozen_norm: regex of BatchNorm paths that keep running statistics.
+    dtype: compute dtype.
+  """
+
+  widths: Sequence[int] = (32, 64, 128)
+  kernel_sizes: Sequence[int] = (5, 5, 3)
+  conv_impl: str = "auto"
+  frozen_norm: str = ""
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    x = images.astype(self.dtype)
+    for i, (width, size) in enumerate(zip(self.widths, self.kernel_sizes)):
+      # No bias: the BatchNorm after it removes any (its gradient is only rounding noise).
+      x = Conv(width, size, impl=self.conv_impl, use_bias=False, dtype=self.dtype,
+               name=f"conv{i + 1}")(x)
+      x = BatchNorm(frozen=self.frozen_norm, momentum=0.9, epsilon=1e-5,
+                    dtype=self.dtype, name=f"bn{i + 1}")(x, train)
+      x = nn.relu(x)
+      x = _max_pool_2x2(x)
+    return x.reshape(x.shape[0], -1)
+
+
+@register("small_cnn")
+def small_cnn(**kwargs) -> SmallCNN:
+  return SmallCNN(**kwargs)
