@@ -115,15 +115,24 @@ def train_step(state: TrainState, source: dict, target: dict, *, classifier: nn.
 
   def loss_fn(params):
     cls_vars, method_vars = _variables(params, state.model_state)
-    # One forward pass over [source; target], so BatchNorm normalises both domains
-    # together (TLlib's convention). The layout is the same for any number of
-    # devices, which keeps position-dependent randomness (dropout) identical too.
-    images = jnp.concatenate([source["image"], target["image"]])
-    num_source = source["image"].shape[0]
-    (features, logits), cls_updates = classifier.apply(
-        cls_vars, images, train=True, mutable=mutable, rngs={"dropout": dropout_rng})
-    source_features, target_features = features[:num_source], features[num_source:]
-    source_logits, target_logits = logits[:num_source], logits[num_source:]
+    if method.joint_forward:
+      # One pass over [source; target]: BatchNorm normalises both domains together.
+      # The layout does not depend on the number of devices, so neither does
+      # position-dependent randomness (dropout).
+      images = jnp.concatenate([source["image"], target["image"]])
+      (features, logits), cls_updates = classifier.apply(
+          cls_vars, images, train=True, mutable=mutable, rngs={"dropout": dropout_rng})
+      num_source = source["image"].shape[0]
+      source_features, target_features = features[:num_source], features[num_source:]
+      source_logits, target_logits = logits[:num_source], logits[num_source:]
+    else:
+      # One pass per domain, source first; running statistics see both in turn.
+      source_rng, target_rng = jax.random.split(dropout_rng)
+      (source_features, source_logits), cls_updates = classifier.apply(
+          cls_vars, source["image"], train=True, mutable=mutable, rngs={"dropout": source_rng})
+      (target_features, target_logits), cls_updates = classifier.apply(
+          {**cls_vars, **cls_updates}, target["image"], train=True, mutable=mutable,
+          rngs={"dropout": target_rng})
     outputs = DomainOutputs(source_features, target_features, source_logits,
                             target_logits, source["label"])
     cls_loss = optax.softmax_cross_entropy_with_integer_labels(

@@ -1,20 +1,27 @@
 """Batches for the sharded train step: infinite training streams and padded evaluation.
 
 Everything is a pure function of indices, which is what makes runs reproducible
-and resumable: the global stream of a domain is `shuffle(seed, epoch)` of its
-examples repeated forever, with augmentation seeded by the position in the
-stream; the global batch of step `s` is stream elements `[s*B, (s+1)*B)`; process
-`p` of `P` reads only the contiguous block `[s*B + p*B/P, s*B + (p+1)*B/P)` of
-it, the block its own devices hold in the `('data',)` mesh. Resuming at step `s`
-starts reading at `s` — no state to checkpoint, no data replayed.
+and resumable:
 
-grain (`MapDataset`) provides the random access, the per-example seeding and the
-multithreaded reading.
+- the global stream of a domain visits its examples in a fresh permutation
+  every epoch, `permutation(seed, epoch)`, so stream position `g` holds example
+  `permutation(seed, g // n)[g % n]`;
+- the global batch of step `s` is stream positions `[s*B, (s+1)*B)`;
+- the example at position `g` is augmented with a generator seeded by
+  `(seed, g)`, independent of the number of processes;
+- process `p` of `P` reads only the contiguous block
+  `[s*B + p*B/P, s*B + (p+1)*B/P)`, the block its own devices hold in the
+  `('data',)` mesh.
+
+Resuming at step `s` starts reading at `s`: no iterator state to checkpoint, no
+data replayed. grain runs the batch assembly (reading, decoding, augmenting)
+in background threads, several steps ahead of the train step.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+import functools
+from typing import Any, Iterator, Sequence
 
 import grain
 import numpy as np
@@ -32,56 +39,75 @@ def _local_batch_size(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
-def _process_block(global_batch_size: int, process_index: int, process_count: int):
-  """Maps a process-local position to its position in the global stream."""
-  local = _local_batch_size(global_batch_size, process_count)
-
-  def to_global(position: int) -> int:
-    return (position // local) * global_batch_size + process_index * local + position % local
-
-  return to_global
+@functools.lru_cache(maxsize=8)
+def _epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+  return np.random.default_rng((seed, epoch)).permutation(num_examples)
 
 
-def _read_options(num_threads: int, prefetch: int) -> grain.ReadOptions:
-  return grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+def stream_indices(positions: np.ndarray, *, seed: int, num_examples: int) -> np.ndarray:
+  """Example indices at the given positions of a domain's infinite training stream."""
+  epochs, offsets = np.divmod(positions, num_examples)
+  out = np.empty_like(positions)
+  for epoch in np.unique(epochs):
+    where = epochs == epoch
+    out[where] = _epoch_permutation(seed, int(epoch), num_examples)[offsets[where]]
+  return out
+
+
+def _read(source: Sequence[dict[str, Any]], indices: np.ndarray) -> list[dict[str, Any]]:
+  get_batch = getattr(source, "get_batch", None)
+  if get_batch is not None:  # in-memory sources hand out many examples at once
+    return get_batch(indices)
+  return [source[int(i)] for i in indices]
 
 
 def _stack(examples: list[dict[str, Any]]) -> Batch:
   return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
+def _preprocess_all(examples, positions, preprocess: PreprocessFn, seed: int):
+  return [preprocess(example, np.random.default_rng((seed, int(position))))
+          for example, position in zip(examples, positions)]
+
+
+def _read_options(num_threads: int, prefetch: int) -> grain.ReadOptions:
+  return grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+
+
 def train_batches(domain: Domain, *, global_batch_size: int, preprocess: PreprocessFn,
                   seed: int, start_step: int = 0, process_index: int = 0,
-                  process_count: int = 1, num_threads: int = 4,
-                  prefetch: int = 256) -> Iterator[Batch]:
+                  process_count: int = 1, num_threads: int = 2,
+                  prefetch: int = 4) -> Iterator[Batch]:
   """This process's share of the global batches of steps `start_step, ...`.
 
   Args:
     domain: the examples.
     global_batch_size: examples per step over all processes.
     preprocess: per-example function `(example, rng) -> example`.
-    seed: data seed (shuffling and augmentation).
+    seed: data seed (order and augmentation).
     start_step: the first step to produce (for resuming).
     process_index: `jax.process_index()`.
     process_count: `jax.process_count()`.
-    num_threads: reader threads.
-    prefetch: examples read ahead.
+    num_threads: background threads assembling batches (0: in the caller's thread).
+    prefetch: batches assembled ahead.
 
   Yields:
     `{'image': (b, H, W, C) float32, 'label': (b,) int32}` with
     `b = global_batch_size / process_count`.
   """
-  if len(domain) == 0:
+  n = len(domain)
+  if n == 0:
     raise ValueError(f"{domain.name}:{domain.split} has no examples")
-  stream = (grain.MapDataset.source(domain.source).seed(seed).shuffle().repeat()
-            .random_map(preprocess))
-  to_global = _process_block(global_batch_size, process_index, process_count)
-  local_size = _local_batch_size(global_batch_size, process_count)
-  local = (grain.MapDataset.range(start_step * local_size, 2**62)
-           .map(lambda position: stream[to_global(position)]))
-  examples = iter(local.to_iter_dataset(_read_options(num_threads, prefetch)))
-  while True:
-    yield _stack([next(examples) for _ in range(local_size)])
+  local = _local_batch_size(global_batch_size, process_count)
+
+  def make_batch(step: int) -> Batch:
+    start = step * global_batch_size + process_index * local
+    positions = np.arange(start, start + local, dtype=np.int64)
+    indices = stream_indices(positions, seed=seed, num_examples=n)
+    return _stack(_preprocess_all(_read(domain.source, indices), positions, preprocess, seed))
+
+  steps = grain.MapDataset.range(start_step, 2**62).map(make_batch)
+  return iter(steps.to_iter_dataset(_read_options(num_threads, prefetch)))
 
 
 def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
@@ -90,27 +116,27 @@ def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
 
 def eval_batches(domain: Domain, *, global_batch_size: int, preprocess: PreprocessFn,
                  process_index: int = 0, process_count: int = 1,
-                 num_threads: int = 4, prefetch: int = 256) -> Iterator[Batch]:
+                 num_threads: int = 2, prefetch: int = 4) -> Iterator[Batch]:
   """One pass over `domain` in order, padded to whole global batches.
 
-  Every example appears exactly once with `mask` 1; padding examples repeat
-  the first example with `mask` 0, so metrics must be weighted by `mask`.
-  Preprocessing gets a fixed rng per example (evaluation should be deterministic).
+  Every example appears exactly once with `mask` 1; padding repeats examples
+  with `mask` 0, so metrics must be weighted by `mask`. `index` is the
+  example's index in the split (for padding, one past the end and beyond).
   """
   n = len(domain)
   if n == 0:
     raise ValueError(f"{domain.name}:{domain.split} has no examples")
-  local_size = _local_batch_size(global_batch_size, process_count)
-  to_global = _process_block(global_batch_size, process_index, process_count)
-  num_batches = num_eval_batches(n, global_batch_size)
-  rng = np.random.default_rng(0)
+  local = _local_batch_size(global_batch_size, process_count)
 
-  def read(position: int) -> dict[str, Any]:
-    index = to_global(position)
-    example = preprocess(domain.source[index % n], rng)
-    return {**example, "mask": np.float32(index < n), "index": np.int64(index)}
+  def make_batch(batch: int) -> Batch:
+    start = batch * global_batch_size + process_index * local
+    positions = np.arange(start, start + local, dtype=np.int64)
+    # Evaluation preprocessing is deterministic; the generator is there for the API.
+    examples = _preprocess_all(_read(domain.source, positions % n), positions, preprocess, 0)
+    out = _stack(examples)
+    out["mask"] = (positions < n).astype(np.float32)
+    out["index"] = positions
+    return out
 
-  local = grain.MapDataset.range(num_batches * local_size).map(read)
-  examples = iter(local.to_iter_dataset(_read_options(num_threads, prefetch)))
-  for _ in range(num_batches):
-    yield _stack([next(examples) for _ in range(local_size)])
+  batches = grain.MapDataset.range(num_eval_batches(n, global_batch_size)).map(make_batch)
+  return iter(batches.to_iter_dataset(_read_options(num_threads, prefetch)))

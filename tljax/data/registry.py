@@ -64,6 +64,10 @@ class _InMemorySource(Sequence):
   def __getitem__(self, index: int) -> dict[str, Any]:
     return {"image": self._images[index], "label": self._labels[index]}
 
+  def get_batch(self, indices: np.ndarray) -> list[dict[str, Any]]:
+    images, labels = self._images[indices], self._labels[indices]
+    return [{"image": image, "label": label} for image, label in zip(images, labels)]
+
 
 def _builder(name: str, data_dir: str | None, manual_dir: str | None):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top

@@ -19,7 +19,13 @@ def register(name: str):
   return wrap
 
 
+def _import_all() -> None:
+  # Imported here (not at the top) because they register themselves with `register`.
+  from tljax.methods import adversarial, discrepancy, regularizers  # noqa: F401  pylint: disable=g-import-not-at-top
+
+
 def method_names() -> list[str]:
+  _import_all()
   return sorted(_METHODS)
 
 
@@ -35,6 +41,7 @@ def create_method(method_config: ml_collections.ConfigDict, *, num_classes: int,
                   total_steps: int) -> Method:
   """Builds the method module from `config.method` (`name` + its fields)."""
   name = method_config.name
+  _import_all()
   if name not in _METHODS:
     raise ValueError(f"unknown config.method.name {name!r}; choose one of {', '.join(method_names())}")
   cls = _METHODS[name]

@@ -1,8 +1,9 @@
 """How a domain-adaptation method joins the train step.
 
 The step runs the classifier once on the concatenated source + target batch
-(so BatchNorm sees both domains, as in TLlib) and hands the split outputs to
-the method. A method is a linen module: it may own parameters and BatchNorm
+(so BatchNorm sees both domains) or, where the method asks for it
+(`joint_forward=False`), once per domain, as TLlib does for each method, and
+hands the outputs to the method. A method is a linen module: it may own parameters and BatchNorm
 statistics (a domain discriminator, an adversarial head), which live in the
 train state beside the classifier's under their own top-level names, so
 `config.param_groups` addresses them like any other parameter
@@ -40,6 +41,10 @@ class Method(nn.Module):
   """
 
   trade_off: float = 1.0
+  # One classifier pass over [source; target] (BatchNorm statistics shared by the
+  # domains: TLlib's DANN, CDAN, JAN, MCC, MDD, BSP) or one pass per domain
+  # (TLlib's DAN and AFN).
+  joint_forward: bool = True
 
   def __call__(self, outputs: DomainOutputs, *, step: jax.Array,
                train: bool = True) -> tuple[jax.Array, dict[str, Any]]:

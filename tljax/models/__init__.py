@@ -68,8 +68,9 @@ def create_classifier(model_config: ml_collections.ConfigDict, num_classes: int,
   """Builds the `Classifier` that `config.model` describes.
 
   Args:
-    model_config: `name` (backbone), `bottleneck_dim`, `bottleneck_dropout`,
-      `dtype` (compute dtype; parameters stay fp32), and `backbone_kwargs`.
+    model_config: `name` (backbone), `bottleneck_dim`, `bottleneck_norm`,
+      `bottleneck_dropout`, `head_hidden`, `head_dropout`, `dtype` (compute
+      dtype; parameters stay fp32), and `backbone_kwargs`.
     num_classes: classes of the task.
     frozen_norm: regex of BatchNorm module paths that keep running statistics.
   """
@@ -83,7 +84,10 @@ def create_classifier(model_config: ml_collections.ConfigDict, num_classes: int,
       backbone=backbone,
       num_classes=num_classes,
       bottleneck_dim=model_config.get("bottleneck_dim", 0),
-      bottleneck_dropout=model_config.get("bottleneck_dropout", 0.5),
+      bottleneck_norm=model_config.get("bottleneck_norm", True),
+      bottleneck_dropout=model_config.get("bottleneck_dropout", 0.0),
+      head_hidden=model_config.get("head_hidden", 0),
+      head_dropout=model_config.get("head_dropout", 0.5),
       frozen_norm=frozen_norm,
       dtype=dtype,
   )

@@ -9,6 +9,7 @@ from the frozen parameter groups, so freezing stays data, not code.
 
 from __future__ import annotations
 
+import math
 import re
 
 import flax.linen as nn
@@ -29,3 +30,14 @@ class BatchNorm(nn.BatchNorm):
     path = "/".join(self.scope.path)
     is_frozen = bool(self.frozen) and re.fullmatch(self.frozen, path) is not None
     return super().__call__(x, use_running_average=(not train) or is_frozen)
+
+
+def torch_linear_init(fan_in: int):
+  """PyTorch's default `nn.Linear` init, `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`, for
+  kernel and bias: layers TLlib builds without an explicit init start the same here."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jax.numpy.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init

@@ -1,0 +1,33 @@
+"""DANN (Ganin et al. 2016): a domain discriminator behind gradient reversal.
+
+    python -m tljax.main --config=configs/dann.py:digits --workdir=/tmp/tljax/dann
+
+TLlib's DANN: discriminator 1024-1024 with BatchNorm, warm-started reversal
+coefficient (alpha 1, 0 -> 1 over max_steps 1000), bottleneck Linear -> BN ->
+ReLU.
+
+Office-31 (ResNet-50, TLlib's hyperparameters: lr 0.01, lr-gamma 0.001, wd 1e-3, batch 32, trade-off 1, bottleneck 256, 20 epochs x 1000 iterations (TLlib dann.sh)):
+
+    python -m tljax.main --config=configs/dann.py:office31 --workdir=/tmp/tljax/dann_a2w \\
+        --config.model.init=/path/to/resnet50.safetensors --config.manual_dir=/path/to/office31
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
+  config = default.get_config(arg)
+  config.method = ml_collections.ConfigDict({
+      "name": "dann",
+      "trade_off": 1.0,
+      "hidden_sizes": (1024, 1024),
+      "grl_alpha": 1.0,
+      "grl_lo": 0.0,
+      "grl_hi": 1.0,
+      "grl_max_steps": 1000,
+  })
+  if arg == "office31":
+    config.total_steps = 20000
+  return config

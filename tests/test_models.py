@@ -1,0 +1,512 @@
+"""Backbones and checkpoint loading, against torchvision / timm where installed.
+
+The parity tests build a PyTorch reference with random weights, save its state
+dict the way checkpoints are published, load it through
+`tljax.models.checkpoints`, and compare pooled features and logits of the
+eval-mode networks on the same input. BatchNorm affine parameters are
+randomised and running statistics calibrated on random batches (then
+perturbed), so that BN is far from the identity and a wrong mapping shows.
+
+About the fp32 tolerance: a deep network with random weights amplifies
+rounding. For ResNet-50, torch's own fp32 output is ~2e-4 away from torch in
+fp64, so two correct fp32 implementations cannot agree to 1e-4 absolute. The
+fp32 checks therefore allow 1e-4 relative to the output scale, and the ResNets
+are additionally compared in fp64 (JAX x64 against torch `.double()`), which
+is exact up to the final fp32 cast of the classifier's outputs.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import flax.traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from tljax import models
+from tljax.models import checkpoints
+from tljax.models import convert
+from tljax.models import vgg as vgg_lib
+from tljax.models import vit as vit_lib
+
+BATCH = 2
+TIMM_NAMES = {"vit_tiny_patch16": "vit_tiny_patch16_224",
+              "vit_base_patch16": "vit_base_patch16_224"}
+
+
+def _torch():
+  return pytest.importorskip(
+      "torch", reason="parity tests need PyTorch (pip install tljax[test])")
+
+
+def _flat(variables):
+  return flax.traverse_util.flatten_dict(dict(variables), sep="/")
+
+
+def _max_diff(a, b) -> float:
+  return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def _torch_reference(name: str, size: int, seed: int = 0):
+  """A torchvision / timm model in eval mode with non-trivial BatchNorm."""
+  torch = _torch()
+  torch.manual_seed(seed)
+  if name.startswith("vit"):
+    timm = pytest.importorskip("timm", reason="ViT parity tests need timm")
+    model = timm.create_model(TIMM_NAMES[name], pretrained=False)
+  else:
+    torchvision = pytest.importorskip("torchvision", reason="needs torchvision")
+    model = getattr(torchvision.models, name)()
+  batch_norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+  if batch_norms:
+    for bn in batch_norms:
+      torch.nn.init.uniform_(bn.weight, 0.5, 1.5)
+      torch.nn.init.normal_(bn.bias, 0.0, 0.2)
+      bn.momentum = None  # running stats = cumulative average over the batches
+    model.train()
+    with torch.no_grad():
+      for _ in range(2):
+        model(torch.randn(4, 3, size, size))
+      for bn in batch_norms:
+        bn.running_mean.add_(0.1 * torch.randn_like(bn.running_mean))
+        bn.running_var.mul_(torch.empty_like(bn.running_var).uniform_(0.8, 1.25))
+  return model.eval()
+
+
+def _torch_outputs(model, images_nchw):
+  """(pooled features, logits) of a torch classifier: the head's input is the
+  feature vector."""
+  torch = _torch()
+  head = getattr(model, "fc", None) or getattr(model, "head", None) or model.classifier[6]
+  captured = {}
+  hook = head.register_forward_hook(lambda module, inputs, output: captured.update(x=inputs[0]))
+  with torch.no_grad():
+    logits = model(images_nchw)
+  hook.remove()
+  return captured["x"].double().numpy(), logits.double().numpy()
+
+
+def _state_dict_numpy(model):
+  return {key: value.detach().numpy().copy() for key, value in model.state_dict().items()}
+
+
+def _classifier(name: str, size: int, num_classes: int = 1000, dtype=jnp.float32, **kwargs):
+  if name.startswith("vit"):
+    kwargs.setdefault("image_size", size)
+  backbone = models.get_backbone(name, dtype=dtype, **kwargs)
+  return models.Classifier(backbone, num_classes=num_classes, dtype=dtype)
+
+
+def _shapes(model, size: int):
+  """The variable tree as `jax.ShapeDtypeStruct`s: enough as a loading target
+  when everything comes from the checkpoint, and far cheaper than `init`, whose
+  random number generation takes tens of seconds to compile on a small CPU."""
+  images = jax.ShapeDtypeStruct((BATCH, size, size, 3), jnp.float32)
+  return jax.eval_shape(model.init, jax.random.key(0), images)
+
+
+def _random_variables(model, size: int, seed: int = 0):
+  """Variables drawn with numpy (fan-in scaled kernels, non-trivial norms)."""
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name, shape = path[-1].key, leaf.shape
+    if name in ("scale", "var"):
+      value = rng.uniform(0.5, 1.5, shape)
+    elif name == "kernel":
+      # Attention `out` kernels are (heads, head_dim, out); `query` etc. (in, heads, hd).
+      fan_in = shape[0] if len(shape) == 3 and path[-2].key != "out" else np.prod(shape[:-1])
+      value = rng.normal(0.0, np.sqrt(1.0 / fan_in), shape)
+    else:  # bias, mean, cls, pos_embedding
+      value = rng.normal(0.0, 0.1, shape)
+    return jnp.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, _shapes(model, size))
+
+
+@pytest.fixture(scope="module")
+def resnet18_files(tmp_path_factory):
+  """torchvision ResNet-18 (calibrated BN) saved as .safetensors and .pth."""
+  torch = _torch()
+  model = _torch_reference("resnet18", 64)
+  directory = tmp_path_factory.mktemp("resnet18")
+  safetensors.numpy.save_file(_state_dict_numpy(model), directory / "model.safetensors")
+  torch.save(model.state_dict(), directory / "model.pth")
+  return model, directory / "model.safetensors", directory / "model.pth"
+
+
+# ----------------------------------------------------------------------------
+# Parity with torchvision / timm.
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,size", [("resnet18", 64), ("resnet50", 64), ("vgg16", 64),
+                                       ("vit_tiny_patch16", 224), ("vit_base_patch16", 224)])
+def test_parity_with_torch(name, size, tmp_path):
+  torch = _torch()
+  reference = _torch_reference(name, size)
+  images = np.random.default_rng(1).normal(size=(BATCH, 3, size, size)).astype(np.float32)
+  want_features, want_logits = _torch_outputs(reference, torch.from_numpy(images))
+
+  state = _state_dict_numpy(reference)
+  safetensors.numpy.save_file(state, tmp_path / "model.safetensors")
+  torch.save(reference.state_dict(), tmp_path / "model.pth")
+  model = _classifier(name, size)
+  target = _shapes(model, size)
+  variables = checkpoints.load(target, tmp_path / "model.safetensors", backbone=name,
+                               load_head=True)
+  from_pth = checkpoints.load(target, tmp_path / "model.pth", backbone=name, load_head=True)
+  for key, value in _flat(variables).items():
+    np.testing.assert_array_equal(value, _flat(from_pth)[key], err_msg=key)
+
+  images_nhwc = jnp.asarray(images.transpose(0, 2, 3, 1))
+  features, logits = jax.jit(model.apply)(variables, images_nhwc)
+  assert features.shape == want_features.shape and logits.shape == want_logits.shape
+  feature_diff = _max_diff(features, want_features)
+  logit_diff = _max_diff(logits, want_logits)
+  print(f"{name}@{size}px fp32: features max|diff| {feature_diff:.2e} "
+        f"(scale {np.abs(want_features).max():.2f}), logits {logit_diff:.2e}")
+  assert feature_diff <= 1e-4 * max(1.0, np.abs(want_features).max())
+  assert logit_diff <= 1e-4 * max(1.0, np.abs(want_logits).max())
+
+  if name.startswith("resnet"):
+    with jax.enable_x64(True):
+      model64 = _classifier(name, size, dtype=jnp.float64)
+      variables64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), variables)
+      features64, logits64 = jax.jit(model64.apply)(variables64, images_nhwc.astype(jnp.float64))
+    want_features64, want_logits64 = _torch_outputs(reference.double(),
+                                                    torch.from_numpy(images).double())
+    print(f"{name} fp64: features {_max_diff(features64, want_features64):.2e}, "
+          f"logits {_max_diff(logits64, want_logits64):.2e}")
+    # Only the classifier's final fp32 cast separates them.
+    assert _max_diff(features64, want_features64) <= 2e-6
+    assert _max_diff(logits64, want_logits64) <= 2e-6
+
+
+@pytest.mark.parametrize("strides,size", [(1, 8), (2, 8), (2, 7)])
+def test_pointwise_conv_as_dot_equals_convolution(strides, size):
+  from tljax.models import resnet  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  inputs = jnp.asarray(rng.normal(size=(2, size, size, 16)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(1, 1, 16, 8)), jnp.float32)
+  arguments = (inputs, kernel, (strides, strides), ((0, 0), (0, 0)))
+  numbers = jax.lax.conv_dimension_numbers(inputs.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
+  got = resnet.pointwise_conv_as_dot(*arguments, dimension_numbers=numbers)
+  want = jax.lax.conv_general_dilated(*arguments, dimension_numbers=numbers)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_vgg_adaptive_pool_matches_torch():
+  torch = _torch()
+  rng = np.random.default_rng(0)
+  for size in (1, 2, 5, 7, 10, 14, 17):
+    x = rng.normal(size=(2, size, size + 3, 4)).astype(np.float32)
+    got = vgg_lib.adaptive_avg_pool(jnp.asarray(x), 7)
+    want = torch.nn.functional.adaptive_avg_pool2d(
+        torch.from_numpy(x.transpose(0, 3, 1, 2)), 7).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(got, want, atol=1e-6, err_msg=f"size {size}")
+
+
+# ----------------------------------------------------------------------------
+# big_vision / AugReg .npz ViTs and position-embedding resampling.
+# ----------------------------------------------------------------------------
+
+
+def _timm_to_augreg(state, num_heads: int) -> dict[str, np.ndarray]:
+  """A timm ViT state dict in the AugReg (vision_transformer repo) naming."""
+  out = {
+      "embedding/kernel": state["patch_embed.proj.weight"].transpose(2, 3, 1, 0),
+      "embedding/bias": state["patch_embed.proj.bias"],
+      "cls": state["cls_token"],
+      "Transformer/posembed_input/pos_embedding": state["pos_embed"],
+      "Transformer/encoder_norm/scale": state["norm.weight"],
+      "Transformer/encoder_norm/bias": state["norm.bias"],
+      "head/kernel": state["head.weight"].T,
+      "head/bias": state["head.bias"],
+  }
+  depth = 1 + max(int(key.split(".")[1]) for key in state if key.startswith("blocks."))
+  for index in range(depth):
+    block, prefix = f"blocks.{index}.", f"Transformer/encoderblock_{index}/"
+    width = state[block + "norm1.weight"].shape[0]
+    head_dim = width // num_heads
+    for norm, name in (("norm1", "LayerNorm_0"), ("norm2", "LayerNorm_2")):
+      out[f"{prefix}{name}/scale"] = state[f"{block}{norm}.weight"]
+      out[f"{prefix}{name}/bias"] = state[f"{block}{norm}.bias"]
+    qkv_weight = np.split(state[block + "attn.qkv.weight"], 3)
+    qkv_bias = np.split(state[block + "attn.qkv.bias"], 3)
+    for part, weight, bias in zip(("query", "key", "value"), qkv_weight, qkv_bias):
+      out[f"{prefix}MultiHeadDotProductAttention_1/{part}/kernel"] = (
+          weight.T.reshape(width, num_heads, head_dim))
+      out[f"{prefix}MultiHeadDotProductAttention_1/{part}/bias"] = (
+          bias.reshape(num_heads, head_dim))
+    out[f"{prefix}MultiHeadDotProductAttention_1/out/kernel"] = (
+        state[block + "attn.proj.weight"].T.reshape(num_heads, head_dim, width))
+    out[f"{prefix}MultiHeadDotProductAttention_1/out/bias"] = state[block + "attn.proj.bias"]
+    for fc, dense in (("fc1", "Dense_0"), ("fc2", "Dense_1")):
+      out[f"{prefix}MlpBlock_3/{dense}/kernel"] = state[f"{block}mlp.{fc}.weight"].T
+      out[f"{prefix}MlpBlock_3/{dense}/bias"] = state[f"{block}mlp.{fc}.bias"]
+  return out
+
+
+@pytest.fixture(scope="module")
+def vit_tiny_augreg(tmp_path_factory):
+  """timm vit_tiny (random) and the same weights as an AugReg-named .npz."""
+  torch = _torch()
+  timm = pytest.importorskip("timm", reason="needs timm")
+  reference = _torch_reference("vit_tiny_patch16", 224, seed=3)
+  path = tmp_path_factory.mktemp("augreg") / "Ti_16.npz"
+  np.savez(path, **_timm_to_augreg(_state_dict_numpy(reference), num_heads=3))
+  # The naming in this test is right if timm's own .npz reader agrees.
+  reloaded = timm.create_model(TIMM_NAMES["vit_tiny_patch16"], pretrained=False)
+  reloaded.load_pretrained(str(path))
+  for key, value in reloaded.state_dict().items():
+    torch.testing.assert_close(value, reference.state_dict()[key], rtol=0, atol=0, msg=key)
+  return reference, path
+
+
+def test_augreg_npz_matches_timm(vit_tiny_augreg):
+  torch = _torch()
+  reference, path = vit_tiny_augreg
+  images = np.random.default_rng(2).normal(size=(BATCH, 3, 224, 224)).astype(np.float32)
+  want_features, want_logits = _torch_outputs(reference, torch.from_numpy(images))
+  model = _classifier("vit_tiny_patch16", 224)
+  variables = checkpoints.load(_shapes(model, 224), path, backbone="vit_tiny_patch16",
+                               load_head=True)
+  features, logits = jax.jit(model.apply)(variables, jnp.asarray(images.transpose(0, 2, 3, 1)))
+  print(f"AugReg npz: features {_max_diff(features, want_features):.2e}, "
+        f"logits {_max_diff(logits, want_logits):.2e}")
+  assert _max_diff(features, want_features) <= 1e-4
+  assert _max_diff(logits, want_logits) <= 1e-4
+
+
+def test_big_vision_scanned_npz_loads(tmp_path):
+  """Current big_vision names, blocks stacked on a leading axis (scan)."""
+  model = _classifier("vit_tiny_patch16", 32, num_classes=5)
+  variables = _random_variables(model, 32)
+  flat = {key[len("params/backbone/"):]: np.asarray(value)
+          for key, value in _flat(variables).items() if key.startswith("params/backbone/")}
+  saved = {key: value for key, value in flat.items() if "encoderblock_" not in key}
+  for key in [key for key in flat if key.startswith("Transformer/encoderblock_0/")]:
+    rest = key[len("Transformer/encoderblock_0/"):]
+    saved[f"Transformer/encoderblock/{rest}"] = np.stack(
+        [flat[f"Transformer/encoderblock_{index}/{rest}"] for index in range(12)])
+  np.savez(tmp_path / "bv.npz", **{f"params/{key}": value for key, value in saved.items()})
+  loaded = checkpoints.load(_shapes(model, 32), tmp_path / "bv.npz", backbone="vit_tiny_patch16")
+  for key, value in _flat(variables).items():
+    if key.startswith("params/backbone/"):
+      np.testing.assert_array_equal(_flat(loaded)[key], value, err_msg=key)
+
+
+def test_posemb_resampling(vit_tiny_augreg):
+  torch = _torch()
+  reference, path = vit_tiny_augreg
+  model = _classifier("vit_tiny_patch16", 160)
+  variables = checkpoints.load(_shapes(model, 160), path, backbone="vit_tiny_patch16",
+                               load_head=True)
+  posemb = np.asarray(variables["params"]["backbone"]["pos_embedding"])
+  assert posemb.shape == (1, 10 * 10, 192)
+
+  pos_embed = reference.pos_embed.detach()
+  grid = pos_embed[:, 1:].reshape(1, 14, 14, 192).permute(0, 3, 1, 2)
+  want = torch.nn.functional.interpolate(grid, size=(10, 10), mode="bilinear",
+                                         align_corners=False, antialias=True)
+  want = want.permute(0, 2, 3, 1).reshape(1, 100, 192).numpy()
+  np.testing.assert_allclose(posemb, want, atol=1e-5)
+  # The class token keeps its own position embedding, folded into `cls`.
+  np.testing.assert_allclose(variables["params"]["backbone"]["cls"],
+                             (reference.cls_token + pos_embed[:, :1]).detach().numpy(),
+                             atol=1e-6)
+
+  images = jnp.asarray(np.random.default_rng(3).normal(size=(BATCH, 160, 160, 3)), jnp.float32)
+  features, logits = jax.jit(model.apply)(variables, images)
+  assert features.shape == (BATCH, 192) and logits.shape == (BATCH, 1000)
+  assert np.all(np.isfinite(features)) and np.all(np.isfinite(logits))
+
+
+def test_resample_posemb_upsamples_like_jax_resize():
+  posemb = np.random.default_rng(0).normal(size=(1, 49, 8)).astype(np.float32)
+  got = vit_lib.resample_posemb(posemb, (12, 12))
+  want = jax.image.resize(posemb.reshape(7, 7, 8), (12, 12, 8), "bilinear")
+  np.testing.assert_allclose(got, np.asarray(want).reshape(1, 144, 8), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# Loading errors and dont_load.
+# ----------------------------------------------------------------------------
+
+
+def test_shape_mismatch_names_parameter_and_shapes(resnet18_files, tmp_path):
+  _, safetensors_path, _ = resnet18_files
+  state = safetensors.numpy.load_file(safetensors_path)
+  state["layer2.0.conv1.weight"] = state["layer2.0.conv1.weight"][:, :32]
+  safetensors.numpy.save_file(state, tmp_path / "bad.safetensors")
+  target = _shapes(_classifier("resnet18", 32), 32)
+  with pytest.raises(ValueError) as error:
+    checkpoints.load(target, tmp_path / "bad.safetensors", backbone="resnet18")
+  message = str(error.value)
+  assert "params/backbone/layer2_0/conv1/kernel" in message
+  assert "(3, 3, 32, 128)" in message and "(3, 3, 64, 128)" in message
+
+
+def test_head_is_skipped_by_default_and_checked_when_loaded(resnet18_files):
+  _, safetensors_path, _ = resnet18_files
+  init = _random_variables(_classifier("resnet18", 32, num_classes=10), 32)
+  loaded = checkpoints.load(init, safetensors_path, backbone="resnet18")
+  np.testing.assert_array_equal(loaded["params"]["head"]["kernel"],
+                                init["params"]["head"]["kernel"])
+  with pytest.raises(ValueError, match=r"params/head/kernel: checkpoint \(512, 1000\) "
+                                       r"vs model \(512, 10\)"):
+    checkpoints.load(init, safetensors_path, backbone="resnet18", load_head=True)
+
+
+def test_missing_and_unexpected_keys_are_listed(resnet18_files, tmp_path):
+  _, safetensors_path, _ = resnet18_files
+  state = safetensors.numpy.load_file(safetensors_path)
+  for name in ("weight", "bias", "running_mean", "running_var"):
+    del state[f"layer4.1.bn2.{name}"]
+  state["layer5.0.conv1.weight"] = np.zeros((1, 1, 1, 1), np.float32)
+  safetensors.numpy.save_file(state, tmp_path / "partial.safetensors")
+  target = _shapes(_classifier("resnet18", 32), 32)
+  with pytest.raises(ValueError) as error:
+    checkpoints.load(target, tmp_path / "partial.safetensors", backbone="resnet18")
+  message = str(error.value)
+  for key in ("params/backbone/layer4_1/bn2/scale", "params/backbone/layer4_1/bn2/bias",
+              "batch_stats/backbone/layer4_1/bn2/mean",
+              "batch_stats/backbone/layer4_1/bn2/var", "layer5.0.conv1.weight"):
+    assert key in message
+  assert "4 missing" in message and "1 unexpected" in message
+
+
+def test_dont_load_keeps_initialisation(resnet18_files):
+  _, safetensors_path, _ = resnet18_files
+  state = safetensors.numpy.load_file(safetensors_path)
+  init = _random_variables(_classifier("resnet18", 32), 32)
+  loaded = checkpoints.load(init, safetensors_path, backbone="resnet18",
+                            dont_load=["backbone/layer4_1/.*"])
+  flat_init, flat_loaded = _flat(init), _flat(loaded)
+  for key in flat_init:
+    if "layer4_1" in key or key.startswith("params/head/"):
+      np.testing.assert_array_equal(flat_loaded[key], flat_init[key], err_msg=key)
+  np.testing.assert_array_equal(flat_loaded["batch_stats/backbone/layer4_0/bn1/mean"],
+                                state["layer4.0.bn1.running_mean"])
+  np.testing.assert_array_equal(flat_loaded["params/backbone/conv1/kernel"],
+                                state["conv1.weight"].transpose(2, 3, 1, 0))
+
+
+class _WritesAFile:
+  """Pickles as a call that would create `path` when unpickled."""
+
+  def __init__(self, path):
+    self.path = str(path)
+
+  def __reduce__(self):
+    return (exec, (f"open({self.path!r}, 'w').write('owned')",))
+
+
+def test_pickle_with_code_is_refused(tmp_path):
+  torch = _torch()
+  marker = tmp_path / "written_by_pickle"
+  torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "payload": _WritesAFile(marker)},
+             tmp_path / "evil.pth")
+  assert not marker.exists()
+  target = _shapes(_classifier("resnet18", 32), 32)
+  with pytest.raises(ValueError, match="refusing to load"):
+    checkpoints.load(target, tmp_path / "evil.pth", backbone="resnet18")
+  assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------
+# Mixed precision and frozen BatchNorm.
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,size", [("resnet18", 64), ("vit_tiny_patch16", 32)])
+def test_bfloat16_forward_is_close_to_float32(name, size):
+  model32 = _classifier(name, size)
+  model16 = _classifier(name, size, dtype=jnp.bfloat16)
+  variables = _random_variables(model32, size)
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(BATCH, size, size, 3)), jnp.float32)
+  features32, logits32 = jax.jit(model32.apply)(variables, images)
+  features16, logits16 = jax.jit(model16.apply)(variables, images)
+  assert features16.dtype == jnp.float32  # the classifier returns fp32
+  for got, want in ((features16, features32), (logits16, logits32)):
+    relative = _max_diff(got, want) / max(float(np.abs(want).max()), 1e-6)
+    print(f"{name} bf16 vs fp32: max relative diff {relative:.3f}")
+    assert relative < 0.05
+
+
+def test_frozen_norm_keeps_running_stats_in_training():
+  size = 32
+  frozen = _classifier("resnet18", size, frozen_norm="backbone/.*")
+  # Non-trivial statistics (see _random_variables), so that "unchanged" means something.
+  variables = _random_variables(frozen, size)
+  rng = np.random.default_rng(1)
+  images = jnp.asarray(rng.normal(size=(BATCH, size, size, 3)), jnp.float32)
+
+  (train_features, _), updates = jax.jit(
+      lambda v, x: frozen.apply(v, x, train=True, mutable=["batch_stats"]))(variables, images)
+  eval_features, _ = jax.jit(frozen.apply)(variables, images)
+  for key, value in _flat(variables["batch_stats"]).items():
+    np.testing.assert_array_equal(_flat(updates["batch_stats"])[key], value, err_msg=key)
+  np.testing.assert_allclose(train_features, eval_features, atol=1e-6)
+
+  trainable = _classifier("resnet18", size)  # control: statistics do move
+  _, moved = jax.jit(
+      lambda v, x: trainable.apply(v, x, train=True, mutable=["batch_stats"]))(variables, images)
+  assert _max_diff(moved["batch_stats"]["backbone"]["bn1"]["mean"],
+                   variables["batch_stats"]["backbone"]["bn1"]["mean"]) > 1e-3
+
+
+# ----------------------------------------------------------------------------
+# Conversion CLI.
+# ----------------------------------------------------------------------------
+
+
+def test_convert_writes_npz_that_loads_like_the_original(resnet18_files, tmp_path):
+  _, safetensors_path, pth_path = resnet18_files
+  output = tmp_path / "resnet18.npz"
+  result = subprocess.run(
+      [sys.executable, "-m", "tljax.models.convert", "--model=resnet18",
+       f"--input={pth_path}", f"--output={output}", "--overview"],
+      capture_output=True, text=True, timeout=300,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "params/backbone/layer1_0/conv1/kernel" in result.stdout
+  assert "batch_stats/backbone/bn1/mean" in result.stdout
+  assert "total: 11,699,112 values" in result.stdout  # 11,689,512 parameters + BN stats
+
+  with np.load(output) as npz:
+    assert "params/head/kernel" in npz.files
+  target = _shapes(_classifier("resnet18", 32), 32)
+  from_npz = checkpoints.load(target, output, backbone="resnet18", dont_load=["head/.*"])
+  from_safetensors = checkpoints.load(target, safetensors_path, backbone="resnet18")
+  for key, value in _flat(from_safetensors).items():
+    if key.startswith("params/head/"):
+      continue  # kept from the target, i.e. shapes only
+    np.testing.assert_array_equal(_flat(from_npz)[key], value, err_msg=key)
+
+
+def test_parameter_overview_counts():
+  arrays = {"params/a/kernel": np.zeros((3, 4), np.float32),
+            "batch_stats/a/mean": np.zeros((4,), np.float32)}
+  text = convert.parameter_overview(arrays)
+  assert "(3, 4)" in text and "float32" in text
+  assert "total: 16 values in 2 arrays (12 parameters, 4 statistics)" in text
+
+
+# ----------------------------------------------------------------------------
+# Benchmark command.
+# ----------------------------------------------------------------------------
+
+
+def test_bench_flax_step_runs():
+  from tljax.models import bench  # pylint: disable=g-import-not-at-top
+  result = bench.time_flax("resnet18", size=32, batch=2, steps=1, warmup=0)
+  assert result["step_s"] > 0 and result["compile_s"] > 0 and result["peak_bytes"] > 0
+  table = bench._format_table([{"model": "resnet18", "size": 32, "batch": 2, "flax": result}])
+  assert "resnet18" in table

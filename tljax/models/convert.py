@@ -1,0 +1,103 @@
+r"""Converts a pretrained checkpoint once into tljax's flat `.npz`.
+
+Reads anything `tljax.models.checkpoints` reads (torchvision / timm state dicts
+as `.safetensors` or `.pth`, big_vision / AugReg `.npz`), translates and checks
+it against the named backbone, and writes the variables with their '/'-joined
+tljax paths (`params/backbone/...`, `batch_stats/backbone/...` and, when the
+checkpoint has a classification layer, `params/head/...`). The result loads
+with `checkpoints.load` like the original, without torch and without
+re-translating:
+
+  python -m tljax.models.convert --model=resnet50 \
+      --input=resnet50-11ad3fa6.pth --output=resnet50_imagenet.npz
+  python -m tljax.models.convert --model=vit_base_patch16 --image_size=384 \
+      --input=B_16-i21k.npz --output=vit_b16_384.npz
+  python -m tljax.models.convert --model=resnet50 --input=resnet50.pth --overview
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from absl import app
+from absl import flags
+import flax.traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tljax import models
+from tljax.models import checkpoints
+
+_MODEL = flags.DEFINE_string("model", None, "Backbone registry name, e.g. resnet50.")
+_INPUT = flags.DEFINE_string("input", None, "Checkpoint to convert.")
+_OUTPUT = flags.DEFINE_string("output", None, "Where to write the flat .npz.")
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", None, "ViTs only: resolution to build for; position embeddings "
+    "are resampled to it. Default: the model's (224).")
+_OVERVIEW = flags.DEFINE_bool("overview", False, "Print a parameter overview.")
+
+
+def convert(model: str, path: str, *, image_size: int | None = None) -> dict[str, np.ndarray]:
+  """Reads `path` and returns its variables as tljax's flat `{path: array}`.
+
+  Args:
+    model: backbone registry name.
+    path: checkpoint file.
+    image_size: for ViTs, the resolution to resample position embeddings to.
+
+  Returns:
+    '/'-joined paths with collection -> fp32 arrays, checked against the model's
+    shapes (every backbone variable present, nothing unexpected).
+  """
+  checkpoint = checkpoints.read(path, backbone=model)
+  backbone_kwargs = {"image_size": image_size} if image_size else {}
+  backbone = models.get_backbone(model, **backbone_kwargs)
+  num_classes = 1
+  if checkpoint.has_head:
+    num_classes = checkpoint.arrays["params/head/bias"].shape[-1]
+  classifier = models.Classifier(backbone, num_classes=num_classes)
+  size = getattr(backbone, "image_size", None) or 224
+  # Shapes only: building VGG-16's 138M random parameters would be wasted work.
+  shapes = jax.eval_shape(classifier.init, jax.random.key(0),
+                          jnp.zeros((1, size, size, 3), jnp.float32))
+  target = flax.traverse_util.flatten_dict(dict(shapes), sep="/")
+  return checkpoints.match(target, checkpoint, load_head=checkpoint.has_head,
+                           source=path)
+
+
+def parameter_overview(arrays: Mapping[str, np.ndarray]) -> str:
+  """A table of path, shape, dtype and element count, with the total."""
+  rows = [(key, str(tuple(value.shape)), str(value.dtype), int(np.prod(value.shape)))
+          for key, value in sorted(arrays.items())]
+  path_width = max([len("path")] + [len(row[0]) for row in rows])
+  shape_width = max([len("shape")] + [len(row[1]) for row in rows])
+  lines = [f"{'path':<{path_width}}  {'shape':<{shape_width}}  {'dtype':<8}  {'count':>12}"]
+  lines.append("-" * len(lines[0]))
+  for key, shape, dtype, count in rows:
+    lines.append(f"{key:<{path_width}}  {shape:<{shape_width}}  {dtype:<8}  {count:>12,}")
+  lines.append("-" * len(lines[0]))
+  total = sum(row[3] for row in rows)
+  params = sum(row[3] for row in rows if row[0].startswith("params/"))
+  lines.append(f"total: {total:,} values in {len(rows)} arrays "
+               f"({params:,} parameters, {total - params:,} statistics)")
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not _OUTPUT.value and not _OVERVIEW.value:
+    raise app.UsageError("give --output=FILE.npz, --overview, or both")
+  arrays = convert(_MODEL.value, _INPUT.value, image_size=_IMAGE_SIZE.value)
+  if _OVERVIEW.value:
+    print(parameter_overview(arrays))
+  if _OUTPUT.value:
+    with open(_OUTPUT.value, "wb") as f:
+      np.savez(f, **arrays)
+    print(f"wrote {len(arrays)} arrays to {_OUTPUT.value}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["model", "input"])
+  app.run(main)

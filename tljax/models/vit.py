@@ -1,0 +1,252 @@
+"""Vision Transformer backbones (ViT-Ti/S/B/L, patch 16 or 32).
+
+The architecture is the one of timm's `vit_*_patch*_224` and of the AugReg /
+big_vision checkpoints: a strided-convolution patch embedding, learned position
+embeddings, a class token, pre-norm encoder blocks (LayerNorm eps 1e-6, exact
+GELU), a final LayerNorm, and the class token after that norm as the feature
+vector.
+
+Parameter names are big_vision's, so its `.npz` files load without renaming:
+`embedding`, `cls`, `pos_embedding`, `Transformer/encoderblock_{i}/`
+(`LayerNorm_0`, `MultiHeadDotProductAttention_0/{query,key,value,out}`,
+`LayerNorm_1`, `MlpBlock_0/Dense_{0,1}`) and `Transformer/encoder_norm`.
+Like big_vision, `pos_embedding` covers the patch grid only and is added before
+the class token is prepended; timm's and AugReg's class-token position
+embedding is folded into `cls` by the checkpoint converter, which is the same
+function (`(cls + pe_cls, patches + pe_grid)` either way).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tljax.models import register
+
+# (width, depth, mlp_dim, num_heads), Table 2 of arXiv:2106.04560.
+VARIANTS = {
+    "tiny": (192, 12, 768, 3),
+    "small": (384, 12, 1536, 6),
+    "base": (768, 12, 3072, 12),
+    "large": (1024, 24, 4096, 16),
+}
+
+_dense_init = dict(kernel_init=nn.initializers.xavier_uniform(),
+                   bias_init=nn.initializers.normal(stddev=1e-6))
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: drops a sample's whole residual branch with `rate`."""
+
+  rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    if not train or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep,
+                                (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+class MlpBlock(nn.Module):
+  """Dense -> exact GELU -> dropout -> Dense."""
+
+  mlp_dim: int
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32,
+                              **_dense_init)
+    width = x.shape[-1]
+    x = dense(self.mlp_dim, name="Dense_0")(x)
+    # timm and the AugReg checkpoints use the erf GELU, not the tanh one.
+    x = nn.gelu(x, approximate=False)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = dense(width, name="Dense_1")(x)
+    return nn.Dropout(self.dropout, deterministic=not train)(x)
+
+
+class Encoder1DBlock(nn.Module):
+  """Pre-norm transformer block: x + MHSA(LN(x)), then x + MLP(LN(x))."""
+
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  attention_dropout: float = 0.0
+  drop_path: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    layer_norm = functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=self.dtype,
+                                   param_dtype=jnp.float32)
+    y = layer_norm(name="LayerNorm_0")(x)
+    y = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.initializers.xavier_uniform(),
+        dropout_rate=self.attention_dropout,
+        deterministic=not train,
+        # The softmax over keys is where bf16 hurts most.
+        force_fp32_for_softmax=True,
+        name="MultiHeadDotProductAttention_0",
+    )(y, y)
+    y = nn.Dropout(self.dropout, deterministic=not train)(y)
+    x = x + DropPath(self.drop_path)(y, train)
+    y = layer_norm(name="LayerNorm_1")(x)
+    y = MlpBlock(self.mlp_dim, self.dropout, self.dtype, name="MlpBlock_0")(y, train)
+    return x + DropPath(self.drop_path)(y, train)
+
+
+class Encoder(nn.Module):
+  """The stack of encoder blocks plus the final LayerNorm, on the class token."""
+
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  attention_dropout: float = 0.0
+  drop_path: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    for index in range(self.depth):
+      x = Encoder1DBlock(
+          num_heads=self.num_heads,
+          mlp_dim=self.mlp_dim,
+          dropout=self.dropout,
+          attention_dropout=self.attention_dropout,
+          drop_path=self.drop_path * index / max(self.depth - 1, 1),
+          dtype=self.dtype,
+          name=f"encoderblock_{index}",
+      )(x, train)
+    # LayerNorm acts per token, so normalising only the class token gives the
+    # same features as normalising the whole sequence, at a fraction of the cost.
+    return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=jnp.float32,
+                        name="encoder_norm")(x[:, 0])
+
+
+class VisionTransformer(nn.Module):
+  """ViT with a class token; returns the normalised class token.
+
+  Attributes:
+    patch_size: side of the square patches.
+    width: token dimension.
+    depth: number of encoder blocks.
+    mlp_dim: hidden size of the MLP blocks.
+    num_heads: attention heads.
+    image_size: side of the square input images; fixes the number of position
+      embeddings. Pretrained embeddings for another size are resampled by the
+      checkpoint loader.
+    dropout: dropout after the embeddings, attention output and MLP layers.
+    attention_dropout: dropout on the attention weights.
+    drop_path: stochastic depth rate, rising linearly from 0 in the first block
+      to this value in the last (as in timm).
+    dtype: compute dtype (parameters are always fp32).
+    frozen_norm: accepted for the backbone interface; a ViT has no BatchNorm.
+  """
+
+  patch_size: int
+  width: int
+  depth: int
+  mlp_dim: int
+  num_heads: int
+  image_size: int = 224
+  dropout: float = 0.0
+  attention_dropout: float = 0.0
+  drop_path: float = 0.0
+  dtype: Any = jnp.float32
+  frozen_norm: str = ""
+
+  @property
+  def features_dim(self) -> int:
+    return self.width
+
+  @property
+  def grid_size(self) -> int:
+    return self.image_size // self.patch_size
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    """Maps `(B, image_size, image_size, 3)` images to `(B, width)` features."""
+    batch, image_height, image_width, _ = images.shape
+    if image_height != self.image_size or image_width != self.image_size:
+      raise ValueError(
+          f"this ViT is built for {self.image_size}px images (image_size) but got "
+          f"{image_height}x{image_width}; build it with image_size={image_height} "
+          "and load the checkpoint again to resample its position embeddings")
+    x = nn.Conv(self.width, (self.patch_size, self.patch_size),
+                strides=(self.patch_size, self.patch_size), padding="VALID",
+                dtype=self.dtype, param_dtype=jnp.float32, name="embedding")(images)
+    x = jnp.reshape(x, (batch, -1, self.width))
+    pos_embedding = self.param(
+        "pos_embedding", nn.initializers.normal(stddev=1 / np.sqrt(self.width)),
+        (1, self.grid_size**2, self.width), jnp.float32)
+    x = x + pos_embedding.astype(x.dtype)
+    cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width), jnp.float32)
+    x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (batch, 1, 1)), x], axis=1)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return Encoder(
+        depth=self.depth,
+        num_heads=self.num_heads,
+        mlp_dim=self.mlp_dim,
+        dropout=self.dropout,
+        attention_dropout=self.attention_dropout,
+        drop_path=self.drop_path,
+        dtype=self.dtype,
+        name="Transformer",
+    )(x, train)
+
+
+def resample_posemb(posemb: np.ndarray, grid_size: tuple[int, int]) -> np.ndarray:
+  """Resizes `(1, h*w, D)` grid position embeddings to `grid_size`, bilinearly.
+
+  The source grid must be square. Uses `jax.image.resize(..., "bilinear")`
+  (half-pixel centres, antialiased when shrinking), i.e. torch's
+  `F.interpolate(mode="bilinear", align_corners=False, antialias=True)`.
+  Class-token embeddings are not part of the grid (see the module docstring).
+  """
+  num_tokens, dim = posemb.shape[1], posemb.shape[2]
+  side = int(round(np.sqrt(num_tokens)))
+  if side * side != num_tokens:
+    raise ValueError(f"cannot resample position embeddings of {num_tokens} "
+                     "tokens: not a square grid")
+  if (side, side) == tuple(grid_size):
+    return posemb
+  grid = jnp.asarray(posemb, jnp.float32).reshape(side, side, dim)
+  grid = jax.image.resize(grid, (*grid_size, dim), method="bilinear")
+  return np.asarray(grid).reshape(1, grid_size[0] * grid_size[1], dim).astype(posemb.dtype)
+
+
+def _factory(variant: str, patch_size: int):
+  width, depth, mlp_dim, num_heads = VARIANTS[variant]
+
+  def create(*, dtype: Any = jnp.float32, frozen_norm: str = "", image_size: int = 224,
+             dropout: float = 0.0, attention_dropout: float = 0.0,
+             drop_path: float = 0.0) -> VisionTransformer:
+    if image_size % patch_size:
+      raise ValueError(f"image_size {image_size} is not a multiple of the patch "
+                       f"size {patch_size}")
+    return VisionTransformer(
+        patch_size=patch_size, width=width, depth=depth, mlp_dim=mlp_dim,
+        num_heads=num_heads, image_size=image_size, dropout=dropout,
+        attention_dropout=attention_dropout, drop_path=drop_path, dtype=dtype,
+        frozen_norm=frozen_norm)
+
+  return create
+
+
+for _variant in VARIANTS:
+  for _patch in (16, 32):
+    register(f"vit_{_variant}_patch{_patch}")(_factory(_variant, _patch))

@@ -1,0 +1,317 @@
+"""Sweeps: a grid of runs (configs x tasks x seeds), launched and collected.
+
+    python -m tljax.sweep launch --grid=experiments/grids/digits.py --out=DIR [--parallel=2]
+    python -m tljax.sweep launch --grid=... --out=DIR --slurm=experiments/slurm/array.sbatch
+    python -m tljax.sweep collect --out=DIR [--grid=...] [--to=PREFIX] [--reference=FILE.csv]
+
+A grid file defines `get_grid()` returning a dict:
+
+    methods: {row name: config spec, e.g. "configs/dann.py:office31"}
+    tasks:   {column name: {config field: value}}, e.g. {"A→W": {"source": ..., "target": ...}}
+    seeds:   [0, 1, 2]
+    overrides (optional): {config field: value} applied to every run
+
+Each run is `python -m tljax.main --config=SPEC --workdir=OUT/<method>/<task>/seed<k>
+--config.seed=k --config.<field>=<value> ...`, with its own workdir. `launch`
+skips runs whose `results.json` exists and reruns the others, which resume from
+their latest checkpoint; it runs them here (sequentially or N at a time) or
+writes a SLURM array job (one array task per run) from a template. `collect`
+gathers every `results.json` into `PREFIX.md` and `PREFIX.csv` (default
+`OUT/results`): target
+accuracy mean ± std over seeds per method and task, an average column, and wall
+time, beside reference numbers when given.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import csv
+import dataclasses
+import importlib.util
+import json
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Sequence
+
+from absl import app, flags, logging
+
+_COMMAND = flags.DEFINE_enum("command", None, ["launch", "collect", "list"],
+                             "What to do (also accepted as the first argument).")
+_GRID = flags.DEFINE_string("grid", None, "Grid file defining get_grid().")
+_OUT = flags.DEFINE_string("out", None, "Sweep directory (one workdir per run below it).")
+_PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at once when launching locally.")
+_SLURM = flags.DEFINE_string("slurm", None, "sbatch template: write an array job instead of running.")
+_SUBMIT = flags.DEFINE_bool("submit", False, "With --slurm: also call sbatch on the written script.")
+_ONLY = flags.DEFINE_string("only", None, "Regex: launch only runs whose name matches.")
+_REFERENCE = flags.DEFINE_string("reference", None, "CSV of reference accuracies (method,task,accuracy).")
+_TITLE = flags.DEFINE_string("title", None, "Title of the collected table.")
+_TO = flags.DEFINE_string("to", None, "Write the tables to TO.md and TO.csv (default OUT/results).")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One run of a sweep."""
+
+  method: str
+  task: str
+  seed: int
+  spec: str
+  overrides: tuple[tuple[str, Any], ...]
+
+  @property
+  def name(self) -> str:
+    return f"{self.method}/{_slug(self.task)}/seed{self.seed}"
+
+  def workdir(self, out: str) -> str:
+    return os.path.join(out, self.method, _slug(self.task), f"seed{self.seed}")
+
+  def command(self, out: str, python: str = sys.executable) -> list[str]:
+    args = [python, "-m", "tljax.main", f"--config={self.spec}", f"--workdir={self.workdir(out)}",
+            f"--config.seed={self.seed}"]
+    args += [f"--config.{key}={_flag_value(value)}" for key, value in self.overrides]
+    return args
+
+
+def _slug(task: str) -> str:
+  """A directory name for a task: 'A→W' -> 'A2W', 'digits / m' -> 'digits_m'."""
+  task = task.replace("→", "2").replace("->", "2")
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", task).strip("_") or "task"
+
+
+def _flag_value(value: Any) -> str:
+  if isinstance(value, (list, tuple)):
+    return repr(tuple(value))
+  return str(value)
+
+
+def load_grid(path: str) -> dict[str, Any]:
+  spec = importlib.util.spec_from_file_location("tljax_grid", path)
+  if spec is None or not os.path.exists(path):
+    raise FileNotFoundError(f"grid file {path!r} not found")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  grid = module.get_grid()
+  missing = {"methods", "tasks", "seeds"} - set(grid)
+  if missing:
+    raise ValueError(f"{path}: get_grid() lacks {sorted(missing)}")
+  return grid
+
+
+def expand(grid: dict[str, Any]) -> list[Run]:
+  """Every (method, task, seed) of the grid, in table order."""
+  common = dict(grid.get("overrides", {}))
+  runs = []
+  for method, spec in grid["methods"].items():
+    for task, task_overrides in grid["tasks"].items():
+      for seed in grid["seeds"]:
+        overrides = {**common, **task_overrides}
+        runs.append(Run(method, task, int(seed), spec, tuple(sorted(overrides.items()))))
+  return runs
+
+
+def is_finished(run: Run, out: str) -> bool:
+  return os.path.exists(os.path.join(run.workdir(out), "results.json"))
+
+
+# ----------------------------------------------------------------------------
+# Launching.
+# ----------------------------------------------------------------------------
+
+
+def _run_locally(run: Run, out: str) -> tuple[Run, int, float]:
+  workdir = run.workdir(out)
+  os.makedirs(workdir, exist_ok=True)
+  start = time.time()
+  with open(os.path.join(workdir, "log.txt"), "a") as log:
+    log.write(f"$ {shlex.join(run.command(out))}\n")
+    log.flush()
+    returncode = subprocess.call(run.command(out), stdout=log, stderr=subprocess.STDOUT)
+  return run, returncode, time.time() - start
+
+
+def launch_local(runs: Sequence[Run], out: str, parallel: int = 1) -> list[tuple[Run, int]]:
+  """Runs what is not finished, `parallel` at a time; returns (run, exit code) pairs."""
+  todo = [r for r in runs if not is_finished(r, out)]
+  skipped = len(runs) - len(todo)
+  print(f"{len(runs)} runs: {skipped} finished (skipped), {len(todo)} to run, {parallel} at a time.",
+        flush=True)
+  outcomes = []
+  with concurrent.futures.ThreadPoolExecutor(max_workers=max(parallel, 1)) as pool:
+    futures = [pool.submit(_run_locally, run, out) for run in todo]
+    for i, future in enumerate(concurrent.futures.as_completed(futures), 1):
+      run, code, seconds = future.result()
+      outcomes.append((run, code))
+      status = "done" if code == 0 else f"FAILED (exit {code}; see {run.workdir(out)}/log.txt)"
+      print(f"[{i}/{len(todo)}] {run.name}: {status} in {seconds:.0f}s", flush=True)
+  return outcomes
+
+
+def write_slurm_array(runs: Sequence[Run], out: str, template: str) -> str:
+  """Writes `OUT/runs.txt` (one command per line) and `OUT/sweep.sbatch`.
+
+  The template is an sbatch script with `{num_tasks}` (the array size - 1),
+  `{runs_file}` and `{out}` placeholders; each array task runs line
+  `SLURM_ARRAY_TASK_ID + 1` of the runs file. Finished runs are left out, so a
+  resubmission only runs what is missing.
+  """
+  todo = [r for r in runs if not is_finished(r, out)]
+  os.makedirs(out, exist_ok=True)
+  runs_file = os.path.abspath(os.path.join(out, "runs.txt"))
+  with open(runs_file, "w") as f:
+    for run in todo:
+      f.write(shlex.join(run.command(out, python="python")) + "\n")
+  with open(template) as f:
+    script = f.read().format(num_tasks=max(len(todo) - 1, 0), runs_file=runs_file,
+                             out=os.path.abspath(out))
+  path = os.path.join(out, "sweep.sbatch")
+  with open(path, "w") as f:
+    f.write(script)
+  return path
+
+
+# ----------------------------------------------------------------------------
+# Collecting.
+# ----------------------------------------------------------------------------
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+  return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def collect(out: str, grid: dict[str, Any] | None = None,
+            reference: dict[tuple[str, str], float] | None = None) -> dict[str, Any]:
+  """Gathers `results.json` files below `out` into per-(method, task) statistics.
+
+  Returns:
+    `{"rows": [{"method", "task", "seeds", "mean", "std", "wall_time_s"}],
+      "methods": [...], "tasks": [...]}` with accuracies in percent.
+  """
+  found: dict[tuple[str, str], list[dict]] = collections.defaultdict(list)
+  for root, _, files in os.walk(out):
+    if "results.json" not in files:
+      continue
+    with open(os.path.join(root, "results.json")) as f:
+      result = json.load(f)
+    rel = os.path.relpath(root, out).split(os.sep)
+    if len(rel) != 3:
+      continue
+    method, task, _ = rel
+    found[(method, task)].append(result)
+  if grid is not None:
+    methods = list(grid["methods"])
+    tasks = [_slug(t) for t in grid["tasks"]]
+    names = {_slug(t): t for t in grid["tasks"]}
+  else:
+    methods = sorted({m for m, _ in found}, key=lambda m: (m != "source_only", m))
+    tasks = sorted({t for _, t in found})
+    names = {t: t for t in tasks}
+  rows = []
+  for method in methods:
+    for task in tasks:
+      results = found.get((method, task), [])
+      if not results:
+        continue
+      accuracies = [100 * r["target_accuracy"] for r in results]
+      mean, std = _mean_std(accuracies)
+      rows.append({"method": method, "task": names[task], "seeds": len(results), "mean": mean,
+                   "std": std, "source_mean": _mean_std([100 * r["source_accuracy"] for r in results])[0],
+                   "wall_time_s": statistics.fmean(r.get("wall_time_s", float("nan")) for r in results),
+                   "reference": (reference or {}).get((method, names[task]))})
+  return {"rows": rows, "methods": methods, "tasks": [names[t] for t in tasks]}
+
+
+def read_reference(path: str) -> dict[tuple[str, str], float]:
+  with open(path) as f:
+    return {(row["method"], row["task"]): float(row["accuracy"]) for row in csv.DictReader(f)}
+
+
+def render_markdown(table: dict[str, Any], title: str) -> str:
+  """Methods as rows, tasks as columns (`mean ± std`), an Avg column, wall time."""
+  by_key = {(r["method"], r["task"]): r for r in table["rows"]}
+  tasks = table["tasks"]
+  multi = len(tasks) > 1
+  has_reference = any(r["reference"] is not None for r in table["rows"])
+  header = ["method"] + tasks + (["Avg"] if multi else []) + ["source acc.", "seeds", "wall time / run"]
+  if has_reference:
+    header.insert(len(tasks) + 1 + int(multi), "reference Avg" if multi else "reference")
+  lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for method in table["methods"]:
+    rows = [by_key.get((method, t)) for t in tasks]
+    if not any(rows):
+      continue
+    cells = [method] + [f"{r['mean']:.1f} ± {r['std']:.1f}" if r else "–" for r in rows]
+    present = [r for r in rows if r]
+    if multi:
+      cells.append(f"{statistics.fmean(r['mean'] for r in present):.1f}" if len(present) == len(tasks) else "–")
+    if has_reference:
+      refs = [r["reference"] for r in present if r["reference"] is not None]
+      cells.append(f"{statistics.fmean(refs):.1f}" if refs and len(refs) == len(tasks) else "–")
+    cells.append(f"{statistics.fmean(r['source_mean'] for r in present):.1f}")
+    cells.append(str(min(r["seeds"] for r in present)))
+    cells.append(f"{statistics.fmean(r['wall_time_s'] for r in present):.0f} s")
+    lines.append("| " + " | ".join(cells) + " |")
+  lines.append("")
+  lines.append("Target accuracy (%) on the target evaluation split, mean ± std over seeds; "
+               "`source acc.` is the source evaluation accuracy.")
+  return "\n".join(lines) + "\n"
+
+
+def write_tables(prefix: str, table: dict[str, Any], title: str) -> tuple[str, str]:
+  """Writes `prefix.md` and `prefix.csv`."""
+  os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+  md_path, csv_path = prefix + ".md", prefix + ".csv"
+  with open(md_path, "w") as f:
+    f.write(render_markdown(table, title))
+  with open(csv_path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=["method", "task", "seeds", "mean", "std", "source_mean",
+                                           "wall_time_s", "reference"])
+    writer.writeheader()
+    writer.writerows(table["rows"])
+  return md_path, csv_path
+
+
+def main(argv):
+  command = _COMMAND.value or (argv[1] if len(argv) > 1 else None)
+  if command not in ("launch", "collect", "list"):
+    raise app.UsageError("usage: python -m tljax.sweep {launch,collect,list} --grid=... --out=...")
+  if not _OUT.value:
+    raise app.UsageError("--out is required")
+  grid = load_grid(_GRID.value) if _GRID.value else None
+  if command in ("launch", "list"):
+    if grid is None:
+      raise app.UsageError(f"{command} needs --grid")
+    runs = expand(grid)
+    if _ONLY.value:
+      runs = [r for r in runs if re.search(_ONLY.value, r.name)]
+    if command == "list":
+      for run in runs:
+        print(("done  " if is_finished(run, _OUT.value) else "todo  ") + shlex.join(run.command(_OUT.value)))
+      return
+    if _SLURM.value:
+      path = write_slurm_array(runs, _OUT.value, _SLURM.value)
+      print(f"wrote {path}")
+      if _SUBMIT.value:
+        subprocess.run(["sbatch", path], check=True)
+      return
+    outcomes = launch_local(runs, _OUT.value, _PARALLEL.value)
+    failed = [r.name for r, code in outcomes if code != 0]
+    if failed:
+      logging.error("%d runs failed: %s", len(failed), ", ".join(failed))
+      sys.exit(1)
+    return
+  reference = read_reference(_REFERENCE.value) if _REFERENCE.value else None
+  table = collect(_OUT.value, grid, reference)
+  prefix = _TO.value or os.path.join(_OUT.value, "results")
+  md_path, csv_path = write_tables(prefix, table, _TITLE.value or os.path.basename(os.path.abspath(_OUT.value)))
+  print(open(md_path).read())
+  print(f"wrote {md_path} and {csv_path}")
+
+
+if __name__ == "__main__":
+  app.run(main)
