@@ -63,8 +63,8 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
 
   # Steps and batches (batch_size is global, per domain: each step sees
   # batch_size source + batch_size target examples).
-  config.total_steps = 1000
-  config.batch_size = 32
+  config.total_steps = 2000
+  config.batch_size = 64
   config.eval_batch_size = 256
   config.log_every = 50
   config.eval_every = 500

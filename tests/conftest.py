@@ -12,6 +12,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+# The reference models (torchvision, timm) load triton, whose native library
+# crashes the process when TensorFlow (which TFDS imports) was loaded first; in
+# the other order both work. Tests run in shared processes, so load them first.
+try:
+  import timm  # noqa: F401,E402  pylint: disable=unused-import
+  import torchvision  # noqa: F401,E402  pylint: disable=unused-import
+except ImportError:
+  pass
+
 import pathlib  # noqa: E402
 
 import pytest  # noqa: E402

@@ -39,6 +39,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import tljax
+from tljax import features as features_lib
 from tljax import models, optim
 from tljax.data import open_domain, pipeline, preprocess
 from tljax.methods import DomainOutputs, create_method
@@ -335,16 +336,26 @@ class Setup:
   eval_step: Any  # jitted: (params, model_state, batch) -> counts
 
 
-def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.sharding.Mesh) -> Setup:
-  """Initialises the train state (replicated over `mesh`) and jits the steps."""
+def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.sharding.Mesh,
+          input_shape: tuple[int, ...] | None = None) -> Setup:
+  """Initialises the train state (replicated over `mesh`) and jits the steps.
+
+  Args:
+    config: the run's config.
+    num_classes: classes of the task.
+    mesh: the `('data',)` mesh.
+    input_shape: shape of one example's input (default: square RGB images of
+      `config.data.image_size`).
+  """
   replicated = NamedSharding(mesh, P())
   method = create_method(config.method, num_classes=num_classes, total_steps=config.total_steps)
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  image_shape = (config.data.image_size, config.data.image_size, 3)
+  if input_shape is None:
+    input_shape = (config.data.image_size, config.data.image_size, 3)
 
   def init(classifier, rng):
     cls_rng, method_rng, dropout_rng = jax.random.split(rng, 3)
-    images = jnp.zeros((2, *image_shape), jnp.float32)
+    images = jnp.zeros((2, *input_shape), jnp.float32)
     cls_vars = classifier.init({"params": cls_rng, "dropout": dropout_rng}, images, train=False)
     features, logits = classifier.apply(cls_vars, images, train=False)
     outputs = DomainOutputs(features, features, logits, logits, jnp.zeros((2,), jnp.int32))
@@ -442,8 +453,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                config.source, config.source_split, len(source_train), config.target,
                config.target_split, len(target_train), num_classes)
 
+  if config.get("features") is not None:
+    # Heads on cached features: every split becomes feature vectors of a frozen network.
+    extractor = features_lib.create_extractor(
+        config.features, config.features.image_size, config.features.eval_preprocess.to_dict())
+    cache_dir = config.features.get("cache_dir") or os.path.join(workdir, "feature_cache")
+    source_train, target_train, source_eval, target_eval = (
+        features_lib.feature_domain(extractor, d, cache_dir, num_threads=config.data.num_threads)
+        for d in (source_train, target_train, source_eval, target_eval))
+  input_shape = preprocess.get_preprocess(**config.data.eval_preprocess)(
+      source_train.source[0], np.random.default_rng(0))["image"].shape
+
   # ---------------------------------------------------------------- model, method, optimizer
-  setup = build(config, num_classes, mesh)
+  setup = build(config, num_classes, mesh, input_shape)
   state = setup.state
   counts = optim.describe_groups(state.params, config.param_groups)
   logging.info("Parameters per group: %s; BatchNorm frozen where: %s", counts,

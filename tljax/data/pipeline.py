@@ -15,7 +15,10 @@ and resumable:
 
 Resuming at step `s` starts reading at `s`: no iterator state to checkpoint, no
 data replayed. grain runs the batch assembly (reading, decoding, augmenting)
-in background threads, several steps ahead of the train step.
+in background threads, several steps ahead of the train step, or, with
+`num_workers > 0`, in that many worker processes (each with its own threads),
+which decode and augment JPEGs free of the GIL. Batches are the same either
+way: each is a function of its step alone.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Iterator, Sequence
 
+from absl import flags
 import grain
 import numpy as np
 
@@ -58,6 +62,9 @@ def _read(source: Sequence[dict[str, Any]], indices: np.ndarray) -> list[dict[st
   get_batch = getattr(source, "get_batch", None)
   if get_batch is not None:  # in-memory sources hand out many examples at once
     return get_batch(indices)
+  get_items = getattr(source, "__getitems__", None)
+  if get_items is not None:  # TFDS array_record sources read a batch in one call
+    return list(get_items([int(i) for i in indices]))
   return [source[int(i)] for i in indices]
 
 
@@ -74,10 +81,25 @@ def _read_options(num_threads: int, prefetch: int) -> grain.ReadOptions:
   return grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
 
 
+def _iterate(batches: grain.MapDataset, num_threads: int, prefetch: int,
+             num_workers: int) -> Iterator[Batch]:
+  """Iterates `batches` ahead of the caller, in threads or in worker processes."""
+  dataset = batches.to_iter_dataset(_read_options(num_threads, prefetch))
+  if num_workers > 0:
+    if not flags.FLAGS.is_parsed():
+      # grain reads its absl flags when starting workers; outside an absl app
+      # (tests, notebooks) nothing has parsed them, and their defaults are right.
+      flags.FLAGS.mark_as_parsed()
+    # Worker w assembles batches w, w + W, ...; grain hands them back in order.
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=num_workers, per_worker_buffer_size=max(1, prefetch // num_workers)))
+  return iter(dataset)
+
+
 def train_batches(domain: Domain, *, global_batch_size: int, preprocess: PreprocessFn,
                   seed: int, start_step: int = 0, process_index: int = 0,
                   process_count: int = 1, num_threads: int = 2,
-                  prefetch: int = 4) -> Iterator[Batch]:
+                  prefetch: int = 4, num_workers: int = 0) -> Iterator[Batch]:
   """This process's share of the global batches of steps `start_step, ...`.
 
   Args:
@@ -90,6 +112,8 @@ def train_batches(domain: Domain, *, global_batch_size: int, preprocess: Preproc
     process_count: `jax.process_count()`.
     num_threads: background threads assembling batches (0: in the caller's thread).
     prefetch: batches assembled ahead.
+    num_workers: worker processes assembling batches, each with `num_threads`
+      threads (0: none, all in this process).
 
   Yields:
     `{'image': (b, H, W, C) float32, 'label': (b,) int32}` with
@@ -107,7 +131,7 @@ def train_batches(domain: Domain, *, global_batch_size: int, preprocess: Preproc
     return _stack(_preprocess_all(_read(domain.source, indices), positions, preprocess, seed))
 
   steps = grain.MapDataset.range(start_step, 2**62).map(make_batch)
-  return iter(steps.to_iter_dataset(_read_options(num_threads, prefetch)))
+  return _iterate(steps, num_threads, prefetch, num_workers)
 
 
 def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
@@ -116,12 +140,13 @@ def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
 
 def eval_batches(domain: Domain, *, global_batch_size: int, preprocess: PreprocessFn,
                  process_index: int = 0, process_count: int = 1,
-                 num_threads: int = 2, prefetch: int = 4) -> Iterator[Batch]:
+                 num_threads: int = 2, prefetch: int = 4, num_workers: int = 0) -> Iterator[Batch]:
   """One pass over `domain` in order, padded to whole global batches.
 
   Every example appears exactly once with `mask` 1; padding repeats examples
   with `mask` 0, so metrics must be weighted by `mask`. `index` is the
   example's index in the split (for padding, one past the end and beyond).
+  Arguments as for `train_batches`.
   """
   n = len(domain)
   if n == 0:
@@ -139,4 +164,4 @@ def eval_batches(domain: Domain, *, global_batch_size: int, preprocess: Preproce
     return out
 
   batches = grain.MapDataset.range(num_eval_batches(n, global_batch_size)).map(make_batch)
-  return iter(batches.to_iter_dataset(_read_options(num_threads, prefetch)))
+  return _iterate(batches, num_threads, prefetch, num_workers)

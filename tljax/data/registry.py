@@ -1,4 +1,11 @@
-"""Dataset names -> TFDS builders -> random-access domains."""
+"""Dataset names -> TFDS builders -> random-access domains.
+
+A domain is named `dataset[/config]` (`office31/amazon`, `mnist`) or, for data a
+user brings, `image_folder:PATH` / `image_list:PATH` (see `tljax.data.custom`).
+Builders of datasets TFDS lacks, or has only with a download, live in this
+package and are built from files the user already has (`manual_dir`), never
+from the network.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +17,28 @@ from typing import Any, Sequence
 from absl import logging
 import numpy as np
 
-# TFDS dataset name -> the tljax module whose import registers its builder.
+# Dataset name -> where its builder is: "module" (importing it registers the
+# builder with TFDS under that name) or "module:Class" (the builder class itself,
+# kept out of TFDS's registry because TFDS has a downloading builder of the same
+# name, e.g. `mnist`, `domainnet`).
 _BUILDER_MODULES: dict[str, str] = {
     "digits": "tljax.data.digits",
     "digits_m": "tljax.data.digits",
+    "office31": "tljax.data.office:Office31",
+    "office_home": "tljax.data.office:OfficeHome",
+    "visda2017": "tljax.data.visda:VisDA2017",
+    "domainnet": "tljax.data.domainnet:DomainNet",
+    "mnist": "tljax.data.digit_benchmarks:MNIST",
+    "usps": "tljax.data.digit_benchmarks:USPS",
+    "svhn": "tljax.data.digit_benchmarks:SVHN",
+    "mnist_m": "tljax.data.digit_benchmarks:MNISTM",
+    "image_folder": "tljax.data.custom:ImageFolder",
+    "image_list": "tljax.data.custom:ImageList",
 }
 
 
 def register_builder_module(dataset: str, module: str) -> None:
-  """Declares that importing `module` registers the TFDS builder `dataset`."""
+  """Declares where the builder of `dataset` is: "module" or "module:Class"."""
   _BUILDER_MODULES[dataset] = module
 
 
@@ -33,7 +53,11 @@ class Domain:
   Attributes:
     name: `dataset[/config]`, as in the config.
     split: the TFDS split (e.g. `train`, `test`, `train[:80%]`).
-    source: random-access sequence of examples `{'image': uint8 HWC, 'label': int}`.
+    source: random-access sequence of examples `{'image', 'label': int, ...}`
+      where `image` is a uint8 HWC array for datasets of fixed-size images and
+      the encoded file (JPEG/PNG bytes) for datasets of images of any size, so
+      that preprocessing decodes only the resolution it needs
+      (`preprocess.decode_image` turns either into an RGB array).
     class_names: names of the label's classes.
   """
 
@@ -51,11 +75,17 @@ class Domain:
 
 
 class _InMemorySource(Sequence):
-  """A decoded copy of a small split, so that training reads no files."""
+  """A copy of a split in memory, so that training reads no files.
+
+  Fixed-size images are stacked into one array; encoded images of varying size
+  (e.g. Office-31's JPEGs) are kept as a list of their bytes.
+  """
 
   def __init__(self, source):
     examples = [source[i] for i in range(len(source))]
-    self._images = np.stack([e["image"] for e in examples])
+    images = [e["image"] for e in examples]
+    stackable = all(isinstance(x, np.ndarray) and x.shape == images[0].shape for x in images)
+    self._images = np.stack(images) if stackable and images else images
     self._labels = np.asarray([e["label"] for e in examples], np.int64)
 
   def __len__(self) -> int:
@@ -65,42 +95,84 @@ class _InMemorySource(Sequence):
     return {"image": self._images[index], "label": self._labels[index]}
 
   def get_batch(self, indices: np.ndarray) -> list[dict[str, Any]]:
-    images, labels = self._images[indices], self._labels[indices]
-    return [{"image": image, "label": label} for image, label in zip(images, labels)]
+    if isinstance(self._images, np.ndarray):
+      images = self._images[indices]
+    else:
+      images = [self._images[i] for i in indices]
+    return [{"image": image, "label": label}
+            for image, label in zip(images, self._labels[indices])]
 
 
-def _builder(name: str, data_dir: str | None, manual_dir: str | None):
+def _split_name(name: str) -> tuple[str, str | None, str | None]:
+  """`dataset[/config]` or `dataset:PATH` -> (dataset, config, path)."""
+  dataset, colon, path = name.partition(":")
+  if colon and "/" not in dataset and dataset in _BUILDER_MODULES:
+    return dataset, None, path
+  dataset, _, config = name.partition("/")
+  return dataset, config or None, None
+
+
+def _builder(name: str, data_dir: str | None, manual_dir: str | None, skip_corrupt: bool):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  dataset = name.split("/")[0]
+  dataset, config, path = _split_name(name)
   if dataset not in _BUILDER_MODULES:
     raise ValueError(
         f"unknown dataset {name!r}: config.source / config.target must name one "
         f"of {', '.join(dataset_names())} (optionally with a builder config, "
-        "e.g. office31/amazon)")
-  importlib.import_module(_BUILDER_MODULES[dataset])
-  builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+        "e.g. office31/amazon), or image_folder:PATH / image_list:PATH")
+  manual_dir = os.path.expanduser(manual_dir) if manual_dir else None
+  module_name, _, class_name = _BUILDER_MODULES[dataset].partition(":")
+  module = importlib.import_module(module_name)
+  if not class_name:
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+  else:
+    builder_class = getattr(module, class_name)
+    kwargs = dict(data_dir=data_dir, file_format="array_record", skip_corrupt=skip_corrupt)
+    takes_path = getattr(builder_class, "takes_path", False)
+    if takes_path != (path is not None):
+      raise ValueError(f"{name!r}: " + (f"name the files, e.g. {dataset}:/data/my_domain"
+                                        if takes_path else f"{dataset} takes no ':PATH'"))
+    if takes_path:
+      builder = builder_class.from_path(path, manual_dir=manual_dir, **kwargs)
+    else:
+      builder = builder_class(config=config, **kwargs)
   if not builder.is_prepared():
     logging.info("Building %s into %s (first use).", name, builder.data_dir)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=os.path.expanduser(manual_dir) if manual_dir else None,
-        try_download_gcs=False))
+        manual_dir=manual_dir, try_download_gcs=False))
   return builder
 
 
+def _decoders(builder):
+  """Leaves images of no fixed size encoded: preprocessing decodes them at the size it needs."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  image = builder.info.features["image"]
+  if isinstance(image, tfds.features.Image) and None in image.shape:
+    return {"image": tfds.decode.SkipDecoding()}
+  return None
+
+
 def open_domain(name: str, split: str, *, data_dir: str | None = None,
-                manual_dir: str | None = None, cache: bool = False) -> Domain:
+                manual_dir: str | None = None, cache: bool = False,
+                skip_corrupt: bool = False) -> Domain:
   """Opens a split of a dataset, building the dataset first if needed.
 
   Args:
-    name: `dataset[/config]`.
+    name: `dataset[/config]`, or `image_folder:PATH` / `image_list:PATH` for
+      custom data.
     split: TFDS split expression.
     data_dir: TFDS data dir (None: the TFDS default, `~/tensorflow_datasets`).
-    manual_dir: where builders that need user-provided files look for them.
-    cache: decode the whole split into memory (for small datasets).
+    manual_dir: where builders that need user-provided files look for them
+      (the dataset's root, or a directory holding it, e.g. `office31/`).
+    cache: hold the whole split in memory (decoded arrays for fixed-size
+      images, the encoded files otherwise).
+    skip_corrupt: when building, leave unreadable images out (with a count in
+      the log) instead of stopping with an error that names the file.
   """
-  builder = _builder(name, data_dir, manual_dir)
-  source = builder.as_data_source(split=split)
+  builder = _builder(name, data_dir, manual_dir, skip_corrupt)
+  source = builder.as_data_source(split=split, decoders=_decoders(builder))
   if cache:
     source = _InMemorySource(source)
   return Domain(name=name, split=split, source=source,

@@ -19,6 +19,7 @@ _BACKBONES: dict[str, Callable[..., Any]] = {}
 # Modules imported on first lookup, so that each backbone registers itself.
 _BACKBONE_MODULES = (
     "tljax.models.small_cnn",
+    "tljax.models.identity",
     "tljax.models.resnet",
     "tljax.models.vit",
     "tljax.models.vgg",

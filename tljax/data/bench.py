@@ -1,0 +1,220 @@
+r"""Input-pipeline benchmark on JPEGs in Office-31's layout, built by the real builder.
+
+    python -m tljax.data.bench [--images=256 --image_side=500 --size=224 \
+        --threads=1,2 --workers=0 --batch=32 --steps=8] [--model=resnet50 --model_size=112]
+
+Writes `--images` JPEGs of `--image_side` px (crops of scikit-image's sample
+photographs, so that they compress like photographs do) as
+`<tmp>/office31/amazon/images/<class>/frame_XXXX.jpg`, builds
+`office31/amazon` from them through `open_domain` (timing the build), then
+measures, for `--preprocess` at `--size`:
+
+- `preprocess`: the per-example function alone, in this thread: images/s of
+  one core, and where the time goes (decoding, the rest);
+- `pipeline`: `train_batches` (reading array_record, decoding, augmenting,
+  stacking) for each `--threads` x `--workers` setting: images/s of wall time,
+  and images per CPU-second (per core; process CPU time, including workers),
+  which other jobs on a shared machine disturb much less.
+
+With `--model`, the train step of that backbone (`tljax.models.bench`, batch
+`--batch`, `--model_size` px) is timed too, and the report says how many
+cores of this pipeline keep up with it; `--step_s` gives a step time measured
+elsewhere instead (e.g. a GPU's). Every figure goes to stdout as a table and,
+with `--out`, to a JSON file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import tempfile
+import time
+from typing import Any
+
+from absl import app
+from absl import flags
+import numpy as np
+
+_IMAGES = flags.DEFINE_integer("images", 256, "JPEGs in the synthetic domain.")
+_IMAGE_SIDE = flags.DEFINE_integer("image_side", 500, "Side of the stored JPEGs (amazon: 300, "
+                                   "dslr: 1000, webcam: 423-640).")
+_SIZE = flags.DEFINE_integer("size", 224, "Output side of the preprocessing.")
+_PREPROCESS = flags.DEFINE_string("preprocess", "imagenet_train", "Preprocessing preset.")
+_BATCH = flags.DEFINE_integer("batch", 32, "Batch size.")
+_STEPS = flags.DEFINE_integer("steps", 8, "Timed batches per pipeline setting.")
+_THREADS = flags.DEFINE_list("threads", ["1", "2"], "grain threads to try (0: caller's thread).")
+_WORKERS = flags.DEFINE_list("workers", ["0"], "Worker processes to try (0: none).")
+_CACHE = flags.DEFINE_bool("cache", False, "Hold the encoded JPEGs in memory (open_domain cache).")
+_MODEL = flags.DEFINE_string("model", None, "Also time this backbone's train step, e.g. resnet50.")
+_MODEL_SIZE = flags.DEFINE_integer("model_size", 112, "Image side for --model.")
+_STEP_S = flags.DEFINE_float("step_s", None, "A train step time (s per --batch images) to "
+                             "compare with, instead of timing --model.")
+_DIR = flags.DEFINE_string("dir", None, "Work directory (default: a temporary one, removed).")
+_OUT = flags.DEFINE_string("out", None, "Write the figures as JSON here.")
+
+
+def write_office31_like(root: str, num_images: int, side: int, seed: int = 0) -> None:
+  """`num_images` JPEGs of `side` px in `root/amazon/images/<class>/`, spread over the 31 classes."""
+  import PIL.Image  # pylint: disable=g-import-not-at-top
+  import skimage.data  # pylint: disable=g-import-not-at-top
+
+  from tljax.data.office import OFFICE31_CLASSES  # pylint: disable=g-import-not-at-top
+
+  photos = [getattr(skimage.data, n)() for n in ("astronaut", "coffee", "chelsea", "rocket")]
+  photos = [PIL.Image.fromarray(np.asarray(p[..., :3], np.uint8)) for p in photos]
+  rng = np.random.default_rng(seed)
+  for index in range(num_images):
+    name = OFFICE31_CLASSES[index % len(OFFICE31_CLASSES)]
+    folder = os.path.join(root, "amazon", "images", name)
+    os.makedirs(folder, exist_ok=True)
+    photo = photos[rng.integers(len(photos))]
+    crop = int(min(photo.size) * rng.uniform(0.5, 1.0))
+    left = rng.integers(photo.size[0] - crop + 1)
+    top = rng.integers(photo.size[1] - crop + 1)
+    image = photo.crop((left, top, left + crop, top + crop)).resize((side, side))
+    image.save(os.path.join(folder, f"frame_{index:04d}.jpg"), quality=90)
+
+
+def _cpu_seconds() -> float:
+  """CPU time of this process and its finished or running children (grain workers)."""
+  own = resource.getrusage(resource.RUSAGE_SELF)
+  children = resource.getrusage(resource.RUSAGE_CHILDREN)
+  total = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+  return total + _live_children_cpu()
+
+
+def _live_children_cpu() -> float:
+  """CPU time of running child processes, which RUSAGE_CHILDREN counts only once they exit."""
+  total = 0.0
+  ticks = os.sysconf("SC_CLK_TCK")
+  try:
+    children = open(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read().split()
+  except OSError:
+    return 0.0
+  for pid in children:
+    try:
+      fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+      total += (int(fields[11]) + int(fields[12])) / ticks
+    except (OSError, IndexError, ValueError):
+      continue
+  return total
+
+
+def time_preprocess(domain, preprocess, count: int) -> dict[str, float]:
+  """One thread: the preprocessing function alone, and decoding alone, on the stored images."""
+  from tljax.data import preprocess as preprocess_lib  # pylint: disable=g-import-not-at-top
+
+  examples = [domain.source[i % len(domain)] for i in range(count)]
+  start = time.process_time()
+  for i, example in enumerate(examples):
+    preprocess(example, np.random.default_rng((0, i)))
+  per_image = (time.process_time() - start) / count
+  start = time.process_time()
+  for example in examples:
+    preprocess_lib.decode_image(example["image"])
+  decode = (time.process_time() - start) / count
+  return {"ms_per_image": 1e3 * per_image, "images_per_core_s": 1.0 / per_image,
+          "full_decode_ms": 1e3 * decode}
+
+
+def time_pipeline(domain, preprocess, *, batch: int, steps: int, threads: int,
+                  workers: int) -> dict[str, float]:
+  """`train_batches` throughput: wall images/s and images per CPU-second."""
+  from tljax.data import pipeline  # pylint: disable=g-import-not-at-top
+
+  batches = pipeline.train_batches(domain, global_batch_size=batch, preprocess=preprocess,
+                                   seed=0, num_threads=threads, num_workers=workers,
+                                   prefetch=max(4, 2 * threads, 2 * workers))
+  for _ in range(max(2, workers)):  # start-up (worker processes) and warm-up
+    next(batches)
+  wall, cpu = time.perf_counter(), _cpu_seconds()
+  for _ in range(steps):
+    batch_arrays = next(batches)
+  wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+  assert batch_arrays["image"].shape[0] == batch
+  close = getattr(batches, "close", None)
+  if close is not None:
+    close()
+  images = steps * batch
+  return {"threads": threads, "workers": workers, "images_per_s": images / wall,
+          "images_per_cpu_s": images / cpu if cpu > 0 else float("nan")}
+
+
+def time_model_step(model: str, size: int, batch: int) -> float:
+  from tljax.models import bench as model_bench  # pylint: disable=g-import-not-at-top
+
+  result = model_bench.time_flax(model, size, batch, steps=2, warmup=1)
+  return result["step_s"]
+
+
+def run(work_dir: str) -> dict[str, Any]:
+  from tljax.data import open_domain  # pylint: disable=g-import-not-at-top
+  from tljax.data import preprocess as preprocess_lib  # pylint: disable=g-import-not-at-top
+
+  manual_dir = os.path.join(work_dir, "office31")
+  start = time.perf_counter()
+  write_office31_like(manual_dir, _IMAGES.value, _IMAGE_SIDE.value)
+  write_s = time.perf_counter() - start
+  start = time.perf_counter()
+  domain = open_domain("office31/amazon", "train", data_dir=os.path.join(work_dir, "tfds"),
+                       manual_dir=manual_dir, cache=_CACHE.value)
+  build_s = time.perf_counter() - start
+  preprocess = preprocess_lib.get_preprocess(_PREPROCESS.value, size=_SIZE.value)
+  figures: dict[str, Any] = {
+      "images": len(domain), "image_side": _IMAGE_SIDE.value, "size": _SIZE.value,
+      "preprocess": _PREPROCESS.value, "batch": _BATCH.value, "cpu_count": os.cpu_count(),
+      "write_s": write_s, "build_s": build_s, "build_images_per_s": len(domain) / build_s,
+      "single_thread": time_preprocess(domain, preprocess, min(len(domain), 128)),
+      "pipeline": [time_pipeline(domain, preprocess, batch=_BATCH.value, steps=_STEPS.value,
+                                 threads=int(t), workers=int(w))
+                   for w in _WORKERS.value for t in _THREADS.value],
+  }
+  step_s = _STEP_S.value
+  if step_s is None and _MODEL.value:
+    step_s = time_model_step(_MODEL.value, _MODEL_SIZE.value, _BATCH.value)
+    figures["model"] = {"name": _MODEL.value, "size": _MODEL_SIZE.value}
+  if step_s is not None:
+    # A DA step reads a source and a target batch.
+    needed = 2 * _BATCH.value / step_s
+    per_core = max(p["images_per_cpu_s"] for p in figures["pipeline"])
+    figures["step"] = {"step_s": step_s, "images_per_s_needed": needed,
+                       "cores_needed": needed / per_core}
+  return figures
+
+
+def _print(figures: dict[str, Any]) -> None:
+  single = figures["single_thread"]
+  print(f"{figures['images']} JPEGs of {figures['image_side']} px -> {figures['preprocess']} "
+        f"at {figures['size']} px, batch {figures['batch']}, {figures['cpu_count']} CPUs")
+  print(f"build (office31/amazon through the builder): {figures['build_s']:.2f} s, "
+        f"{figures['build_images_per_s']:.0f} images/s")
+  print(f"preprocess alone, one thread: {single['ms_per_image']:.2f} ms/image = "
+        f"{single['images_per_core_s']:.0f} images/s per core "
+        f"(a full-size decode alone: {single['full_decode_ms']:.2f} ms)")
+  print(f"{'workers':>8} {'threads':>8} {'images/s':>10} {'images/cpu-s':>13}")
+  for p in figures["pipeline"]:
+    print(f"{p['workers']:>8} {p['threads']:>8} {p['images_per_s']:>10.0f} "
+          f"{p['images_per_cpu_s']:>13.0f}")
+  if "step" in figures:
+    step = figures["step"]
+    print(f"train step: {step['step_s']:.3f} s per {figures['batch']} source + "
+          f"{figures['batch']} target images -> needs {step['images_per_s_needed']:.1f} "
+          f"images/s = {step['cores_needed']:.2f} cores of this pipeline")
+
+
+def main(argv):
+  del argv
+  if _DIR.value:
+    figures = run(_DIR.value)
+  else:
+    with tempfile.TemporaryDirectory(prefix="tljax_data_bench_") as work_dir:
+      figures = run(work_dir)
+  _print(figures)
+  if _OUT.value:
+    with open(_OUT.value, "w") as f:
+      json.dump(figures, f, indent=2)
+
+
+if __name__ == "__main__":
+  app.run(main)
