@@ -40,6 +40,8 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config.data.eval_preprocess = ml_collections.ConfigDict({"name": "digits"})
   config.data.cache = True  # decode the (small) splits into memory once
   config.data.num_threads = 2  # background threads assembling batches, per process
+  config.data.num_workers = 0  # worker processes (each with num_threads) for heavy decoding
+  config.data.skip_corrupt = False  # True: leave unreadable images out of a build (logged)
 
   # Network: backbone -> bottleneck -> head, returning (features, logits).
   config.model = ml_collections.ConfigDict()
@@ -103,7 +105,9 @@ def _office31(config: ml_collections.ConfigDict) -> None:
   config.eval_source_split = "train"
   config.eval_target_split = "train"
   config.data.image_size = 224
-  config.data.train_preprocess = ml_collections.ConfigDict({"name": "imagenet_train"})
+  # crop: "random_resized" (scale 0.08-1, TLlib's default) or "random" (TLlib's 'ran.crop').
+  config.data.train_preprocess = ml_collections.ConfigDict({"name": "imagenet_train",
+                                                            "crop": "random_resized"})
   config.data.eval_preprocess = ml_collections.ConfigDict({"name": "imagenet_eval"})
   config.data.cache = False
   config.data.num_threads = 8

@@ -202,7 +202,7 @@ def test_domainnet_list_that_contradicts_its_folders_is_an_error(tmp_path, data_
     _save(tmp_path / "sketch" / name / "a.jpg", rng)
   (tmp_path / "sketch_train.txt").write_text("sketch/airplane/a.jpg 1\nsketch/apple/a.jpg 1\n")
   (tmp_path / "sketch_test.txt").write_text("sketch/apple/a.jpg 8\n")
-  with pytest.raises(ValueError, match=r"sketch_train\.txt:2: label 1 is 'apple' here but 'airplane'"):
+  with pytest.raises(ValueError, match=r"sketch_train\.txt:2: label 1 is 'apple' here but"):
     open_domain("domainnet/sketch", "train", data_dir=data_dir, manual_dir=str(tmp_path))
 
 

@@ -10,19 +10,17 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from conftest import REPO
 from tljax import optim, train
+from tljax.workdir import latest_state
 
 
 def _final_params(workdir):
-  manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"))
-  step = manager.latest_step()
-  restored = manager.restore(step)
-  flat = jax.tree_util.tree_flatten_with_path(restored["params"])[0]
-  return step, {optim.path_str(p): np.asarray(v) for p, v in flat}
+  state, step = latest_state(workdir)
+  flat = jax.tree_util.tree_flatten_with_path(state["params"])[0]
+  return step, {optim.path_str(p): v for p, v in flat}
 
 
 def _jsonl(workdir):

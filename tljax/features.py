@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from tljax import models
+from tljax import workdir as workdir_lib
 from tljax.data import pipeline, preprocess
 from tljax.data.registry import Domain
 
@@ -53,21 +54,6 @@ class Extractor:
   key: str
 
 
-def _latest_checkpoint_params(workdir: str) -> dict[str, Any]:
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-
-  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"{workdir!r} has no checkpoints/ directory: pass the workdir of a "
-                            "tljax run that has saved a checkpoint")
-  manager = ocp.CheckpointManager(directory)
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no finished checkpoint in {directory}")
-  restored = manager.restore(step, args=ocp.args.StandardRestore())
-  return restored, step
-
-
 def _num_classes(params: dict[str, Any]) -> int:
   head = params["head"]
   return int((head["linear"] if "linear" in head else head)["bias"].shape[-1])
@@ -75,12 +61,8 @@ def _num_classes(params: dict[str, Any]) -> int:
 
 def from_workdir(workdir: str, layer: str = "features") -> Extractor:
   """The classifier a finished (or checkpointed) tljax run trained."""
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
-    raise FileNotFoundError(f"{workdir!r} has no config.json: pass the workdir of a tljax run")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  state, step = _latest_checkpoint_params(workdir)
+  config = workdir_lib.read_config(workdir)
+  state, step = workdir_lib.latest_state(workdir)
   params = {k: v for k, v in state["params"].items() if k in ("backbone", "bottleneck", "head")}
   batch_stats = {k: v for k, v in state["model_state"].get("batch_stats", {}).items()
                  if k in ("backbone", "bottleneck", "head")}
@@ -152,7 +134,7 @@ def cached(extractor: Extractor, domain: Domain, cache_dir: str, **kwargs) -> tu
                domain.name, domain.split, len(domain), path)
   features, labels = extract(extractor, domain, **kwargs)
   os.makedirs(cache_dir, exist_ok=True)
-  tmp = path + ".tmp.npz"
+  tmp = f"{path}.{os.getpid()}.tmp.npz"  # processes may share the cache directory
   np.savez(tmp, features=features, labels=labels, spec=spec)
   os.replace(tmp, path)
   return features, labels

@@ -38,10 +38,15 @@ class _TljaxInfoOnly(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or f"{os.sep}tljax{os.sep}" in record.pathname
 
 
-def _cluster_environment() -> bool:
-  return any(v in os.environ for v in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
-                                       "TPU_WORKER_HOSTNAMES", "CLOUD_TPU_TASK_ID")) and (
-      int(os.environ.get("SLURM_NTASKS", "2")) > 1)
+def _should_initialize_distributed() -> bool:
+  if _DISTRIBUTED.value != "auto":
+    return _DISTRIBUTED.value == "on"
+  if _COORDINATOR.value:
+    return True
+  env = os.environ
+  # Environments jax.distributed.initialize() reads by itself, when they hold >1 process.
+  return (int(env.get("SLURM_NTASKS", "1")) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+          or "," in env.get("TPU_WORKER_HOSTNAMES", ""))
 
 
 _started = False
@@ -57,8 +62,9 @@ def main(argv):
   logging.get_absl_handler().addFilter(_TljaxInfoOnly())
   import jax  # pylint: disable=g-import-not-at-top
 
-  explicit = _COORDINATOR.value is not None
-  if _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and (explicit or _cluster_environment())):
+  if _should_initialize_distributed():
+    # CPU-only processes need a collectives backend; accelerators bring their own.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)

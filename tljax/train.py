@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import tljax
@@ -300,7 +301,7 @@ def evaluate(eval_fn, state: TrainState, domain, config, sharding, num_classes) 
       domain, global_batch_size=config.eval_batch_size,
       preprocess=preprocess.get_preprocess(**config.data.eval_preprocess),
       process_index=jax.process_index(), process_count=jax.process_count(),
-      num_threads=config.data.num_threads)
+      num_threads=config.data.num_threads, num_workers=config.data.get("num_workers", 0))
   correct = np.zeros(num_classes)
   count = np.zeros(num_classes)
   loss = 0.0
@@ -438,7 +439,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # ---------------------------------------------------------------- data
   open_kwargs = dict(data_dir=config.data_dir, manual_dir=config.manual_dir,
-                     cache=config.data.cache)
+                     cache=config.data.cache, skip_corrupt=config.data.get("skip_corrupt", False))
+  if jax.process_count() > 1:
+    # Process 0 builds missing datasets first; the others then only read them.
+    if is_main:
+      for name in {config.source, config.target}:
+        open_domain(name, config.source_split if name == config.source else config.target_split,
+                    **{**open_kwargs, "cache": False})
+    multihost_utils.sync_global_devices("tljax: datasets built")
   source_train = open_domain(config.source, config.source_split, **open_kwargs)
   target_train = open_domain(config.target, config.target_split, **open_kwargs)
   source_eval = open_domain(config.source, config.eval_source_split, **open_kwargs)
@@ -488,7 +496,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # ---------------------------------------------------------------- train loop
   data_kwargs = dict(global_batch_size=config.batch_size, start_step=first_step,
                      process_index=jax.process_index(), process_count=jax.process_count(),
-                     num_threads=config.data.num_threads)
+                     num_threads=config.data.num_threads,
+                     num_workers=config.data.get("num_workers", 0))
   train_pp = preprocess.get_preprocess(**config.data.train_preprocess)
   batches = _zip_domains(
       _device_batches(pipeline.train_batches(source_train, preprocess=train_pp,

@@ -2,6 +2,7 @@ r"""Input-pipeline benchmark on JPEGs in Office-31's layout, built by the real b
 
     python -m tljax.data.bench [--images=256 --image_side=500 --size=224 \
         --threads=1,2 --workers=0 --batch=32 --steps=8] [--model=resnet50 --model_size=112]
+    python -m tljax.data.bench --step_s=4.5 --overlap_steps=3
 
 Writes `--images` JPEGs of `--image_side` px (crops of scikit-image's sample
 photographs, so that they compress like photographs do) as
@@ -19,8 +20,10 @@ measures, for `--preprocess` at `--size`:
 With `--model`, the train step of that backbone (`tljax.models.bench`, batch
 `--batch`, `--model_size` px) is timed too, and the report says how many
 cores of this pipeline keep up with it; `--step_s` gives a step time measured
-elsewhere instead (e.g. a GPU's). Every figure goes to stdout as a table and,
-with `--out`, to a JSON file.
+elsewhere instead (e.g. a GPU's). `--overlap_steps` then runs the two streams
+of a DA step (source and target) behind a stand-in step twice that long and
+reports how long each step waited for its data. Every figure goes to stdout as
+a table and, with `--out`, to a JSON file.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from __future__ import annotations
 import json
 import os
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from typing import Any
@@ -48,14 +53,20 @@ _WORKERS = flags.DEFINE_list("workers", ["0"], "Worker processes to try (0: none
 _CACHE = flags.DEFINE_bool("cache", False, "Hold the encoded JPEGs in memory (open_domain cache).")
 _MODEL = flags.DEFINE_string("model", None, "Also time this backbone's train step, e.g. resnet50.")
 _MODEL_SIZE = flags.DEFINE_integer("model_size", 112, "Image side for --model.")
-_STEP_S = flags.DEFINE_float("step_s", None, "A train step time (s per --batch images) to "
-                             "compare with, instead of timing --model.")
+_STEP_S = flags.DEFINE_float(
+    "step_s", None, "Seconds of a train step on --batch images (as tljax.models.bench times "
+    "it), to compare with instead of timing --model. A DA step reads --batch source and "
+    "--batch target images and takes about twice that.")
+_OVERLAP_STEPS = flags.DEFINE_integer(
+    "overlap_steps", 0, "With a step time: run this many steps of a source and a target stream "
+    "(as train.py does) against a stand-in step that sleeps that long, and report how long "
+    "each step waited for its batches (0: prefetching hides the pipeline).")
 _DIR = flags.DEFINE_string("dir", None, "Work directory (default: a temporary one, removed).")
 _OUT = flags.DEFINE_string("out", None, "Write the figures as JSON here.")
 
 
 def write_office31_like(root: str, num_images: int, side: int, seed: int = 0) -> None:
-  """`num_images` JPEGs of `side` px in `root/amazon/images/<class>/`, spread over the 31 classes."""
+  """`num_images` JPEGs of `side` px in `root/amazon/images/<class>/`, over the 31 classes."""
   import PIL.Image  # pylint: disable=g-import-not-at-top
   import skimage.data  # pylint: disable=g-import-not-at-top
 
@@ -88,8 +99,12 @@ def _live_children_cpu() -> float:
   """CPU time of running child processes, which RUSAGE_CHILDREN counts only once they exit."""
   total = 0.0
   ticks = os.sysconf("SC_CLK_TCK")
+  children = set()
   try:
-    children = open(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read().split()
+    # A child belongs to the thread that started it: look under every thread.
+    for task in os.listdir("/proc/self/task"):
+      with open(f"/proc/self/task/{task}/children") as f:
+        children.update(f.read().split())
   except OSError:
     return 0.0
   for pid in children:
@@ -141,11 +156,39 @@ def time_pipeline(domain, preprocess, *, batch: int, steps: int, threads: int,
           "images_per_cpu_s": images / cpu if cpu > 0 else float("nan")}
 
 
-def time_model_step(model: str, size: int, batch: int) -> float:
-  from tljax.models import bench as model_bench  # pylint: disable=g-import-not-at-top
+def time_overlap(domain, preprocess, *, batch: int, threads: int, step_s: float,
+                 steps: int) -> dict[str, float]:
+  """Seconds per step spent waiting for a source and a target batch behind a `step_s` DA step.
 
-  result = model_bench.time_flax(model, size, batch, steps=2, warmup=1)
-  return result["step_s"]
+  The stand-in step sleeps, as the host does while an accelerator computes,
+  so the pipeline has the CPUs to itself.
+  """
+  from tljax.data import pipeline  # pylint: disable=g-import-not-at-top
+
+  streams = [pipeline.train_batches(domain, global_batch_size=batch, preprocess=preprocess,
+                                    seed=seed, num_threads=threads, prefetch=4)
+             for seed in (0, 1)]
+  for stream in streams:  # the first batches are always waited for
+    next(stream)
+  waits = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    for stream in streams:
+      next(stream)
+    waits.append(time.perf_counter() - start)
+    time.sleep(step_s)
+  return {"threads": threads, "step_s": step_s, "steps": steps,
+          "mean_wait_s": float(np.mean(waits)), "max_wait_s": float(np.max(waits))}
+
+
+def time_model_step(model: str, size: int, batch: int, work_dir: str) -> float:
+  """Seconds per train step of `model`, from `tljax.models.bench` in a process of its own."""
+  out = os.path.join(work_dir, "model_bench.json")
+  command = [sys.executable, "-m", "tljax.models.bench", f"--models={model}", f"--sizes={size}",
+             f"--batch={batch}", "--steps=3", "--warmup=1", "--torch=false", f"--out={out}"]
+  subprocess.run(command, check=True, capture_output=True)
+  with open(out) as f:
+    return json.load(f)[0]["flax"]["step_s"]
 
 
 def run(work_dir: str) -> dict[str, Any]:
@@ -172,14 +215,19 @@ def run(work_dir: str) -> dict[str, Any]:
   }
   step_s = _STEP_S.value
   if step_s is None and _MODEL.value:
-    step_s = time_model_step(_MODEL.value, _MODEL_SIZE.value, _BATCH.value)
+    step_s = time_model_step(_MODEL.value, _MODEL_SIZE.value, _BATCH.value, work_dir)
     figures["model"] = {"name": _MODEL.value, "size": _MODEL_SIZE.value}
   if step_s is not None:
-    # A DA step reads a source and a target batch.
-    needed = 2 * _BATCH.value / step_s
+    # The pipeline has to deliver images as fast as the step consumes them; a
+    # DA step consumes a source and a target batch in about twice `step_s`.
+    needed = _BATCH.value / step_s
     per_core = max(p["images_per_cpu_s"] for p in figures["pipeline"])
     figures["step"] = {"step_s": step_s, "images_per_s_needed": needed,
                        "cores_needed": needed / per_core}
+    if _OVERLAP_STEPS.value:
+      figures["overlap"] = time_overlap(domain, preprocess, batch=_BATCH.value,
+                                        threads=max(int(t) for t in _THREADS.value),
+                                        step_s=2 * step_s, steps=_OVERLAP_STEPS.value)
   return figures
 
 
@@ -198,9 +246,14 @@ def _print(figures: dict[str, Any]) -> None:
           f"{p['images_per_cpu_s']:>13.0f}")
   if "step" in figures:
     step = figures["step"]
-    print(f"train step: {step['step_s']:.3f} s per {figures['batch']} source + "
-          f"{figures['batch']} target images -> needs {step['images_per_s_needed']:.1f} "
-          f"images/s = {step['cores_needed']:.2f} cores of this pipeline")
+    print(f"train step: {step['step_s']:.3f} s per {figures['batch']} images -> needs "
+          f"{step['images_per_s_needed']:.1f} images/s = {step['cores_needed']:.3f} cores of "
+          "this pipeline")
+  if "overlap" in figures:
+    overlap = figures["overlap"]
+    print(f"behind a {overlap['step_s']:.3f} s DA step ({overlap['threads']} threads, "
+          f"{overlap['steps']} steps): waited {overlap['mean_wait_s'] * 1e3:.1f} ms per step "
+          f"on average, {overlap['max_wait_s'] * 1e3:.1f} ms at most")
 
 
 def main(argv):

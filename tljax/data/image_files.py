@@ -1,4 +1,4 @@
-"""What the builders of image-file datasets share: finding the files, reading lists, checking images.
+"""What builders of image-file datasets share: finding files, reading lists, checking images.
 
 The datasets of domain adaptation (Office-31, Office-Home, VisDA-2017,
 DomainNet) and the user's own folders are directories of JPEG/PNG files,
@@ -53,7 +53,8 @@ class UnreadableImageError(ValueError):
 
 
 def is_image_file(name: str) -> bool:
-  return name.lower().endswith(IMAGE_EXTENSIONS)
+  # Hidden files include macOS's "._x.jpg" resource forks, which are not images.
+  return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
 # ----------------------------------------------------------------------------
@@ -72,7 +73,8 @@ def manual_dir_of(dl_manager) -> pathlib.Path | None:
     return pathlib.Path(path) if path else None
 
 
-def candidate_roots(manual_dir: pathlib.Path | None, folder_names: Sequence[str]) -> list[pathlib.Path]:
+def candidate_roots(manual_dir: pathlib.Path | None,
+                    folder_names: Sequence[str]) -> list[pathlib.Path]:
   """`manual_dir` itself, then the dataset's usual folder names inside it."""
   if manual_dir is None:
     return []
@@ -102,19 +104,23 @@ def missing_files_error(what: str, manual_dir: pathlib.Path | None, folder_names
                         layout: str, url: str) -> DatasetFilesNotFoundError:
   """The error for files not found: where it looked, what it expected, where to get them."""
   folders = ", ".join(folder_names)
+  # Without config.manual_dir, TFDS looks in <data_dir>/downloads/manual.
+  name = ("TFDS's default manual dir (config.manual_dir is not set)"
+          if manual_dir is not None and manual_dir.parts[-2:] == ("downloads", "manual")
+          else "config.manual_dir")
   if manual_dir is None:
     where = "no manual_dir was given (set config.manual_dir)"
   elif not manual_dir.is_dir():
-    where = f"config.manual_dir {manual_dir} does not exist"
+    where = f"{name} {manual_dir} does not exist"
   else:
-    where = f"not in {manual_dir} (config.manual_dir)" + (f" nor in its folders {folders}"
-                                                         if folder_names else "")
+    where = f"not in {manual_dir} ({name})" + (f" nor in its folders {folders}"
+                                              if folder_names else "")
   indented = "\n".join("  <root>/" + line.strip() for line in layout.strip().splitlines())
   inside = f" or its folder {' / '.join(folder_names)}" if folder_names else ""
   return DatasetFilesNotFoundError(
       f"{what}: files not found: {where}.\nExpected, with <root> = config.manual_dir{inside}:\n"
-      f"{indented}\nThe data is published at {url} (download and extract it yourself: "
-      "tljax never downloads).")
+      f"{indented}\nThe data is published at {url}; download and extract it yourself "
+      "(tljax never downloads).")
 
 
 # ----------------------------------------------------------------------------
@@ -202,7 +208,7 @@ def list_images(folder: pathlib.Path) -> list[pathlib.Path]:
   """Image files under `folder` (recursively), in a fixed order."""
   found = []
   for directory, subdirs, files in os.walk(folder):
-    subdirs.sort()
+    subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
     found += [pathlib.Path(directory, f) for f in sorted(files) if is_image_file(f)]
   return found
 
@@ -216,18 +222,17 @@ def entries_from_class_folders(root: pathlib.Path, class_names: Sequence[str], *
     class_names: the classes, in label order (and the names of their folders).
     relative_to: the dataset's root, which `file_name`s start from (default `root`).
   """
-  folder_names = list(class_names)
-  present = {p.name for p in root.iterdir() if p.is_dir()}
-  missing = [f for f in folder_names if f not in present]
+  present = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+  missing = [name for name in class_names if name not in present]
   if missing:
     raise DatasetFilesNotFoundError(
-        f"{root}: {len(missing)} of the {len(folder_names)} class folders are missing "
+        f"{root}: {len(missing)} of the {len(class_names)} class folders are missing "
         f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})")
-  unknown = sorted(present - set(folder_names))
+  unknown = sorted(present - set(class_names))
   if unknown:
     raise ValueError(f"{root}: folders {unknown[:5]} are not classes of this dataset")
   entries = []
-  for label, folder in enumerate(folder_names):
+  for label, folder in enumerate(class_names):
     for path in list_images(root / folder):
       file_name = path.relative_to(relative_to or root).as_posix()
       entries.append(Entry(key=file_name, path=str(path), label=label, file_name=file_name))

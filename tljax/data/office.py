@@ -50,7 +50,8 @@ OFFICE_HOME_CLASSES = (
 OFFICE31_URL = ("https://faculty.cc.gatech.edu/~judy/domainadapt/ (Office-31, "
                 "domain_adaptation_images.tar.gz; TLlib's image lists: "
                 "https://github.com/thuml/Transfer-Learning-Library)")
-OFFICE_HOME_URL = "https://www.hemanthdv.org/officeHomeDataset.html (OfficeHomeDataset_10072016.zip)"
+OFFICE_HOME_URL = ("https://www.hemanthdv.org/officeHomeDataset.html "
+                   "(OfficeHomeDataset_10072016.zip)")
 
 
 def _domain_configs(names: tuple[str, ...]) -> list[tfds.core.BuilderConfig]:

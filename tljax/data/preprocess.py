@@ -12,10 +12,11 @@ work out the crop first, let the JPEG decoder scale down by 2, 4 or 8 while
 decoding when the crop is that much larger than the output (PIL's `draft`),
 and resample only the crop, once, straight to the output size.
 
-Presets: `digits` (as stored), `digits28` / `digits32` (small digit datasets
-resized, grey made RGB), `imagenet_train` / `imagenet_eval` (TLlib's 224-px
-recipe, ImageNet mean/std), `vit_train` / `vit_eval` (the same, scaled to
-[-1, 1]).
+Presets: `none`, `digits` (as stored), `digits28` / `digits32` (small digit
+datasets resized, grey made RGB; `digits_resized` takes any size),
+`imagenet_train` / `imagenet_eval` (TLlib's 224-px recipe, ImageNet
+mean/std), `vit_train` / `vit_eval` (the same, scaled to [-1, 1]). Sizes and
+the rest are keyword arguments, e.g. `{"name": "imagenet_train", "crop": "random"}`.
 """
 
 from __future__ import annotations
@@ -271,7 +272,7 @@ def imagenet_train(size: int = 224, resize: int | None = 256, resize_mode: str =
 @register("imagenet_eval")
 def imagenet_eval(size: int = 224, resize: int | None = 256, resize_mode: str = "square",
                   mean=IMAGENET_MEAN, std=IMAGENET_STD) -> PreprocessFn:
-  """TLlib's evaluation transform: resize, centre crop, normalise (arguments as `imagenet_train`)."""
+  """TLlib's evaluation transform: resize, centre crop, normalise (arguments: `imagenet_train`)."""
   normalise = _normaliser(mean, std)
 
   def fn(example: Example, rng: np.random.Generator) -> Example:
