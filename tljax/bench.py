@@ -25,13 +25,25 @@ from ml_collections import config_flags
 
 from tljax import train
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (with ':arg').")
-_STEPS = flags.DEFINE_integer("steps", 50, "Timed steps (after compilation).")
-_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
-_NUM_CLASSES = flags.DEFINE_integer("num_classes", 10, "Classes of the synthetic task.")
-_COMPARE = flags.DEFINE_bool("compare_source_only", False, "Also time source_only and report the ratio.")
-_OUT = flags.DEFINE_string("out", None, "Write the figures as JSON here.")
-flags.mark_flag_as_required("config")
+_CONFIG = None
+_STEPS = None
+_WARMUP = None
+_NUM_CLASSES = None
+_COMPARE = None
+_OUT = None
+
+
+def _define_flags() -> None:
+  """Defines the command-line flags; called only when run as a program, so that
+  importing this module for its functions defines no flags."""
+  global _CONFIG, _STEPS, _WARMUP, _NUM_CLASSES, _COMPARE, _OUT
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (with ':arg').")
+  _STEPS = flags.DEFINE_integer("steps", 50, "Timed steps (after compilation).")
+  _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
+  _NUM_CLASSES = flags.DEFINE_integer("num_classes", 10, "Classes of the synthetic task.")
+  _COMPARE = flags.DEFINE_bool("compare_source_only", False, "Also time source_only and report the ratio.")
+  _OUT = flags.DEFINE_string("out", None, "Write the figures as JSON here.")
+  flags.mark_flag_as_required("config")
 
 
 def time_train_step(config: ml_collections.ConfigDict, *, num_classes: int, steps: int,
@@ -115,4 +127,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

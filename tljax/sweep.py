@@ -6,7 +6,8 @@
 
 A grid file defines `get_grid()` returning a dict:
 
-    methods: {row name: config spec, e.g. "configs/dann.py:office31"}
+    methods: {row name: config spec, e.g. "configs/dann.py:office31", or
+              {"config": spec, "overrides": {field: value}} for that method only}
     tasks:   {column name: {config field: value}}, e.g. {"A→W": {"source": ..., "target": ...}}
     seeds:   [0, 1, 2]
     overrides (optional): {config field: value} applied to every run
@@ -41,17 +42,33 @@ from typing import Any, Sequence
 
 from absl import app, flags, logging
 
-_COMMAND = flags.DEFINE_enum("command", None, ["launch", "collect", "list"],
-                             "What to do (also accepted as the first argument).")
-_GRID = flags.DEFINE_string("grid", None, "Grid file defining get_grid().")
-_OUT = flags.DEFINE_string("out", None, "Sweep directory (one workdir per run below it).")
-_PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at once when launching locally.")
-_SLURM = flags.DEFINE_string("slurm", None, "sbatch template: write an array job instead of running.")
-_SUBMIT = flags.DEFINE_bool("submit", False, "With --slurm: also call sbatch on the written script.")
-_ONLY = flags.DEFINE_string("only", None, "Regex: launch only runs whose name matches.")
-_REFERENCE = flags.DEFINE_string("reference", None, "CSV of reference accuracies (method,task,accuracy).")
-_TITLE = flags.DEFINE_string("title", None, "Title of the collected table.")
-_TO = flags.DEFINE_string("to", None, "Write the tables to TO.md and TO.csv (default OUT/results).")
+_COMMAND = None
+_GRID = None
+_OUT = None
+_PARALLEL = None
+_SLURM = None
+_SUBMIT = None
+_ONLY = None
+_REFERENCE = None
+_TITLE = None
+_TO = None
+
+
+def _define_flags() -> None:
+  """Defines the command-line flags; called only when run as a program, so that
+  importing this module for its functions defines no flags."""
+  global _COMMAND, _GRID, _OUT, _PARALLEL, _SLURM, _SUBMIT, _ONLY, _REFERENCE, _TITLE, _TO
+  _COMMAND = flags.DEFINE_enum("command", None, ["launch", "collect", "list"],
+                               "What to do (also accepted as the first argument).")
+  _GRID = flags.DEFINE_string("grid", None, "Grid file defining get_grid().")
+  _OUT = flags.DEFINE_string("out", None, "Sweep directory (one workdir per run below it).")
+  _PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at once when launching locally.")
+  _SLURM = flags.DEFINE_string("slurm", None, "sbatch template: write an array job instead of running.")
+  _SUBMIT = flags.DEFINE_bool("submit", False, "With --slurm: also call sbatch on the written script.")
+  _ONLY = flags.DEFINE_string("only", None, "Regex: launch only runs whose name matches.")
+  _REFERENCE = flags.DEFINE_string("reference", None, "CSV of reference accuracies (method,task,accuracy).")
+  _TITLE = flags.DEFINE_string("title", None, "Title of the collected table.")
+  _TO = flags.DEFINE_string("to", None, "Write the tables to TO.md and TO.csv (default OUT/results).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,9 +125,12 @@ def expand(grid: dict[str, Any]) -> list[Run]:
   common = dict(grid.get("overrides", {}))
   runs = []
   for method, spec in grid["methods"].items():
+    method_overrides = {}
+    if isinstance(spec, dict):
+      spec, method_overrides = spec["config"], dict(spec.get("overrides", {}))
     for task, task_overrides in grid["tasks"].items():
       for seed in grid["seeds"]:
-        overrides = {**common, **task_overrides}
+        overrides = {**common, **method_overrides, **task_overrides}
         runs.append(Run(method, task, int(seed), spec, tuple(sorted(overrides.items()))))
   return runs
 
@@ -314,4 +334,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

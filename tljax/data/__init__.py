@@ -1,11 +1,13 @@
 """Datasets and input pipelines.
 
-A *domain* is a split of a TFDS dataset, named `dataset[/config]` (e.g.
-`digits`, `digits_m`, `office31/amazon`). Builders for the datasets TFDS lacks
-live in this package and register themselves with TFDS on import; `open_domain`
-builds a dataset into the TFDS data dir on first use (from installed packages or
-from files the user already has, never from the network) and opens a
-random-access source over it, which `pipeline.py` turns into batches.
+A *domain* is a split of a dataset, named `dataset[/config]` (`digits`,
+`digits_m`, `office31/amazon`, `domainnet/real`, ...) or, for a user's own
+data, `image_folder:PATH` / `image_list:FILE`. `open_domain` builds the dataset
+as TFDS array_record files on first use (from installed packages for the
+embedded digits, otherwise from files the user already has in `manual_dir`,
+never from the network) and opens a random-access source over it;
+`pipeline.py` turns domains into sharded, reproducible batches and
+`preprocess.py` holds the per-example preprocessing presets.
 """
 
 from tljax.data.registry import Domain, dataset_names, open_domain  # noqa: F401

@@ -41,28 +41,49 @@ from absl import app
 from absl import flags
 import numpy as np
 
-_IMAGES = flags.DEFINE_integer("images", 256, "JPEGs in the synthetic domain.")
-_IMAGE_SIDE = flags.DEFINE_integer("image_side", 500, "Side of the stored JPEGs (amazon: 300, "
-                                   "dslr: 1000, webcam: 423-640).")
-_SIZE = flags.DEFINE_integer("size", 224, "Output side of the preprocessing.")
-_PREPROCESS = flags.DEFINE_string("preprocess", "imagenet_train", "Preprocessing preset.")
-_BATCH = flags.DEFINE_integer("batch", 32, "Batch size.")
-_STEPS = flags.DEFINE_integer("steps", 8, "Timed batches per pipeline setting.")
-_THREADS = flags.DEFINE_list("threads", ["1", "2"], "grain threads to try (0: caller's thread).")
-_WORKERS = flags.DEFINE_list("workers", ["0"], "Worker processes to try (0: none).")
-_CACHE = flags.DEFINE_bool("cache", False, "Hold the encoded JPEGs in memory (open_domain cache).")
-_MODEL = flags.DEFINE_string("model", None, "Also time this backbone's train step, e.g. resnet50.")
-_MODEL_SIZE = flags.DEFINE_integer("model_size", 112, "Image side for --model.")
-_STEP_S = flags.DEFINE_float(
-    "step_s", None, "Seconds of a train step on --batch images (as tljax.models.bench times "
-    "it), to compare with instead of timing --model. A DA step reads --batch source and "
-    "--batch target images and takes about twice that.")
-_OVERLAP_STEPS = flags.DEFINE_integer(
-    "overlap_steps", 0, "With a step time: run this many steps of a source and a target stream "
-    "(as train.py does) against a stand-in step that sleeps that long, and report how long "
-    "each step waited for its batches (0: prefetching hides the pipeline).")
-_DIR = flags.DEFINE_string("dir", None, "Work directory (default: a temporary one, removed).")
-_OUT = flags.DEFINE_string("out", None, "Write the figures as JSON here.")
+_IMAGES = None
+_IMAGE_SIDE = None
+_SIZE = None
+_PREPROCESS = None
+_BATCH = None
+_STEPS = None
+_THREADS = None
+_WORKERS = None
+_CACHE = None
+_MODEL = None
+_MODEL_SIZE = None
+_STEP_S = None
+_OVERLAP_STEPS = None
+_DIR = None
+_OUT = None
+
+
+def _define_flags() -> None:
+  """Defines the command-line flags; called only when run as a program, so that
+  importing this module for its functions defines no flags."""
+  global _IMAGES, _IMAGE_SIDE, _SIZE, _PREPROCESS, _BATCH, _STEPS, _THREADS, _WORKERS, _CACHE, _MODEL, _MODEL_SIZE, _STEP_S, _OVERLAP_STEPS, _DIR, _OUT
+  _IMAGES = flags.DEFINE_integer("images", 256, "JPEGs in the synthetic domain.")
+  _IMAGE_SIDE = flags.DEFINE_integer("image_side", 500, "Side of the stored JPEGs (amazon: 300, "
+                                     "dslr: 1000, webcam: 423-640).")
+  _SIZE = flags.DEFINE_integer("size", 224, "Output side of the preprocessing.")
+  _PREPROCESS = flags.DEFINE_string("preprocess", "imagenet_train", "Preprocessing preset.")
+  _BATCH = flags.DEFINE_integer("batch", 32, "Batch size.")
+  _STEPS = flags.DEFINE_integer("steps", 8, "Timed batches per pipeline setting.")
+  _THREADS = flags.DEFINE_list("threads", ["1", "2"], "grain threads to try (0: caller's thread).")
+  _WORKERS = flags.DEFINE_list("workers", ["0"], "Worker processes to try (0: none).")
+  _CACHE = flags.DEFINE_bool("cache", False, "Hold the encoded JPEGs in memory (open_domain cache).")
+  _MODEL = flags.DEFINE_string("model", None, "Also time this backbone's train step, e.g. resnet50.")
+  _MODEL_SIZE = flags.DEFINE_integer("model_size", 112, "Image side for --model.")
+  _STEP_S = flags.DEFINE_float(
+      "step_s", None, "Seconds of a train step on --batch images (as tljax.models.bench times "
+      "it), to compare with instead of timing --model. A DA step reads --batch source and "
+      "--batch target images and takes about twice that.")
+  _OVERLAP_STEPS = flags.DEFINE_integer(
+      "overlap_steps", 0, "With a step time: run this many steps of a source and a target stream "
+      "(as train.py does) against a stand-in step that sleeps that long, and report how long "
+      "each step waited for its batches (0: prefetching hides the pipeline).")
+  _DIR = flags.DEFINE_string("dir", None, "Work directory (default: a temporary one, removed).")
+  _OUT = flags.DEFINE_string("out", None, "Write the figures as JSON here.")
 
 
 def write_office31_like(root: str, num_images: int, side: int, seed: int = 0) -> None:
@@ -270,4 +291,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -37,21 +37,39 @@ from typing import Any, Sequence
 from absl import app
 from absl import flags
 
-_MODELS = flags.DEFINE_list("models", ["resnet50", "vit_base_patch16"],
-                            "Backbone registry names.")
-_BATCH = flags.DEFINE_integer("batch", 32, "Images per step.")
-_SIZES = flags.DEFINE_list("sizes", ["112", "224"], "Square image sizes.")
-_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after the warm-up).")
-_WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps after compilation.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
-                           "Flax compute dtype (PyTorch always runs fp32).")
-_TORCH = flags.DEFINE_bool("torch", True, "Also time PyTorch when installed.")
-_TORCH_CHANNELS_LAST = flags.DEFINE_bool(
-    "torch_channels_last", False, "Run PyTorch in channels_last (NHWC) memory format.")
-_XLA_FLAGS = flags.DEFINE_string("xla_flags", "", "Appended to XLA_FLAGS for Flax runs.")
-_OUT = flags.DEFINE_string("out", None, "Write the results as JSON here.")
-_WORKER = flags.DEFINE_enum("worker", None, ["flax", "torch"],
-                            "Internal: measure one configuration in this process.")
+_MODELS = None
+_BATCH = None
+_SIZES = None
+_STEPS = None
+_WARMUP = None
+_DTYPE = None
+_TORCH = None
+_TORCH_CHANNELS_LAST = None
+_XLA_FLAGS = None
+_OUT = None
+_WORKER = None
+
+
+def _define_flags() -> None:
+  """Defines the command-line flags; called only when run as a program, so that
+  importing this module for its functions defines no flags."""
+  global _MODELS, _BATCH, _SIZES, _STEPS, _WARMUP, _DTYPE, _TORCH, _TORCH_CHANNELS_LAST, _XLA_FLAGS, _OUT, _WORKER
+  _MODELS = flags.DEFINE_list("models", ["resnet50", "vit_base_patch16"],
+                              "Backbone registry names.")
+  _BATCH = flags.DEFINE_integer("batch", 32, "Images per step.")
+  _SIZES = flags.DEFINE_list("sizes", ["112", "224"], "Square image sizes.")
+  _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after the warm-up).")
+  _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps after compilation.")
+  _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                             "Flax compute dtype (PyTorch always runs fp32).")
+  _TORCH = flags.DEFINE_bool("torch", True, "Also time PyTorch when installed.")
+  _TORCH_CHANNELS_LAST = flags.DEFINE_bool(
+      "torch_channels_last", False, "Run PyTorch in channels_last (NHWC) memory format.")
+  _XLA_FLAGS = flags.DEFINE_string("xla_flags", "", "Appended to XLA_FLAGS for Flax runs.")
+  _OUT = flags.DEFINE_string("out", None, "Write the results as JSON here.")
+  _WORKER = flags.DEFINE_enum("worker", None, ["flax", "torch"],
+                              "Internal: measure one configuration in this process.")
+
 
 NUM_CLASSES = 1000
 _RESULT_PREFIX = "BENCH_RESULT "
@@ -279,4 +297,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -29,13 +29,24 @@ import numpy as np
 from tljax import models
 from tljax.models import checkpoints
 
-_MODEL = flags.DEFINE_string("model", None, "Backbone registry name, e.g. resnet50.")
-_INPUT = flags.DEFINE_string("input", None, "Checkpoint to convert.")
-_OUTPUT = flags.DEFINE_string("output", None, "Where to write the flat .npz.")
-_IMAGE_SIZE = flags.DEFINE_integer(
-    "image_size", None, "ViTs only: resolution to build for; position embeddings "
-    "are resampled to it. Default: the model's (224).")
-_OVERVIEW = flags.DEFINE_bool("overview", False, "Print a parameter overview.")
+_MODEL = None
+_INPUT = None
+_OUTPUT = None
+_IMAGE_SIZE = None
+_OVERVIEW = None
+
+
+def _define_flags() -> None:
+  """Defines the command-line flags; called only when run as a program, so that
+  importing this module for its functions defines no flags."""
+  global _MODEL, _INPUT, _OUTPUT, _IMAGE_SIZE, _OVERVIEW
+  _MODEL = flags.DEFINE_string("model", None, "Backbone registry name, e.g. resnet50.")
+  _INPUT = flags.DEFINE_string("input", None, "Checkpoint to convert.")
+  _OUTPUT = flags.DEFINE_string("output", None, "Where to write the flat .npz.")
+  _IMAGE_SIZE = flags.DEFINE_integer(
+      "image_size", None, "ViTs only: resolution to build for; position embeddings "
+      "are resampled to it. Default: the model's (224).")
+  _OVERVIEW = flags.DEFINE_bool("overview", False, "Print a parameter overview.")
 
 
 def convert(model: str, path: str, *, image_size: int | None = None) -> dict[str, np.ndarray]:
@@ -99,5 +110,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  _define_flags()
   flags.mark_flags_as_required(["model", "input"])
   app.run(main)

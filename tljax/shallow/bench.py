@@ -35,20 +35,38 @@ from tljax.shallow import reference
 
 ALL_METHODS = ("tca", "jda", "bda", "coral", "sa", "gfk")
 
-_N = flags.DEFINE_integer("n", 2000, "Samples per domain (n_s = n_t).")
-_D = flags.DEFINE_integer("d", 2048, "Feature dimension.")
-_CLASSES = flags.DEFINE_integer("classes", 10, "Number of classes.")
-_METHODS = flags.DEFINE_list("methods", list(ALL_METHODS), "Methods to benchmark.")
-_DIM = flags.DEFINE_integer("dim", 30, "Embedding dim for TCA/JDA/BDA/SA.")
-_GFK_DIM = flags.DEFINE_integer("gfk_dim", 20, "Subspace dim for GFK.")
-_ITERATIONS = flags.DEFINE_integer("T", 10, "JDA/BDA iterations (tljax).")
-_REFERENCE_ITERATIONS = flags.DEFINE_integer(
-    "reference_T", 1, "JDA/BDA iterations actually run by the reference; its time "
-    "is scaled to --T.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Warm tljax calls to take the median of.")
-_SKIP_REFERENCE = flags.DEFINE_bool("skip_reference", False, "Time tljax only.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic data.")
-_OUT = flags.DEFINE_string("out", None, "If set, write the results as JSON here.")
+_N = None
+_D = None
+_CLASSES = None
+_METHODS = None
+_DIM = None
+_GFK_DIM = None
+_ITERATIONS = None
+_REFERENCE_ITERATIONS = None
+_REPEATS = None
+_SKIP_REFERENCE = None
+_SEED = None
+_OUT = None
+
+
+def _define_flags() -> None:
+  """Defines the command-line flags; called only when run as a program, so that
+  importing this module for its functions defines no flags."""
+  global _N, _D, _CLASSES, _METHODS, _DIM, _GFK_DIM, _ITERATIONS, _REFERENCE_ITERATIONS, _REPEATS, _SKIP_REFERENCE, _SEED, _OUT
+  _N = flags.DEFINE_integer("n", 2000, "Samples per domain (n_s = n_t).")
+  _D = flags.DEFINE_integer("d", 2048, "Feature dimension.")
+  _CLASSES = flags.DEFINE_integer("classes", 10, "Number of classes.")
+  _METHODS = flags.DEFINE_list("methods", list(ALL_METHODS), "Methods to benchmark.")
+  _DIM = flags.DEFINE_integer("dim", 30, "Embedding dim for TCA/JDA/BDA/SA.")
+  _GFK_DIM = flags.DEFINE_integer("gfk_dim", 20, "Subspace dim for GFK.")
+  _ITERATIONS = flags.DEFINE_integer("T", 10, "JDA/BDA iterations (tljax).")
+  _REFERENCE_ITERATIONS = flags.DEFINE_integer(
+      "reference_T", 1, "JDA/BDA iterations actually run by the reference; its time "
+      "is scaled to --T.")
+  _REPEATS = flags.DEFINE_integer("repeats", 3, "Warm tljax calls to take the median of.")
+  _SKIP_REFERENCE = flags.DEFINE_bool("skip_reference", False, "Time tljax only.")
+  _SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic data.")
+  _OUT = flags.DEFINE_string("out", None, "If set, write the results as JSON here.")
 
 
 def synthetic_problem(n: int, d: int, num_classes: int, seed: int = 0, latent: int = 64):
@@ -258,4 +276,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
