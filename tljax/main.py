@@ -75,9 +75,8 @@ def main(argv):
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, PermissionError, FileNotFoundError, train.NonFiniteError) as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    # Bad input or a diverged run: one line that says what and how to fix it.
+    sys.exit(f"error: {e}")
 
 
 def run() -> None:
