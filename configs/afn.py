@@ -23,6 +23,7 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config.method = ml_collections.ConfigDict({
       "name": "afn",
       "trade_off": 0.05,
+      "trade_off_warmup": 0,  # >0: JAN's progressive weight over this many steps
       "delta": 1.0,
       "radius": ml_collections.config_dict.placeholder(float),
       "trade_off_entropy": 0.0,

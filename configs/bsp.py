@@ -23,6 +23,7 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config.method = ml_collections.ConfigDict({
       "name": "bsp",
       "trade_off": 1.0,
+      "trade_off_warmup": 0,  # >0: JAN's progressive weight over this many steps
       "bsp_trade_off": 0.0002,
       "k": 1,
       "hidden_sizes": (1024, 1024),

@@ -23,6 +23,7 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config.method = ml_collections.ConfigDict({
       "name": "cdan",
       "trade_off": 1.0,
+      "trade_off_warmup": 0,  # >0: JAN's progressive weight over this many steps
       "entropy": False,
       "randomized": False,
       "randomized_dim": 1024,

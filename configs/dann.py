@@ -22,6 +22,7 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config.method = ml_collections.ConfigDict({
       "name": "dann",
       "trade_off": 1.0,
+      "trade_off_warmup": 0,  # >0: JAN's progressive weight over this many steps
       "hidden_sizes": (1024, 1024),
       "grl_alpha": 1.0,
       "grl_lo": 0.0,

@@ -20,6 +20,7 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config.method = ml_collections.ConfigDict({
       "name": "ddc",
       "trade_off": 1.0,
+      "trade_off_warmup": 0,  # >0: JAN's progressive weight over this many steps
       "alpha": 1.0,
       "sigma": ml_collections.config_dict.placeholder(float),
       "linear": False,

@@ -21,6 +21,7 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config.method = ml_collections.ConfigDict({
       "name": "entropy_min",
       "trade_off": 0.1,
+      "trade_off_warmup": 0,  # >0: JAN's progressive weight over this many steps
   })
   if arg == "office31":
     config.total_steps = 10000

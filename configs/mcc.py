@@ -20,6 +20,7 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config.method = ml_collections.ConfigDict({
       "name": "mcc",
       "trade_off": 1.0,
+      "trade_off_warmup": 0,  # >0: JAN's progressive weight over this many steps
       "temperature": 2.5,
   })
   if arg == "office31":

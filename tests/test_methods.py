@@ -43,11 +43,11 @@ def test_unknown_method_field_is_named():
     create_method(ml_collections.ConfigDict({"name": "dannn"}), num_classes=10, total_steps=10)
 
 
-@pytest.mark.parametrize("name", METHODS)
-def test_short_run(name, digits_data_dir, tmp_path):
+def _short_run(name, digits_data_dir, tmp_path, **method_fields):
   from conftest import tiny_config
 
   config = importlib.import_module(f"configs.{name}").get_config("digits")
+  config.method.update(method_fields)
   tiny = tiny_config(digits_data_dir, total_steps=2, eval_every=2, checkpoint_every=2, log_every=1)
   for key in ("data_dir", "batch_size", "eval_batch_size", "total_steps", "eval_every",
               "checkpoint_every", "log_every"):
@@ -65,12 +65,33 @@ def test_short_run(name, digits_data_dir, tmp_path):
   results = train.train_and_evaluate(config, workdir, devices=jax.devices()[:2])
   assert results["method"] == name and results["step"] == 2
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    lines = [json.loads(l) for l in f if '"train"' in l]
+    return [json.loads(l) for l in f if '"train"' in l]
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_short_run(name, digits_data_dir, tmp_path):
+  lines = _short_run(name, digits_data_dir, tmp_path)
   assert len(lines) == 2 and all(np.isfinite(l["loss"]) for l in lines)
   if name == "source_only":
     assert all(l["transfer_loss"] == 0 for l in lines)
   else:
     assert all(l["transfer_loss"] != 0 for l in lines)
+
+
+def test_trade_off_warmup_follows_the_progressive_schedule(digits_data_dir, tmp_path):
+  method = create_method(ml_collections.ConfigDict({"name": "jan", "trade_off_warmup": 100}),
+                         num_classes=4, total_steps=100)
+  for step in (0, 10, 50, 100, 300):
+    p = min(step / 100, 1.0)
+    np.testing.assert_allclose(method.trade_off_scale(jnp.asarray(step)),
+                               2 / (1 + np.exp(-10 * p)) - 1, rtol=1e-6, atol=1e-7)
+  assert float(create_method(ml_collections.ConfigDict({"name": "jan"}), num_classes=4,
+                             total_steps=100).trade_off_scale(jnp.asarray(0))) == 1.0
+  # In the train step: weight 0 at the first step, then the schedule's value.
+  lines = _short_run("dan", digits_data_dir, tmp_path, trade_off_warmup=4)
+  assert lines[0]["trade_off_scale"] == 0 and lines[0]["transfer_loss"] == 0
+  np.testing.assert_allclose(lines[1]["trade_off_scale"], 2 / (1 + np.exp(-2.5)) - 1, rtol=1e-6)
+  assert lines[1]["transfer_loss"] > 0
 
 
 def _outputs(n=8, d=6, c=4, seed=0):

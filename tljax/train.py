@@ -142,6 +142,9 @@ def train_step(state: TrainState, source: dict, target: dict, *, classifier: nn.
     (transfer_loss, method_metrics), method_updates = method.apply(
         method_vars, outputs, step=state.step, train=True, mutable=mutable,
         rngs={"dropout": method_rng, "method": method_rng})
+    if method.trade_off_warmup > 0:
+      method_metrics = {**method_metrics, "trade_off_scale": method.trade_off_scale(state.step)}
+      transfer_loss = transfer_loss * method_metrics["trade_off_scale"]
     loss = cls_loss + transfer_loss
     new_model_state = _merge_state(cls_updates, method_updates, state.model_state)
     metrics = {

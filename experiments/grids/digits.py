@@ -6,15 +6,27 @@
 
 Hyperparameters: each method's loss settings are TLlib's (see its config); the
 optimizer, schedule, batch size and step budget are shared by all methods.
+
+The `+warmup` rows rerun three discrepancy methods (one per estimator: MK-MMD,
+JMMD, CORAL) with the transfer weight raised progressively over the whole run
+(`method.trade_off_warmup=total_steps`), the rule of the JAN paper; TLlib keeps
+the weight constant.
 """
 
 METHODS = ("source_only", "ddc", "dan", "jan", "deep_coral", "cmd", "dann", "cdan", "mdd",
            "bsp", "mcc", "afn", "entropy_min")
 
 
+WARMUP = ("dan", "jan", "deep_coral")
+
+
 def get_grid():
+  methods = {m: f"configs/{m}.py:digits" for m in METHODS}
+  for m in WARMUP:
+    methods[f"{m}+warmup"] = {"config": f"configs/{m}.py:digits",
+                              "overrides": {"method.trade_off_warmup": 2000}}
   return {
-      "methods": {m: f"configs/{m}.py:digits" for m in METHODS},
+      "methods": methods,
       "tasks": {"Digits→Digits-M": {}},
       "seeds": [0, 1, 2],
   }

@@ -45,10 +45,22 @@ class Method(nn.Module):
   # domains: TLlib's DANN, CDAN, JAN, MCC, MDD, BSP) or one pass per domain
   # (TLlib's DAN and AFN).
   joint_forward: bool = True
+  # 0: the transfer term keeps its weight from the first step (TLlib). N > 0:
+  # its weight rises as 2 / (1 + exp(-10 p)) - 1 with p = min(step / N, 1), the
+  # progressive schedule of JAN (Long et al. 2017, after Ganin & Lempitsky 2015),
+  # which keeps noisy early features from being aligned; JAN sets N to the whole run.
+  trade_off_warmup: int = 0
 
   def __call__(self, outputs: DomainOutputs, *, step: jax.Array,
                train: bool = True) -> tuple[jax.Array, dict[str, Any]]:
     raise NotImplementedError
+
+  def trade_off_scale(self, step: jax.Array) -> jax.Array:
+    """The factor (in [0, 1)) applied to the transfer term at `step`; 1 without warm-up."""
+    if self.trade_off_warmup <= 0:
+      return jnp.ones((), jnp.float32)
+    progress = jnp.minimum(jnp.asarray(step, jnp.float32) / self.trade_off_warmup, 1.0)
+    return 2.0 / (1.0 + jnp.exp(-10.0 * progress)) - 1.0
 
 
 class SourceOnly(Method):
