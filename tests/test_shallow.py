@@ -338,6 +338,30 @@ def test_experiment_subsampling_runs_every_seed(tmp_path):
   assert len(report["results"]["coral"]["accuracy_1nn"]["values"]) == 2
 
 
+def test_experiment_l2_normalisation_feeds_every_method(tmp_path):
+  source, source_labels, target, target_labels = gaussian_mixture(3, n=50, d=8, offset=0.5)
+  rng = np.random.default_rng(0)
+  # Per-sample scales that 1-NN on raw features would be fooled by.
+  source = source * rng.uniform(0.2, 5.0, (len(source), 1))
+  target = target * rng.uniform(0.2, 5.0, (len(target), 1))
+  features = tmp_path / "features.npz"
+  np.savez(features, source_features=source, source_labels=source_labels,
+           target_features=target, target_labels=target_labels)
+  report = experiment.run_experiment(features, tmp_path / "out", methods=["coral"], seeds=1,
+                                     diagnostics=False, normalize="l2")
+  unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+  nearest = distance.cdist(unit(target), unit(source)).argmin(axis=1)
+  expected = np.mean(source_labels[nearest] == target_labels)
+  assert report["results"]["none"]["accuracy_1nn"]["mean"] == pytest.approx(expected)
+  coral = reference.coral(unit(source), unit(target))
+  nearest = distance.cdist(unit(target), coral).argmin(axis=1)
+  assert report["results"]["coral"]["accuracy_1nn"]["mean"] == pytest.approx(
+      np.mean(source_labels[nearest] == target_labels))
+  assert report["config"]["normalize"] == "l2"
+  with pytest.raises(ValueError, match="unknown normalize='l1'"):
+    experiment.run_experiment(features, tmp_path / "bad", normalize="l1")
+
+
 def test_tsne_plot_writes_png(tmp_path):
   rng = np.random.default_rng(0)
   path = shallow.tsne_plot(rng.standard_normal((30, 6)), rng.standard_normal((25, 6)) + 2,

@@ -37,13 +37,14 @@ _OUT = None
 _SHALLOW = None
 _SEEDS = None
 _MAX_POINTS = None
+_NORMALIZE = None
 _CONFIG = None
 
 
 def _define_flags() -> None:
   """Defines the command-line flags; called only when run as a program, so that
   importing this module for its functions defines no flags."""
-  global _WORKDIR, _LAYER, _PIXELS, _OUT, _SHALLOW, _SEEDS, _MAX_POINTS, _CONFIG
+  global _WORKDIR, _LAYER, _PIXELS, _OUT, _SHALLOW, _SEEDS, _MAX_POINTS, _CONFIG, _NORMALIZE
   _WORKDIR = flags.DEFINE_string("workdir", None, "A tljax run's workdir.")
   _LAYER = flags.DEFINE_enum("layer", "features", ["backbone", "features", "logits"],
                              "Which output of the run's network to analyse.")
@@ -52,6 +53,8 @@ def _define_flags() -> None:
   _SHALLOW = flags.DEFINE_bool("shallow", False, "Also run the shallow methods on the features.")
   _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds for the randomised diagnostics and methods.")
   _MAX_POINTS = flags.DEFINE_integer("max_points", 2000, "Points in the t-SNE plot.")
+  _NORMALIZE = flags.DEFINE_enum("normalize", "none", ["none", "l2"],
+                                 "Preprocessing of the features for --shallow ('l2': unit-norm samples).")
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Task config, for --pixels.")
 
 
@@ -95,7 +98,8 @@ def diagnostics(data: dict[str, np.ndarray], *, seeds: int = 3) -> dict[str, Any
 
 
 def analyze(config, out_dir: str, *, extractor=None, title: str = "", seeds: int = 3,
-            shallow: bool = False, max_points: int = 2000) -> dict[str, Any]:
+            shallow: bool = False, max_points: int = 2000,
+            normalize: str = "none") -> dict[str, Any]:
   """Writes features.npz, analysis.json, tsne.png (and shallow results) to `out_dir`."""
   from tljax.shallow import analysis, experiment  # pylint: disable=g-import-not-at-top
 
@@ -112,7 +116,7 @@ def analyze(config, out_dir: str, *, extractor=None, title: str = "", seeds: int
   with open(os.path.join(out_dir, "analysis.json"), "w") as f:
     json.dump(report, f, indent=2)
   if shallow:
-    experiment.run_experiment(features_path, out_dir, seeds=seeds)
+    experiment.run_experiment(features_path, out_dir, seeds=seeds, normalize=normalize)
   return report
 
 
@@ -134,7 +138,8 @@ def main(argv):
     out = _OUT.value or os.path.join(_WORKDIR.value, "analysis")
     title = f"{config.method.name} ({_LAYER.value}): {config.source} -> {config.target}"
   report = analyze(config, out, extractor=extractor, title=title, seeds=_SEEDS.value,
-                   shallow=_SHALLOW.value, max_points=_MAX_POINTS.value)
+                   shallow=_SHALLOW.value, max_points=_MAX_POINTS.value,
+                   normalize=_NORMALIZE.value)
   logging.info("%s", json.dumps(report))
   print(json.dumps(report, indent=2))
   print(f"wrote {out}/analysis.json, tsne.png, features.npz")

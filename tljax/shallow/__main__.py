@@ -33,6 +33,8 @@ _ITERATIONS = flags.DEFINE_integer("T", None, "JDA/BDA pseudo-label iterations (
 _MU = flags.DEFINE_float("mu", None, "BDA balance factor for 'bda' (default 0.5).")
 _DIAGNOSTICS = flags.DEFINE_bool("diagnostics", True, "Report proxy A-distance and MMD.")
 _TSNE = flags.DEFINE_bool("tsne", False, "Write a t-SNE PNG per method.")
+_NORMALIZE = flags.DEFINE_enum("normalize", "none", list(experiment.NORMALIZATIONS),
+                               "Input preprocessing of both domains ('l2': unit-norm samples).")
 
 
 def main(argv):
@@ -42,7 +44,7 @@ def main(argv):
   report = experiment.run_experiment(
       _FEATURES.value, _OUT.value, methods=_METHODS.value, seeds=_SEEDS.value,
       max_per_domain=_MAX_PER_DOMAIN.value, overrides=overrides,
-      diagnostics=_DIAGNOSTICS.value, tsne=_TSNE.value)
+      diagnostics=_DIAGNOSTICS.value, tsne=_TSNE.value, normalize=_NORMALIZE.value)
   for method, result in report["results"].items():
     logging.info("%-9s 1-NN %.4f  logreg %.4f  (%d run(s), %.2f s)", method,
                  result["accuracy_1nn"]["mean"], result["accuracy_logreg"]["mean"],
