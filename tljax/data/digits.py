@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
+from tljax.data.serialization import deterministic_serialization
+
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
 _SPLIT_SEED = 0
@@ -91,6 +93,10 @@ class _DigitsBase(tfds.core.GeneratorBasedBuilder):
         supervised_keys=("image", "label"),
         homepage=_HOMEPAGE,
     )
+
+  def _download_and_prepare(self, *args, **kwargs):
+    with deterministic_serialization():
+      return super()._download_and_prepare(*args, **kwargs)
 
   def _split_generators(self, dl_manager):
     del dl_manager  # everything comes from installed packages

@@ -139,8 +139,11 @@ def _builder(name: str, data_dir: str | None, manual_dir: str | None, skip_corru
       builder = builder_class(config=config, **kwargs)
   if not builder.is_prepared():
     logging.info("Building %s into %s (first use).", name, builder.data_dir)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=manual_dir, try_download_gcs=False))
+    from tljax.data.serialization import deterministic_serialization  # pylint: disable=g-import-not-at-top
+
+    with deterministic_serialization():
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          manual_dir=manual_dir, try_download_gcs=False))
   return builder
 
 
