@@ -21,12 +21,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from configs import source_only  # noqa: E402
 from tljax import analyze, features, workdir  # noqa: E402
+from tljax.shallow import experiment  # noqa: E402
 
 _SWEEP = flags.DEFINE_string("sweep", "/tmp/tljax/sweeps/digits", "Digits sweep directory.")
 _OUT = flags.DEFINE_string("out", "experiments/results", "Where the tables and plots go.")
 _SCRATCH = flags.DEFINE_string("scratch", "/tmp/tljax/shallow_digits", "Working directory.")
 _LAYER = flags.DEFINE_string("layer", "backbone", "Network layer whose features are adapted.")
-_NORMALIZE = flags.DEFINE_enum("normalize", "l2", ["none", "l2"],
+_NORMALIZE = flags.DEFINE_enum("normalize", "l2", list(experiment.NORMALIZATIONS),
                                "Preprocessing of both domains before every method, 'none' included.")
 
 METHODS = ("none", "tca", "jda", "bda", "bda_auto", "coral", "sa", "gfk")

@@ -53,7 +53,9 @@ def _define_flags() -> None:
   _SHALLOW = flags.DEFINE_bool("shallow", False, "Also run the shallow methods on the features.")
   _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds for the randomised diagnostics and methods.")
   _MAX_POINTS = flags.DEFINE_integer("max_points", 2000, "Points in the t-SNE plot.")
-  _NORMALIZE = flags.DEFINE_enum("normalize", "none", ["none", "l2"],
+  from tljax.shallow import experiment  # pylint: disable=g-import-not-at-top
+
+  _NORMALIZE = flags.DEFINE_enum("normalize", "none", list(experiment.NORMALIZATIONS),
                                  "Preprocessing of the features for --shallow ('l2': unit-norm samples).")
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Task config, for --pixels.")
 

@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tljax import losses
+
 
 @flax.struct.dataclass
 class DomainOutputs:
@@ -59,8 +61,9 @@ class Method(nn.Module):
     """The factor (in [0, 1)) applied to the transfer term at `step`; 1 without warm-up."""
     if self.trade_off_warmup <= 0:
       return jnp.ones((), jnp.float32)
-    progress = jnp.minimum(jnp.asarray(step, jnp.float32) / self.trade_off_warmup, 1.0)
-    return 2.0 / (1.0 + jnp.exp(-10.0 * progress)) - 1.0
+    # The gradient-reversal warm start with alpha 10 over `trade_off_warmup` steps, held at p = 1.
+    step = jnp.minimum(jnp.asarray(step, jnp.float32), self.trade_off_warmup)
+    return losses.warm_start_coeff(step, alpha=10.0, max_steps=self.trade_off_warmup)
 
 
 class SourceOnly(Method):

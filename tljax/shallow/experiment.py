@@ -22,10 +22,12 @@ import time
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from tljax.shallow import analysis
 from tljax.shallow import estimators
+from tljax.shallow import ops
 
 # Method name -> (estimator class, fixed constructor arguments).
 METHOD_SPECS = {
@@ -71,8 +73,7 @@ def normalize_features(data: dict[str, np.ndarray], normalize: str) -> dict[str,
     return data
   out = dict(data)
   for key in ("source_features", "target_features"):
-    x = np.asarray(data[key], np.float32)
-    out[key] = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    out[key] = np.asarray(ops.normalize_rows(jnp.asarray(data[key], jnp.float32)))
   return out
 
 
