@@ -4,7 +4,7 @@
 
 TLlib's DANN: discriminator 1024-1024 with BatchNorm, warm-started reversal
 coefficient (alpha 1, 0 -> 1 over max_steps 1000), bottleneck Linear -> BN ->
-ReLU.
+ReLU, one pass over [source; target].
 
 Office-31 (ResNet-50, TLlib's hyperparameters: lr 0.01, lr-gamma 0.001, wd 1e-3, batch 32, trade-off 1, bottleneck 256, 20 epochs x 1000 iterations (TLlib dann.sh)):
 
@@ -17,18 +17,23 @@ import ml_collections
 from configs import default
 
 
-def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
-  config = default.get_config(arg)
-  config.method = ml_collections.ConfigDict({
-      "name": "dann",
+def term(task: str = "digits") -> ml_collections.ConfigDict:
+  """DANN's own fields (TLlib's values)."""
+  del task
+  return ml_collections.ConfigDict({
       "trade_off": 1.0,
-      "trade_off_warmup": 0,  # >0: JAN's progressive weight over this many steps
+      "trade_off_warmup": 0,  # >0: JAN's progressive weight on what reaches the features
       "hidden_sizes": (1024, 1024),
       "grl_alpha": 1.0,
       "grl_lo": 0.0,
       "grl_hi": 1.0,
       "grl_max_steps": 1000,
   })
+
+
+def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
+  config = default.get_config(arg)
+  config.method = default.terms_method("dann", "joint", {"dann": term(arg)})
   if arg == "office31":
     config.total_steps = 20000
   return config

@@ -42,6 +42,9 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config.data.num_threads = 2  # background threads assembling batches, per process
   config.data.num_workers = 0  # worker processes (each with num_threads) for heavy decoding
   config.data.skip_corrupt = False  # True: leave unreadable images out of a build (logged)
+  # A second augmentation of each target image, for methods that read two views
+  # (FixMatch's strong view: see configs/fixmatch.py).
+  config.data.strong_preprocess = ml_collections.ConfigDict({"name": "digits_strong"})
 
   # Network: backbone -> bottleneck -> head, returning (features, logits).
   config.model = ml_collections.ConfigDict()
@@ -54,13 +57,19 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config.model.bottleneck_dim = 256  # 0: no bottleneck
   config.model.bottleneck_norm = True  # Linear -> [BatchNorm] -> ReLU -> [Dropout]
   config.model.bottleneck_dropout = 0.0
-  config.model.head_hidden = 0  # 0: linear head; else a two-layer head (MDD: 1024)
+  config.model.head_type = ""  # linear | two_layer (MDD) | mcd (MCD); "": two_layer iff head_hidden
+  config.model.head_hidden = 0  # hidden width of a two_layer or mcd head
   config.model.head_dropout = 0.5
+  config.model.bottleneck_l2_preserving_dropout = False  # TLlib's AFN: units scaled 1/sqrt(1-p)
+  config.model.init_scheme = "torch"  # bottleneck + head init: torch | tllib_mdd | tllib_afn
   config.model.dtype = "float32"  # compute dtype (bfloat16 on GPU/TPU); params stay fp32
-  config.model.init = ""  # pretrained checkpoint to start from
-  config.model.dont_load = ()  # regexes of parameters that keep their fresh init
+  # Where the classifier starts: a pretrained checkpoint (.safetensors, .pth,
+  # .npz), or a tljax run (its workdir, or <workdir>/checkpoints/<step>).
+  config.model.init = ""
+  config.model.dont_load = ()  # regexes over the classifier's variables that keep their init
 
-  # Method: how target data joins the loss (see tljax/methods).
+  # Method: what a training step does (see tljax/methods); each configs/<method>.py
+  # states all of its fields.
   config.method = ml_collections.ConfigDict({"name": "source_only"})
 
   # Steps and batches (batch_size is global, per domain: each step sees
@@ -82,19 +91,59 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config.optimizer.momentum = 0.9
   config.optimizer.nesterov = True
   config.optimizer.weight_decay = 1e-3
+  config.optimizer.no_decay = ()  # regexes of parameters without weight decay, e.g. ('.*/bias',)
+  config.optimizer.b1 = 0.9  # adam / adamw
+  config.optimizer.b2 = 0.999
   config.optimizer.grad_clip_norm = 0.0  # 0: off
   config.schedule = ml_collections.ConfigDict()
   config.schedule.name = "inverse"  # lr * (1 + gamma * step) ** (-power)
   config.schedule.gamma = 0.001
   config.schedule.power = 0.75
   config.schedule.warmup_steps = 0
+  config.schedule.boundaries = ()  # 'step': multiply by `decay` at these steps
+  config.schedule.decay = 0.1
 
-  # (regex over '/'-joined parameter paths, 'frozen' | lr multiplier); first match
-  # wins. From scratch, everything trains at the base rate.
-  config.param_groups = [(".*", 1.0)]
+  # (regex over '/'-joined parameter paths, group); first match wins. A group is
+  # 'frozen', a learning-rate multiplier, or a dict of settings (lr_mult,
+  # momentum, weight_decay, nesterov, b1, b2). Paths: classifier/backbone/...,
+  # classifier/bottleneck/..., classifier/head/..., method/<network>/...
+  # From scratch, everything trains at the base rate.
+  config.param_groups = ((".*", 1.0),)
   if arg == "office31":
     _office31(config)
   return config
+
+
+def terms_method(name: str, forward: str, terms: dict[str, ml_collections.ConfigDict], *,
+                 pretrain_steps: int = 0, pretrain_lr_scale: float = 1.0) -> ml_collections.ConfigDict:
+  """`config.method` of adaptation terms (see tljax/methods/terms.py).
+
+  Args:
+    name: one term ('dann') or several joined by '+' ('cdan+mcc').
+    forward: 'joint' (one pass over [source; target]) or 'per_domain'.
+    terms: each term's fields by name; a single term's are flat in
+      `config.method`, several terms' nested under their names.
+    pretrain_steps: source-only steps before the terms switch on (TLlib's BSP).
+    pretrain_lr_scale: the pre-training learning rate relative to the main one.
+  """
+  method = ml_collections.ConfigDict({"name": name, "forward": forward,
+                                      "pretrain_steps": pretrain_steps,
+                                      "pretrain_lr_scale": pretrain_lr_scale})
+  if len(terms) == 1:
+    method.update(next(iter(terms.values())))
+  else:
+    for term_name, fields in terms.items():
+      method[term_name] = fields
+  return method
+
+
+def tllib_dan_office31(config: ml_collections.ConfigDict) -> None:
+  """TLlib's DAN/JAN Office-31 optimizer: lr 0.003, lr-gamma 0.0003, wd 5e-4,
+  20 epochs x 500 iterations."""
+  config.optimizer.learning_rate = 0.003
+  config.optimizer.weight_decay = 5e-4
+  config.schedule.gamma = 0.0003
+  config.total_steps = 10000
 
 
 def _office31(config: ml_collections.ConfigDict) -> None:
@@ -115,7 +164,7 @@ def _office31(config: ml_collections.ConfigDict) -> None:
   config.model.backbone_kwargs = ml_collections.ConfigDict()
   config.model.init = ""  # the torchvision ImageNet resnet50 .safetensors/.pth file
   config.model.dont_load = ("head/.*", "bottleneck/.*")
-  config.param_groups = [("backbone/.*", 0.1), (".*", 1.0)]
+  config.param_groups = (("classifier/backbone/.*", 0.1), (".*", 1.0))
   config.batch_size = 32
   config.eval_batch_size = 128
   config.total_steps = 20000

@@ -3,8 +3,10 @@
     python -m tljax.main --config=configs/mdd.py:digits --workdir=/tmp/tljax/mdd
 
 TLlib's MDD: margin 4, reversal warm start up to 0.1, bottleneck Linear -> BN
--> ReLU -> Dropout(0.5), main and adversarial heads Dense(1024) -> ReLU ->
-Dropout(0.5) -> Dense(C).
+-> ReLU -> Dropout(0.5), main and adversarial heads Dense(w) -> ReLU ->
+Dropout(0.5) -> Dense(C) whose width w is the bottleneck width (1024 on
+Office-31, 256 on digits), TLlib's initialisation of both heads and the
+bottleneck (`init_scheme='tllib_mdd'`).
 
 Office-31 (ResNet-50, TLlib's hyperparameters: lr 0.004, lr-gamma 0.0002, wd 5e-4, batch 32, bottleneck 1024, heads 1024, margin 4, 20 epochs x 1000 iterations (TLlib mdd.sh)):
 
@@ -17,27 +19,33 @@ import ml_collections
 from configs import default
 
 
-def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
-  config = default.get_config(arg)
-  config.method = ml_collections.ConfigDict({
-      "name": "mdd",
+def term(task: str = "digits") -> ml_collections.ConfigDict:
+  """MDD's own fields (TLlib's values); the head width is the bottleneck width."""
+  return ml_collections.ConfigDict({
       "trade_off": 1.0,
-      "trade_off_warmup": 0,  # >0: JAN's progressive weight over this many steps
+      "trade_off_warmup": 0,  # >0: JAN's progressive weight on what reaches the features
       "margin": 4.0,
-      "head_width": 1024,
+      "head_width": 1024 if task == "office31" else 256,
       "head_dropout": 0.5,
+      "head_init": "tllib_mdd",
       "grl_alpha": 1.0,
       "grl_lo": 0.0,
       "grl_hi": 0.1,
       "grl_max_steps": 1000,
   })
+
+
+def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
+  config = default.get_config(arg)
+  config.method = default.terms_method("mdd", "joint", {"mdd": term(arg)})
   config.model.bottleneck_dropout = 0.5
-  config.model.head_hidden = 1024
   config.model.head_dropout = 0.5
+  config.model.init_scheme = "tllib_mdd"  # N(0, 0.005)/0.1 bottleneck, N(0, 0.01)/0 heads
   if arg == "office31":
     config.optimizer.learning_rate = 0.004
     config.optimizer.weight_decay = 5e-4
     config.schedule.gamma = 0.0002
     config.model.bottleneck_dim = 1024
     config.total_steps = 20000
+  config.model.head_hidden = config.method.head_width
   return config

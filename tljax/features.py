@@ -55,42 +55,52 @@ class Extractor:
 
 
 def _num_classes(params: dict[str, Any]) -> int:
+  """Classes of a classifier's head: the width of its last layer's bias."""
   head = params["head"]
-  return int((head["linear"] if "linear" in head else head)["bias"].shape[-1])
+  last = head if "bias" in head else head[sorted(head)[-1]]
+  for name in ("linear", "output"):
+    if name in head:
+      last = head[name]
+  return int(last["bias"].shape[-1])
 
 
 def from_workdir(workdir: str, layer: str = "features") -> Extractor:
-  """The classifier a finished (or checkpointed) tljax run trained."""
-  config = workdir_lib.read_config(workdir)
-  state, step = workdir_lib.latest_state(workdir)
-  params = {k: v for k, v in state["params"].items() if k in ("backbone", "bottleneck", "head")}
-  batch_stats = {k: v for k, v in state["model_state"].get("batch_stats", {}).items()
-                 if k in ("backbone", "bottleneck", "head")}
-  classifier = models.create_classifier(config.model, _num_classes(params))
-  variables = {"params": params, "batch_stats": batch_stats}
+  """The classifier a finished (or checkpointed) tljax run trained (its latest
+  checkpoint, or `<workdir>/checkpoints/<step>`)."""
+  variables, described = workdir_lib.classifier_variables(workdir)
+  run_dir = described.rsplit("@", 1)[0]
+  config = workdir_lib.read_config(run_dir)
+  classifier = models.create_classifier(config.model, _num_classes(variables["params"]))
   return Extractor(classifier, variables, _check_layer(layer), config.data.eval_preprocess.to_dict(),
-                   key=f"workdir:{os.path.abspath(workdir)}:step{step}")
+                   key=f"workdir:{described}")
 
 
-def from_pretrained(model_config: ml_collections.ConfigDict, image_size: int,
-                    eval_preprocess: dict[str, Any]) -> Extractor:
-  """A backbone with weights from `model_config.init`, read at its pooled output."""
+def from_pretrained(features_config: ml_collections.ConfigDict) -> Extractor:
+  """A backbone with weights from `features_config.init`, read at its pooled output.
+
+  `features_config`: `model` (backbone name), `init` (checkpoint file),
+  `backbone_kwargs` (e.g. a ViT's `image_size`), `image_size` and
+  `eval_preprocess` (how images are prepared for it).
+  """
   from tljax.models import checkpoints  # pylint: disable=g-import-not-at-top
 
-  if not model_config.get("init"):
+  if not features_config.get("init"):
     raise ValueError("config.features.init must name the pretrained checkpoint "
                      "(.safetensors, .pth, .npz) of config.features.model")
-  probe_config = ml_collections.ConfigDict({"name": model_config.name, "bottleneck_dim": 0,
-                                            "backbone_kwargs": model_config.get("backbone_kwargs", {})})
+  backbone_kwargs = dict(features_config.get("backbone_kwargs") or {})
+  probe_config = ml_collections.ConfigDict({"name": features_config.model, "bottleneck_dim": 0,
+                                            "backbone_kwargs": backbone_kwargs})
   classifier = models.create_classifier(probe_config, num_classes=1)
-  images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  size = features_config.image_size
+  images = jnp.zeros((1, size, size, 3), jnp.float32)
   shapes = jax.eval_shape(lambda: classifier.init(jax.random.PRNGKey(0), images))
   initial = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-  variables = checkpoints.load(initial, model_config.init, backbone=model_config.name,
+  variables = checkpoints.load(initial, features_config.init, backbone=features_config.model,
                                dont_load=("head/.*",))
-  stat = os.stat(model_config.init)
-  return Extractor(classifier, variables, "backbone", dict(eval_preprocess),
-                   key=f"init:{os.path.abspath(model_config.init)}:{stat.st_size}:{stat.st_mtime_ns}")
+  stat = os.stat(features_config.init)
+  return Extractor(classifier, variables, "backbone", dict(features_config.eval_preprocess),
+                   key=(f"init:{os.path.abspath(features_config.init)}:{stat.st_size}:"
+                        f"{stat.st_mtime_ns}:{sorted(backbone_kwargs.items())}"))
 
 
 def _check_layer(layer: str) -> str:
@@ -162,14 +172,11 @@ def feature_domain(extractor: Extractor, domain: Domain, cache_dir: str, **kwarg
   return dataclasses.replace(domain, source=_ArraySource(features, labels))
 
 
-def create_extractor(features_config: ml_collections.ConfigDict, image_size: int,
-                     eval_preprocess: dict[str, Any]) -> Extractor:
+def create_extractor(features_config: ml_collections.ConfigDict) -> Extractor:
   """From `config.features`: a tljax `workdir`, or a pretrained `model` + `init`."""
   if features_config.get("workdir"):
     return from_workdir(features_config.workdir, features_config.get("layer", "features"))
   if features_config.get("model"):
-    return from_pretrained(ml_collections.ConfigDict({"name": features_config.model,
-                                                      "init": features_config.get("init", "")}),
-                           image_size, eval_preprocess)
+    return from_pretrained(features_config)
   raise ValueError("config.features needs either `workdir` (a trained tljax run, e.g. "
                    "source_only on digits) or `model` and `init` (a pretrained checkpoint)")

@@ -1,73 +1,105 @@
-"""Parameter groups (as data) -> an optax optimizer, and learning-rate schedules.
+"""Parameter groups (as data) -> optax optimizers, and learning-rate schedules.
 
-`config.param_groups` is a list of `(regex, group)` over '/'-joined parameter
-paths such as `backbone/layer1_0/conv1/kernel`; the first regex that matches
-(`re.fullmatch`) decides, every parameter must be matched, and a group is either
-`'frozen'` or a learning-rate multiplier. TLlib's fine-tuning default, backbone
-at 0.1x and everything else at 1x, is `[('backbone/.*', 0.1), ('.*', 1.0)]`.
+`config.param_groups` is a tuple of `(regex, group)` over '/'-joined parameter
+paths such as `classifier/backbone/layer1_0/conv1/kernel`; the first regex that
+matches (`re.fullmatch`) decides, and every parameter must be matched. A group
+is
 
-Frozen parameters get `optax.set_to_zero()` through `optax.partition`, so they
-never move and hold no optimizer state; their BatchNorm layers keep running
-statistics (see `frozen_norm_regex`).
+  * `'frozen'`: the parameter never moves. It is left out of differentiation
+    altogether (see `tljax.methods.base.StepContext.update`), holds no
+    optimizer state, and a module all of whose parameters are frozen uses its
+    BatchNorm running statistics in training (`frozen_norm_regex`);
+  * a number: a learning-rate multiplier (TLlib's fine-tuning default is
+    `(('classifier/backbone/.*', 0.1), ('.*', 1.0))`);
+  * a dict overriding the optimizer for that group: `lr_mult`, `momentum`,
+    `weight_decay`, `nesterov` (SGD), `b1`, `b2` (Adam), e.g. TLlib's AFN
+    recipe, a backbone without momentum:
+    `(('classifier/backbone/.*', {'momentum': 0.0}), ('.*', 1.0))`.
+
+`config.optimizer.no_decay` lists regexes of parameters that get no weight
+decay (e.g. `('.*/bias', '.*/scale')`, biases and normalisation scales, as
+big_vision and the flax examples exclude them; TLlib decays everything).
+
+A method may keep several optimizers (`Method.optimizer_scopes`); each is built
+here over the parameters it trains, with the same groups and schedule.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+import flax.traverse_util
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 
 FROZEN = "frozen"
+# Per-group optimizer settings a group dict may override.
+GROUP_KEYS = ("lr_mult", "momentum", "weight_decay", "nesterov", "b1", "b2")
 
 
 def path_str(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
-def _normalise_groups(param_groups: Sequence[Any]) -> list[tuple[str, Any]]:
+def _normalise_group(i: int, group: Any) -> Any:
+  if group is None or group == FROZEN:
+    return FROZEN
+  if isinstance(group, (int, float)) and not isinstance(group, bool):
+    if group < 0:
+      raise ValueError(f"config.param_groups[{i}]: learning-rate multiplier {group!r} must be "
+                       ">= 0")
+    return (("lr_mult", float(group)),)
+  if isinstance(group, Mapping):
+    unknown = sorted(set(group) - set(GROUP_KEYS))
+    if unknown:
+      raise ValueError(f"config.param_groups[{i}]: unknown group settings {unknown}; a group "
+                       f"dict may set {list(GROUP_KEYS)}")
+    for key in ("lr_mult", "momentum", "weight_decay"):
+      if key in group and (not isinstance(group[key], (int, float)) or group[key] < 0):
+        raise ValueError(f"config.param_groups[{i}]: {key}={group[key]!r} must be a number >= 0")
+    return tuple(sorted(group.items()))
+  raise ValueError(f"config.param_groups[{i}]: group {group!r} must be 'frozen', a "
+                   "learning-rate multiplier, or a dict of settings "
+                   f"({', '.join(GROUP_KEYS)})")
+
+
+def normalise_groups(param_groups: Sequence[Any]) -> list[tuple[str, Any]]:
+  """`(regex, group)` pairs checked, groups as 'frozen' or a sorted settings tuple."""
   groups = []
+  if isinstance(param_groups, str) or not isinstance(param_groups, (tuple, list)):
+    raise ValueError(f"config.param_groups={param_groups!r} must be a tuple of "
+                     "(regex, group) pairs")
   for i, entry in enumerate(param_groups):
     if not isinstance(entry, (tuple, list)) or len(entry) != 2:
       raise ValueError(f"config.param_groups[{i}] = {entry!r}: each entry must be a "
-                       "(regex, group) pair, group 'frozen' or a learning-rate multiplier")
+                       "(regex, group) pair, group 'frozen', a learning-rate multiplier or a dict")
     pattern, group = entry
     try:
       re.compile(pattern)
-    except re.error as e:
+    except (re.error, TypeError) as e:
       raise ValueError(f"config.param_groups[{i}]: bad regex {pattern!r}: {e}") from e
-    if group is None or group == FROZEN:
-      group = FROZEN
-    elif isinstance(group, (int, float)) and not isinstance(group, bool) and group >= 0:
-      group = float(group)
-    else:
-      raise ValueError(f"config.param_groups[{i}]: group {group!r} must be 'frozen' "
-                       "or a non-negative learning-rate multiplier")
-    groups.append((pattern, group))
+    groups.append((pattern, _normalise_group(i, group)))
   return groups
 
 
-def group_of_each_param(params: Any, param_groups: Sequence[Any]) -> Any:
-  """A tree like `params` holding each parameter's group ('frozen' or a multiplier).
+def group_of_each_param(params: Any, param_groups: Sequence[Any]) -> dict[tuple[str, ...], Any]:
+  """`{path tuple: group}` for every parameter ('frozen' or a settings tuple).
 
   Raises:
     ValueError: naming the parameters that no regex matches.
   """
-  groups = _normalise_groups(param_groups)
-  uncovered = []
-
-  def assign(path, _):
-    name = path_str(path)
+  groups = normalise_groups(param_groups)
+  assignment, uncovered = {}, []
+  for path in flax.traverse_util.flatten_dict(params):
+    name = "/".join(path)
     for pattern, group in groups:
       if re.fullmatch(pattern, name):
-        return group
-    uncovered.append(name)
-    return None
-
-  assignment = jax.tree_util.tree_map_with_path(assign, params)
+        assignment[path] = group
+        break
+    else:
+      uncovered.append(name)
   if uncovered:
     shown = ", ".join(uncovered[:10]) + (f" ... ({len(uncovered)} in all)" if len(uncovered) > 10 else "")
     raise ValueError(f"config.param_groups covers no group for: {shown}. Add a final "
@@ -75,20 +107,23 @@ def group_of_each_param(params: Any, param_groups: Sequence[Any]) -> Any:
   return assignment
 
 
-def _label(group) -> str:
-  return FROZEN if group == FROZEN else f"lr_x{group:g}"
+def frozen_mask(params: Any, param_groups: Sequence[Any]) -> dict[tuple[str, ...], bool]:
+  return {p: g == FROZEN for p, g in group_of_each_param(params, param_groups).items()}
 
 
-def frozen_norm_regex(params: Any, param_groups: Sequence[Any]) -> str:
-  """Regex of the module paths all of whose parameters are frozen.
+def frozen_norm_regex(params: Any, param_groups: Sequence[Any], prefix: str = "") -> str:
+  """Regex of the module paths (below `prefix`) all of whose parameters are frozen.
 
-  Passed to the model as `frozen_norm`, so frozen BatchNorm layers normalise
+  Passed to a network as `frozen_norm`, so frozen BatchNorm layers normalise
   with their running statistics even in training (and never update them).
   """
-  assignment = group_of_each_param(params, param_groups)
   modules: dict[str, bool] = {}
-  for path, group in jax.tree_util.tree_flatten_with_path(assignment)[0]:
-    module = path_str(path[:-1])
+  for path, group in group_of_each_param(params, param_groups).items():
+    module = "/".join(path[:-1])
+    if prefix:
+      if not module.startswith(prefix + "/"):
+        continue
+      module = module[len(prefix) + 1:]
     modules[module] = modules.get(module, True) and group == FROZEN
   frozen = sorted(m for m, all_frozen in modules.items() if all_frozen)
   return "|".join(re.escape(m) for m in frozen)
@@ -98,7 +133,7 @@ def create_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   """The base learning-rate schedule (group multipliers are applied on top).
 
   `config.schedule.name`:
-    'inverse': TLlib's `lr * (1 + gamma * step) ** (-power)` (gamma 1e-3, power 0.75).
+    'inverse': TLlib's `lr * (1 + gamma * step) ** (-power)`.
     'constant', 'cosine' (to 0 at total_steps), 'step' (x`decay` at `boundaries`).
   Optional linear warm-up over `config.schedule.warmup_steps`.
   """
@@ -111,64 +146,79 @@ def create_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   elif name == "constant":
     schedule = optax.constant_schedule(lr)
   elif name == "cosine":
-    schedule = optax.cosine_decay_schedule(lr, max(config.total_steps - sched.get("warmup_steps", 0), 1))
+    schedule = optax.cosine_decay_schedule(lr, max(config.total_steps - sched.warmup_steps, 1))
   elif name == "step":
     schedule = optax.piecewise_constant_schedule(
-        lr, {int(b): sched.get("decay", 0.1) for b in sched.get("boundaries", ())})
+        lr, {int(b): sched.decay for b in sched.boundaries})
   else:
     raise ValueError(f"unknown config.schedule.name {name!r}; choose inverse, constant, cosine or step")
-  warmup = sched.get("warmup_steps", 0)
-  if warmup:
+  if sched.warmup_steps:
     schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, lr, warmup), schedule], [warmup])
+        [optax.linear_schedule(0.0, lr, sched.warmup_steps), schedule], [sched.warmup_steps])
   return schedule
 
 
-def _base_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
-  opt = config.optimizer
-  if opt.name == "sgd":
+def _base_optimizer(opt: Mapping[str, Any], schedule: optax.Schedule,
+                    decay: bool) -> optax.GradientTransformation:
+  weight_decay = opt["weight_decay"] if decay else 0.0
+  name = opt["name"]
+  if name == "sgd":
     # Coupled L2 (added to the gradient before momentum), as torch.optim.SGD.
     return optax.chain(
-        optax.add_decayed_weights(opt.weight_decay) if opt.weight_decay else optax.identity(),
-        optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov))
-  if opt.name == "adam":
+        optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
+        optax.sgd(schedule, momentum=opt["momentum"] or None, nesterov=bool(opt["nesterov"])))
+  if name == "adam":
     return optax.chain(
-        optax.add_decayed_weights(opt.weight_decay) if opt.weight_decay else optax.identity(),
-        optax.adam(schedule, b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999)))
-  if opt.name == "adamw":
-    return optax.adamw(schedule, b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999),
-                       weight_decay=opt.weight_decay)
-  raise ValueError(f"unknown config.optimizer.name {opt.name!r}; choose sgd, adam or adamw")
+        optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
+        optax.adam(schedule, b1=opt["b1"], b2=opt["b2"]))
+  if name == "adamw":
+    return optax.adamw(schedule, b1=opt["b1"], b2=opt["b2"], weight_decay=weight_decay)
+  raise ValueError(f"unknown config.optimizer.name {name!r}; choose sgd, adam or adamw")
 
 
-def create_optimizer(config: ml_collections.ConfigDict, params: Any) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """`optax.partition` over the parameter groups of `config.param_groups`.
+def create_optimizer(config: ml_collections.ConfigDict, params: Any, *,
+                     schedule: optax.Schedule | None = None,
+                     lr_scale: float = 1.0) -> optax.GradientTransformation:
+  """An `optax.partition` over the parameter groups of the (trainable) `params`.
 
-  Returns:
-    The transformation and the base schedule (for logging the learning rate).
+  Args:
+    config: the run's config (`optimizer`, `schedule`, `param_groups`).
+    params: the parameters this optimizer updates (frozen ones excluded),
+      nested as in the train state.
+    schedule: the base schedule (default: `create_schedule(config)`).
+    lr_scale: a factor on the learning rate of every group.
   """
-  schedule = create_schedule(config)
+  schedule = schedule or create_schedule(config)
   assignment = group_of_each_param(params, config.param_groups)
-  groups = set(jax.tree.leaves(assignment))
-  transforms = {}
-  for group in groups:
+  no_decay = [re.compile(p) for p in config.optimizer.no_decay]
+  base = {"name": config.optimizer.name, "momentum": config.optimizer.momentum,
+          "nesterov": config.optimizer.nesterov, "weight_decay": config.optimizer.weight_decay,
+          "b1": config.optimizer.b1, "b2": config.optimizer.b2, "lr_mult": 1.0}
+  labels, transforms = {}, {}
+  for path, group in assignment.items():
     if group == FROZEN:
-      transforms[_label(group)] = optax.set_to_zero()
-    else:
-      transforms[_label(group)] = _base_optimizer(
-          config, lambda step, m=group: m * schedule(step))
-  labels = jax.tree.map(_label, assignment)
-  tx = optax.partition(transforms, labels)
-  clip = config.optimizer.get("grad_clip_norm", 0.0)
+      raise ValueError(f"create_optimizer got the frozen parameter {'/'.join(path)}")
+    decay = not any(p.fullmatch("/".join(path)) for p in no_decay)
+    label = repr((group, decay))
+    labels[path] = label
+    if label not in transforms:
+      settings = {**base, **dict(group)}
+      multiplier = settings["lr_mult"] * lr_scale
+      transforms[label] = _base_optimizer(
+          settings, lambda step, m=multiplier: m * schedule(step), decay)
+  tx = optax.partition(transforms, flax.traverse_util.unflatten_dict(labels))
+  clip = config.optimizer.grad_clip_norm
   if clip:
     tx = optax.chain(optax.clip_by_global_norm(clip), tx)
-  return tx, schedule
+  return tx
 
 
 def describe_groups(params: Any, param_groups: Sequence[Any]) -> dict[str, int]:
-  """Parameter count per group label, for the log."""
-  assignment = group_of_each_param(params, param_groups)
+  """Parameter count per group, for the log."""
   counts: dict[str, int] = {}
-  for group, leaf in zip(jax.tree.leaves(assignment), jax.tree.leaves(params)):
-    counts[_label(group)] = counts.get(_label(group), 0) + int(jnp.size(leaf))
+  flat = flax.traverse_util.flatten_dict(params)
+  for path, group in group_of_each_param(params, param_groups).items():
+    label = FROZEN if group == FROZEN else ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                                    for k, v in group)
+    counts[label] = counts.get(label, 0) + int(jax.numpy.size(flat[path]))
   return counts

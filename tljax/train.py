@@ -1,17 +1,24 @@
 """Training and evaluation: the one path every tljax run takes.
 
-`train_and_evaluate(config, workdir)` reads top to bottom in phases: workdir and
-logging, mesh, input pipeline, model + method + optimizer, checkpoint, train
-loop, final evaluation. The train step is a pure function
+`train_and_evaluate(config, workdir)` reads top to bottom in phases, each a
+short function: `_open_run` (checks, workdir lock, run identity, logging),
+`_open_data` (the domains), `build` (mesh-replicated state, the method's step
+context, the jitted steps), `_restore` (the latest checkpoint that restores),
+`_train` (the loop: steps, periodic evaluation, checkpoints, preemption),
+`_final_evaluation` and `_write_results`.
 
-    state, metrics = train_step(state, source_batch, target_batch)
+The train step is the method's own (`tljax/methods`):
+
+    state, metrics = method.train_step(ctx, state, batch, rng)
 
 jitted with the state donated, parameters replicated and batches sharded over a
 `('data',)` mesh of all devices (all processes in a multi-host run); the
 compiler inserts the collectives, so BatchNorm statistics and every loss see the
-global batch. Its randomness is derived from the state's step, and the data of
-step `s` is a pure function of the seed and `s` (see `data/pipeline.py`), so a
-run resumed from a checkpoint continues exactly as if never interrupted.
+global batch. `rng = fold_in(state.rng, state.step)`, and the data of step `s`
+is a pure function of the seed and `s` (see `data/pipeline.py`), so a run
+resumed from a checkpoint continues exactly as if never interrupted. A step
+whose metrics are not all finite leaves the state unchanged, and the host stops
+the run with a message naming them.
 """
 
 from __future__ import annotations
@@ -25,158 +32,52 @@ import platform
 import signal
 import sys
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from absl import logging
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from clu import metric_writers
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import tljax
+from tljax import config_checks
 from tljax import features as features_lib
 from tljax import models, optim
+from tljax import workdir as workdir_lib
 from tljax.data import open_domain, pipeline, preprocess
-from tljax.methods import DomainOutputs, create_method
+from tljax.methods import base as methods_base
+from tljax.methods import create_method
+from tljax.methods.base import TrainState
 
-_CLASSIFIER_KEYS = ("backbone", "bottleneck", "head")
-
-
-class NonFiniteError(FloatingPointError):
-  """The loss or gradient norm of a step is NaN or infinite."""
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything a step changes. A plain pytree: checkpointed as is."""
-
-  step: jax.Array
-  params: Any  # classifier's and method's parameters under top-level names
-  model_state: Any  # non-trainable collections, e.g. {'batch_stats': ...}
-  opt_state: Any
-  rng: jax.Array  # base key; step keys are fold_in(rng, step)
+NonFiniteError = config_checks.NonFiniteError
 
 
 # ----------------------------------------------------------------------------
-# Variables of the two modules, kept in one tree.
+# The jitted steps (pure).
 # ----------------------------------------------------------------------------
 
 
-def _merge(classifier_tree: dict, method_tree: dict) -> dict:
-  clash = set(classifier_tree) & set(method_tree)
-  if clash:
-    raise ValueError(f"the method's modules {sorted(clash)} clash with the classifier's names")
-  return {**classifier_tree, **method_tree}
-
-
-def _split(tree: dict) -> tuple[dict, dict]:
-  classifier = {k: v for k, v in tree.items() if k in _CLASSIFIER_KEYS}
-  method = {k: v for k, v in tree.items() if k not in _CLASSIFIER_KEYS}
-  return classifier, method
-
-
-def _variables(params: dict, model_state: dict) -> tuple[dict, dict]:
-  """Splits the merged tree into the classifier's and the method's variables."""
-  cls_params, method_params = _split(params)
-  cls_vars, method_vars = {"params": cls_params}, {"params": method_params}
-  for collection, tree in model_state.items():
-    cls_vars[collection], method_vars[collection] = _split(tree)
-  return cls_vars, method_vars
-
-
-def _merge_state(cls_updates: dict, method_updates: dict, model_state: dict) -> dict:
-  merged = {}
-  for collection, tree in model_state.items():
-    cls_old, method_old = _split(tree)
-    merged[collection] = _merge(cls_updates.get(collection, cls_old),
-                                method_updates.get(collection, method_old))
-  return merged
-
-
-# ----------------------------------------------------------------------------
-# The step functions (pure; jitted in `train_and_evaluate`).
-# ----------------------------------------------------------------------------
-
-
-def train_step(state: TrainState, source: dict, target: dict, *, classifier: nn.Module,
-               method: nn.Module, tx: optax.GradientTransformation,
-               schedule: optax.Schedule) -> tuple[TrainState, dict]:
-  """One optimisation step on a global source batch and target batch.
-
-  Target labels, if the batch has them, are never read.
-  """
-  step_rng = jax.random.fold_in(state.rng, state.step)
-  dropout_rng, method_rng = jax.random.split(step_rng)
-  mutable = list(state.model_state)
-
-  def loss_fn(params):
-    cls_vars, method_vars = _variables(params, state.model_state)
-    if method.joint_forward:
-      # One pass over [source; target]: BatchNorm normalises both domains together.
-      # The layout does not depend on the number of devices, so neither does
-      # position-dependent randomness (dropout).
-      images = jnp.concatenate([source["image"], target["image"]])
-      (features, logits), cls_updates = classifier.apply(
-          cls_vars, images, train=True, mutable=mutable, rngs={"dropout": dropout_rng})
-      num_source = source["image"].shape[0]
-      source_features, target_features = features[:num_source], features[num_source:]
-      source_logits, target_logits = logits[:num_source], logits[num_source:]
-    else:
-      # One pass per domain, source first; running statistics see both in turn.
-      source_rng, target_rng = jax.random.split(dropout_rng)
-      (source_features, source_logits), cls_updates = classifier.apply(
-          cls_vars, source["image"], train=True, mutable=mutable, rngs={"dropout": source_rng})
-      (target_features, target_logits), cls_updates = classifier.apply(
-          {**cls_vars, **cls_updates}, target["image"], train=True, mutable=mutable,
-          rngs={"dropout": target_rng})
-    outputs = DomainOutputs(source_features, target_features, source_logits,
-                            target_logits, source["label"])
-    cls_loss = optax.softmax_cross_entropy_with_integer_labels(
-        source_logits, source["label"]).mean()
-    (transfer_loss, method_metrics), method_updates = method.apply(
-        method_vars, outputs, step=state.step, train=True, mutable=mutable,
-        rngs={"dropout": method_rng, "method": method_rng})
-    if method.trade_off_warmup > 0:
-      method_metrics = {**method_metrics, "trade_off_scale": method.trade_off_scale(state.step)}
-      transfer_loss = transfer_loss * method_metrics["trade_off_scale"]
-    loss = cls_loss + transfer_loss
-    new_model_state = _merge_state(cls_updates, method_updates, state.model_state)
-    metrics = {
-        "cls_loss": cls_loss,
-        "transfer_loss": transfer_loss,
-        "source_train_accuracy": jnp.mean(jnp.argmax(source_logits, -1) == source["label"]),
-        **method_metrics,
-    }
-    return loss, (new_model_state, metrics)
-
-  (loss, (model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grad_norm = optax.global_norm(grads)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+def guarded_step(state: TrainState, batch: dict, *, method, ctx) -> tuple[TrainState, dict]:
+  """The method's step, its key derived from the step, and the non-finite guard."""
+  rng = jax.random.fold_in(state.rng, state.step)
+  new_state, metrics = method.train_step(ctx, state, batch, rng)
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)]))
   # A non-finite step leaves the state as it was; the host stops the run.
-  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-  new_state = state.replace(
-      step=state.step + 1,
-      params=keep(params, state.params),
-      model_state=keep(model_state, state.model_state),
-      opt_state=keep(opt_state, state.opt_state))
-  metrics = {**metrics, "loss": loss, "grad_norm": grad_norm,
-             "learning_rate": schedule(state.step), "finite": finite}
-  return new_state, metrics
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+  metrics = {**metrics, "learning_rate": ctx.schedule(state.step), "finite": finite}
+  return new_state.replace(step=state.step + 1), metrics
 
 
-def eval_step(params: dict, model_state: dict, batch: dict, *, classifier: nn.Module,
-              num_classes: int) -> dict:
+def eval_step(variables: dict, batch: dict, *, classifier, num_classes: int) -> dict:
   """Masked per-class counts of correct predictions, and the summed loss."""
-  cls_vars, _ = _variables(params, model_state)
-  _, logits = classifier.apply(cls_vars, batch["image"], train=False)
+  _, logits = classifier.apply(variables, batch["image"], train=False)
   mask = batch["mask"]
   labels = batch["label"]
   correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32) * mask
@@ -185,72 +86,225 @@ def eval_step(params: dict, model_state: dict, batch: dict, *, classifier: nn.Mo
   return {"correct": onehot.T @ correct, "count": onehot.T @ mask, "loss": loss.sum()}
 
 
+def _predict(variables: dict, images: jax.Array, *, classifier) -> tuple[jax.Array, jax.Array]:
+  return classifier.apply(variables, images, train=False)
+
+
+def _batch_statistics(variables: dict, images: jax.Array, *, classifier) -> dict:
+  """This batch's BatchNorm statistics: a training pass from zeroed running
+  averages leaves `(1 - momentum)` times the batch statistics in them."""
+  zeroed = {**variables, "batch_stats": jax.tree.map(jnp.zeros_like, variables["batch_stats"])}
+  _, updates = classifier.apply(zeroed, images, train=True, mutable=["batch_stats"],
+                                rngs={"dropout": jax.random.key(0)})
+  return updates["batch_stats"]
+
+
 # ----------------------------------------------------------------------------
-# Host-side helpers.
+# Building the state and the steps.
 # ----------------------------------------------------------------------------
 
 
-def versions() -> dict[str, str]:
-  import grain, orbax.checkpoint, tensorflow_datasets  # pylint: disable=g-import-not-at-top,multiple-imports
-  return {"tljax": tljax.__version__, "jax": jax.__version__, "jaxlib": jax.lib.__version__
-          if hasattr(jax.lib, "__version__") else jax.__version__,
-          "flax": flax.__version__, "optax": optax.__version__,
-          "orbax-checkpoint": orbax.checkpoint.__version__, "grain": getattr(grain, "__version__", "?"),
-          "tensorflow-datasets": tensorflow_datasets.__version__,
-          "numpy": np.__version__, "python": platform.python_version(),
-          "backend": jax.default_backend(), "devices": str(jax.device_count())}
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What `build` makes from a config: the method, its context, state and jitted steps."""
+
+  method: methods_base.Method
+  ctx: methods_base.StepContext
+  state: TrainState
+  frozen_norm: str
+  train_step: Any  # jitted: (state, batch) -> (state, metrics); donates state
+  eval_step: Any  # jitted: (classifier variables, batch) -> counts
+  predict: Any  # jitted: (classifier variables, images) -> (features, logits)
+  batch_statistics: Any  # jitted: (classifier variables, images) -> scaled batch stats
+  source_of_init: str = ""
 
 
-class MetricsLog:
-  """Scalars to `metrics.jsonl` and TensorBoard, on process 0 only."""
-
-  def __init__(self, workdir: str, enabled: bool, resume_step: int):
-    self.enabled = enabled
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self._summary = None
-    if not enabled:
-      return
-    if resume_step and os.path.exists(self.path):
-      # Lines past the restored checkpoint are recomputed (identically) by the resumed run.
-      with open(self.path) as f:
-        kept = [line for line in f if json.loads(line)["step"] <= resume_step]
-      with open(self.path, "w") as f:
-        f.writelines(kept)
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top
-    self._summary = metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))
-
-  def write(self, step: int, kind: str, scalars: dict[str, float]) -> None:
-    if not self.enabled:
-      return
-    with open(self.path, "a") as f:
-      f.write(json.dumps({"step": step, "kind": kind, **scalars}) + "\n")
-    self._summary.write_scalars(step, {f"{kind}/{k}": v for k, v in scalars.items()})
-
-  def close(self) -> None:
-    if self._summary is not None:
-      self._summary.close()
+def _assemble(classifier_vars: dict, network_vars: Mapping[str, dict]) -> tuple[dict, dict]:
+  """Owner-nested `params` and other collections from per-owner variables."""
+  classifier_vars = flax.core.unfreeze(classifier_vars)
+  collections_ = sorted(set(classifier_vars) | {c for v in network_vars.values() for c in v})
+  out = {c: {} for c in collections_}
+  for c in collections_:
+    if c in classifier_vars:
+      out[c]["classifier"] = classifier_vars[c]
+    method = {name: flax.core.unfreeze(v[c]) for name, v in network_vars.items() if c in v}
+    if method:
+      out[c]["method"] = method
+  params = out.pop("params", {})
+  return params, out
 
 
-def _check_workdir(workdir: str) -> None:
+def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.sharding.Mesh,
+          input_shape: tuple[int, ...] | None = None, *,
+          num_target_examples: int = 0) -> Setup:
+  """Initialises the train state (replicated over `mesh`) and jits the steps.
+
+  Args:
+    config: the run's config.
+    num_classes: classes of the task.
+    mesh: the `('data',)` mesh.
+    input_shape: one example's input shape (default: square RGB images of
+      `config.data.image_size`).
+    num_target_examples: size of the target training split (for methods that
+      keep per-example state).
+  """
+  replicated = NamedSharding(mesh, P())
+  method = create_method(config.method, num_classes=num_classes)
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  if input_shape is None:
+    input_shape = (config.data.image_size, config.data.image_size, 3)
+
+  def init_variables(classifier, networks, rng):
+    cls_rng, method_rng, dropout_rng = jax.random.split(rng, 3)
+    images = jnp.zeros((2, *input_shape), jnp.float32)
+    cls_vars = classifier.init({"params": cls_rng, "dropout": dropout_rng}, images, train=False)
+    features, logits = classifier.apply(cls_vars, images, train=False)
+    outputs = methods_base.DomainOutputs(features, features, logits, logits,
+                                         jnp.zeros((2,), jnp.int32))
+    probe_ctx = methods_base.StepContext(classifier, networks, {}, {}, None, num_classes,
+                                         num_target_examples)
+    network_vars = method.init_networks(probe_ctx, method_rng, cls_vars, outputs)
+    return _assemble(cls_vars, network_vars)
+
+  # Parameter shapes first, to learn what the groups freeze.
+  probe = models.create_classifier(config.model, num_classes)
+  param_shapes, _ = jax.eval_shape(
+      functools.partial(init_variables, probe, method.networks(num_classes, probe)), init_rng)
+  frozen = optim.frozen_mask(param_shapes, config.param_groups)
+  frozen_norm = optim.frozen_norm_regex(param_shapes, config.param_groups, prefix="classifier")
+  classifier = models.create_classifier(config.model, num_classes, frozen_norm=frozen_norm)
+  networks = method.networks(num_classes, classifier)
+  specs = method.optimizers()
+  trainable = methods_base.trainable_masks(param_shapes, specs, frozen)
+  schedule = optim.create_schedule(config)
+  optimizers = {name: optim.create_optimizer(config, methods_base.select(param_shapes, mask),
+                                             schedule=schedule, lr_scale=specs[name].lr_scale)
+                for name, mask in trainable.items()}
+  ctx = methods_base.StepContext(classifier, networks, optimizers, trainable, schedule,
+                                 num_classes, num_target_examples)
+
+  def init_state(rng, params, model_state):
+    variables = {"params": params, **model_state}
+    opt_state = {name: tx.init(methods_base.select(params, trainable[name]))
+                 for name, tx in optimizers.items()}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                      opt_state=opt_state, method_state=method.init_method_state(ctx, variables),
+                      rng=rng)
+
+  with jax.set_mesh(mesh):
+    params, model_state = jax.jit(functools.partial(init_variables, classifier, networks),
+                                  out_shardings=replicated)(init_rng)
+  source_of_init = ""
+  if config.model.init:
+    params, model_state, source_of_init = _load_pretrained(params, model_state, config)
+  with jax.set_mesh(mesh):
+    state = jax.jit(init_state, out_shardings=replicated)(train_rng, params, model_state)
+  step_fn = jax.jit(functools.partial(guarded_step, method=method, ctx=ctx),
+                    donate_argnums=(0,), out_shardings=(replicated, replicated))
+  eval_fn = jax.jit(functools.partial(eval_step, classifier=classifier, num_classes=num_classes),
+                    out_shardings=replicated)
+  predict_fn = jax.jit(functools.partial(_predict, classifier=classifier))
+  statistics_fn = jax.jit(functools.partial(_batch_statistics, classifier=classifier),
+                          out_shardings=replicated)
+  return Setup(method=method, ctx=ctx, state=state, frozen_norm=frozen_norm, train_step=step_fn,
+               eval_step=eval_fn, predict=predict_fn, batch_statistics=statistics_fn,
+               source_of_init=source_of_init)
+
+
+def _load_pretrained(params: dict, model_state: dict, config) -> tuple[dict, dict, str]:
+  """Merges `config.model.init` (a checkpoint file or a tljax workdir) into the
+  classifier's variables, honouring `config.model.dont_load`."""
+  from tljax.models import checkpoints  # pylint: disable=g-import-not-at-top
+
+  variables = methods_base.owned({"params": params, **model_state}, methods_base.CLASSIFIER)
+  host = jax.device_get(variables)
+  loaded = checkpoints.load(host, config.model.init, backbone=config.model.name,
+                            dont_load=tuple(config.model.dont_load))
+  sharding = jax.tree.leaves(params)[0].sharding
+  loaded = jax.device_put(loaded, sharding)
+  merged = methods_base.with_owned({"params": params, **model_state}, methods_base.CLASSIFIER,
+                                   loaded)
+  source = config.model.init
+  if workdir_lib.is_workdir(config.model.init):
+    source = workdir_lib.classifier_variables(config.model.init)[1]
+  logging.info("Classifier initialised from %s (kept fresh: %s).", source,
+               ", ".join(config.model.dont_load) or "nothing")
+  merged = dict(merged)
+  return merged.pop("params"), merged, source
+
+
+# ----------------------------------------------------------------------------
+# Data.
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Domains:
+  source_train: Any
+  target_train: Any
+  source_eval: Any
+  target_eval: Any
+  num_classes: int
+  input_shape: tuple[int, ...]
+
+
+def _open_eval_split(name: str, split: str, train_split: str, field: str, open_kwargs) -> Any:
+  """The evaluation split, or the training split of a domain that has no other
+  (transductive evaluation, as TLlib on Office-31), with a log line."""
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test_{os.getpid()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise PermissionError(
-        f"cannot write to --workdir={workdir!r} ({e.strerror or e}); pass a directory "
-        "you can write to") from e
+    return open_domain(name, split, **open_kwargs)
+  except ValueError as e:
+    if "split" not in str(e).lower() or split == train_split:
+      raise
+  logging.warning("%s has no %r split: evaluating on %r (transductive); set config.%s to "
+                  "choose another.", name, split, train_split, field)
+  return open_domain(name, train_split, **open_kwargs)
+
+
+def _open_data(config: ml_collections.ConfigDict, workdir: str) -> Domains:
+  open_kwargs = dict(data_dir=config.data_dir, manual_dir=config.manual_dir,
+                     cache=config.data.cache, skip_corrupt=config.data.skip_corrupt)
+  if jax.process_count() > 1:
+    # Process 0 builds missing datasets first; the others then only read them.
+    if jax.process_index() == 0:
+      for name in {config.source, config.target}:
+        open_domain(name, config.source_split if name == config.source else config.target_split,
+                    **{**open_kwargs, "cache": False})
+    multihost_utils.sync_global_devices("tljax: datasets built")
+  source_train = open_domain(config.source, config.source_split, **open_kwargs)
+  target_train = open_domain(config.target, config.target_split, **open_kwargs)
+  source_eval = _open_eval_split(config.source, config.eval_source_split, config.source_split,
+                                 "eval_source_split", open_kwargs)
+  target_eval = _open_eval_split(config.target, config.eval_target_split, config.target_split,
+                                 "eval_target_split", open_kwargs)
+  if source_train.class_names != target_train.class_names:
+    raise ValueError(
+        f"source {config.source!r} and target {config.target!r} have different classes: "
+        f"{source_train.class_names[:5]}... vs {target_train.class_names[:5]}...; "
+        "domain adaptation needs one label space")
+  logging.info("Source %s:%s (%d), target %s:%s (%d, labels unused), %d classes.",
+               config.source, config.source_split, len(source_train), config.target,
+               config.target_split, len(target_train), source_train.num_classes)
+  if config.get("features") is not None:
+    # Heads on cached features: every split becomes feature vectors of a frozen network.
+    extractor = features_lib.create_extractor(config.features)
+    cache_dir = config.features.cache_dir or os.path.join(workdir, "feature_cache")
+    source_train, target_train, source_eval, target_eval = (
+        features_lib.feature_domain(extractor, d, cache_dir, num_threads=config.data.num_threads)
+        for d in (source_train, target_train, source_eval, target_eval))
+  input_shape = preprocess.get_preprocess(**config.data.eval_preprocess)(
+      source_train.source[0], np.random.default_rng(0))["image"].shape
+  return Domains(source_train, target_train, source_eval, target_eval,
+                 source_train.num_classes, tuple(input_shape))
 
 
 def _device_batches(batches: Iterator[dict], sharding: NamedSharding,
                     size: int = 2) -> Iterator[dict]:
-  """Assembles global arrays from process-local batches, `size` batches ahead."""
+  """Assembles global arrays from process-local (nested) batches, `size` ahead."""
   queue = collections.deque()
 
   def put(batch):
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+    return jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, v), batch)
 
   for batch in batches:
     queue.append(put(batch))
@@ -260,37 +314,36 @@ def _device_batches(batches: Iterator[dict], sharding: NamedSharding,
     yield queue.popleft()
 
 
-def _zip_domains(source: Iterator[dict], target: Iterator[dict]) -> Iterator[tuple[dict, dict]]:
-  for s, t in zip(source, target):
-    yield s, {"image": t["image"]}  # target labels never reach the step
+def _train_batches(config, domains: Domains, method, first_step: int,
+                   sharding: NamedSharding) -> Iterator[dict]:
+  """`{'source': ..., 'target': ...}` global batches of the domains the method reads."""
+  kwargs = dict(global_batch_size=config.batch_size, start_step=first_step,
+                process_index=jax.process_index(), process_count=jax.process_count(),
+                num_threads=config.data.num_threads, num_workers=config.data.num_workers)
+  train_pp = preprocess.get_preprocess(**config.data.train_preprocess)
+  streams = {}
+  if "source" in method.inputs:
+    streams["source"] = pipeline.train_batches(domains.source_train, preprocess=train_pp,
+                                               seed=2 * config.seed, **kwargs)
+  if "target" in method.inputs:
+    target_pp = train_pp
+    if method.target_views:
+      views = {"image": train_pp}
+      views.update({v: preprocess.get_preprocess(**config.data[f"{v[len('image_'):]}_preprocess"])
+                    for v in method.target_views})
+      target_pp = preprocess.multi_view(views)
+    streams["target"] = pipeline.train_batches(domains.target_train, preprocess=target_pp,
+                                               seed=2 * config.seed + 1, **kwargs)
 
+  def zipped():
+    names = list(streams)
+    for parts in zip(*streams.values()):
+      batch = dict(zip(names, parts))
+      if "target" in batch:  # target labels never reach the step
+        batch["target"] = {k: v for k, v in batch["target"].items() if k != "label"}
+      yield batch
 
-def _format_duration(seconds: float) -> str:
-  seconds = int(seconds)
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
-class _StopRequest:
-  """SIGTERM (preemption) -> save a checkpoint at the next step, then exit."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def install(self):
-    if jax.process_count() == 1:  # multi-process runs use jax's preemption sync point
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def uninstall(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+  return _device_batches(zipped(), sharding)
 
 
 # ----------------------------------------------------------------------------
@@ -298,18 +351,23 @@ class _StopRequest:
 # ----------------------------------------------------------------------------
 
 
-def evaluate(eval_fn, state: TrainState, domain, config, sharding, num_classes) -> dict[str, Any]:
-  """Accuracy, mean per-class accuracy and loss of the model on one domain split."""
+def _eval_batches(config, domain, sharding: NamedSharding) -> Iterator[dict]:
   batches = pipeline.eval_batches(
       domain, global_batch_size=config.eval_batch_size,
       preprocess=preprocess.get_preprocess(**config.data.eval_preprocess),
       process_index=jax.process_index(), process_count=jax.process_count(),
-      num_threads=config.data.num_threads, num_workers=config.data.get("num_workers", 0))
+      num_threads=config.data.num_threads, num_workers=config.data.num_workers)
+  return _device_batches(({k: v for k, v in b.items() if k != "index"} for b in batches),
+                         sharding)
+
+
+def evaluate(eval_fn, variables, domain, config, sharding, num_classes) -> dict[str, Any]:
+  """Accuracy, mean per-class accuracy and loss of the model on one domain split."""
   correct = np.zeros(num_classes)
   count = np.zeros(num_classes)
   loss = 0.0
-  for batch in _device_batches(batches, sharding):
-    out = jax.device_get(eval_fn(state.params, state.model_state, batch))
+  for batch in _eval_batches(config, domain, sharding):
+    out = jax.device_get(eval_fn(variables, batch))
     correct += out["correct"]
     count += out["count"]
     loss += float(out["loss"])
@@ -321,318 +379,444 @@ def evaluate(eval_fn, state: TrainState, domain, config, sharding, num_classes) 
           "num_examples": int(total)}
 
 
+def recompute_batch_statistics(setup: Setup, variables: dict, domain, config,
+                               sharding: NamedSharding) -> dict:
+  """`variables` with BatchNorm statistics averaged over `domain` (AdaBN): the
+  mean of the per-batch statistics over its full evaluation batches (a
+  trailing partial batch is left out unless it is the only one)."""
+  if "batch_stats" not in variables:
+    return variables
+  momentum = 0.9  # tljax's BatchNorm layers: running = 0.9 running + 0.1 batch
+  total, batches = None, 0
+  n = len(domain)
+  for i, batch in enumerate(_eval_batches(config, domain, sharding)):
+    if (i + 1) * config.eval_batch_size > n and batches:
+      break
+    stats = setup.batch_statistics(variables, batch["image"])
+    total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+    batches += 1
+  mean = jax.tree.map(lambda s: s / (batches * (1 - momentum)), total)
+  return {**variables, "batch_stats": mean}
+
+
+def predict_all(setup: Setup, variables: dict, domain, config,
+                sharding: NamedSharding) -> tuple[np.ndarray, np.ndarray]:
+  """Features and logits of every example of `domain`, in order."""
+  features, logits = [], []
+  for batch in _eval_batches(config, domain, sharding):
+    f, l = jax.device_get(setup.predict(variables, batch["image"]))
+    keep = np.asarray(jax.device_get(batch["mask"])) > 0
+    features.append(np.asarray(f)[keep])
+    logits.append(np.asarray(l)[keep])
+  return np.concatenate(features), np.concatenate(logits)
+
+
 # ----------------------------------------------------------------------------
-# Model, method, optimizer and the jitted steps.
+# Host-side helpers.
 # ----------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Setup:
-  """What `build` makes from a config: modules, optimizer, state and jitted steps."""
-
-  classifier: nn.Module
-  method: nn.Module
-  tx: optax.GradientTransformation
-  schedule: optax.Schedule
-  frozen_norm: str
-  state: TrainState
-  train_step: Any  # jitted: (state, source, target) -> (state, metrics); donates state
-  eval_step: Any  # jitted: (params, model_state, batch) -> counts
+def versions() -> dict[str, str]:
+  import grain, orbax.checkpoint, tensorflow_datasets  # pylint: disable=g-import-not-at-top,multiple-imports
+  return {"tljax": tljax.__version__, "jax": jax.__version__,
+          "flax": flax.__version__, "optax": optax.__version__,
+          "orbax-checkpoint": orbax.checkpoint.__version__, "grain": getattr(grain, "__version__", "?"),
+          "tensorflow-datasets": tensorflow_datasets.__version__,
+          "numpy": np.__version__, "python": platform.python_version(),
+          "backend": jax.default_backend(), "devices": str(jax.device_count())}
 
 
-def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.sharding.Mesh,
-          input_shape: tuple[int, ...] | None = None) -> Setup:
-  """Initialises the train state (replicated over `mesh`) and jits the steps.
+class JsonlWriter(metric_writers.interface.MetricWriter):
+  """Scalars as lines `{"step": s, "kind": "train" | "eval", ...}` of metrics.jsonl.
 
-  Args:
-    config: the run's config.
-    num_classes: classes of the task.
-    mesh: the `('data',)` mesh.
-    input_shape: shape of one example's input (default: square RGB images of
-      `config.data.image_size`).
+  Keys arrive as `kind/name`. On a resume, lines past the restored step are
+  dropped first: the resumed run recomputes them (identically).
   """
-  replicated = NamedSharding(mesh, P())
-  method = create_method(config.method, num_classes=num_classes, total_steps=config.total_steps)
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  if input_shape is None:
-    input_shape = (config.data.image_size, config.data.image_size, 3)
 
-  def init(classifier, rng):
-    cls_rng, method_rng, dropout_rng = jax.random.split(rng, 3)
-    images = jnp.zeros((2, *input_shape), jnp.float32)
-    cls_vars = classifier.init({"params": cls_rng, "dropout": dropout_rng}, images, train=False)
-    features, logits = classifier.apply(cls_vars, images, train=False)
-    outputs = DomainOutputs(features, features, logits, logits, jnp.zeros((2,), jnp.int32))
-    method_vars = method.init({"params": method_rng, "dropout": dropout_rng, "method": method_rng},
-                              outputs, step=jnp.zeros((), jnp.int32), train=False)
-    cls_vars, method_vars = flax.core.unfreeze(cls_vars), flax.core.unfreeze(method_vars)
-    params = _merge(cls_vars.pop("params"), method_vars.pop("params", {}))
-    names = sorted(set(cls_vars) | set(method_vars))
-    model_state = {c: _merge(cls_vars.get(c, {}), method_vars.get(c, {})) for c in names}
-    return params, model_state
+  def __init__(self, path: str, resume_step: int):
+    self.path = path
+    if os.path.exists(path):
+      with open(path) as f:
+        kept = [line for line in f if json.loads(line)["step"] <= resume_step]
+      with open(path, "w") as f:
+        f.writelines(kept)
 
-  # Parameter shapes first, to learn which BatchNorm layers the groups freeze.
-  probe = models.create_classifier(config.model, num_classes)
-  param_shapes, _ = jax.eval_shape(functools.partial(init, probe), init_rng)
-  frozen_norm = optim.frozen_norm_regex(param_shapes, config.param_groups)
-  classifier = models.create_classifier(config.model, num_classes, frozen_norm=frozen_norm)
-  tx, schedule = optim.create_optimizer(config, param_shapes)
+  def write_scalars(self, step, scalars):
+    by_kind = collections.defaultdict(dict)
+    for key, value in scalars.items():
+      kind, _, name = key.partition("/")
+      by_kind[kind][name] = float(value)
+    with open(self.path, "a") as f:
+      for kind, values in by_kind.items():
+        f.write(json.dumps({"step": int(step), "kind": kind, **values}) + "\n")
 
-  def init_state(rng):
-    params, model_state = init(classifier, rng)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-                      opt_state=tx.init(params), rng=train_rng)
+  def write_summaries(self, step, values, metadata=None):
+    pass
 
-  with jax.set_mesh(mesh):
-    state = jax.jit(init_state, out_shardings=replicated)(init_rng)
-  if config.model.get("init"):
-    state = _load_pretrained(state, config, tx, replicated)
-  step_fn = jax.jit(
-      functools.partial(train_step, classifier=classifier, method=method, tx=tx,
-                        schedule=schedule),
-      donate_argnums=(0,), out_shardings=(replicated, replicated))
-  eval_fn = jax.jit(functools.partial(eval_step, classifier=classifier, num_classes=num_classes),
-                    out_shardings=replicated)
-  return Setup(classifier=classifier, method=method, tx=tx, schedule=schedule,
-               frozen_norm=frozen_norm, state=state, train_step=step_fn, eval_step=eval_fn)
+  def write_images(self, step, images):
+    pass
+
+  def write_videos(self, step, videos):
+    pass
+
+  def write_audios(self, step, audios, *, sample_rate):
+    pass
+
+  def write_texts(self, step, texts):
+    pass
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    pass
+
+  def write_hparams(self, hparams):
+    pass
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+def _create_writer(workdir: str, resume_step: int) -> metric_writers.MetricWriter:
+  """TensorBoard events + metrics.jsonl on process 0; nothing elsewhere."""
+  if jax.process_index() > 0:
+    return metric_writers.MultiWriter([])
+  return metric_writers.MultiWriter([
+      metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard")),
+      JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step)])
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class _StopRequest:
+  """SIGTERM (preemption) or SIGINT (Ctrl-C) -> save a checkpoint at the next step, exit."""
+
+  def __init__(self):
+    self.signal: int | None = None
+    self._previous = {}
+
+  def install(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      # Multi-process runs use jax's preemption sync point for SIGTERM.
+      if sig == signal.SIGTERM and jax.process_count() > 1:
+        continue
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread (e.g. a notebook's worker)
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signal == signal.SIGINT and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C: stop now
+    self.signal = signum
+
+  def uninstall(self):
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
+    self._previous = {}
+
+
+class TrainWindow:
+  """Averages the metrics of the steps since the last log line, and the rate."""
+
+  def __init__(self, total_steps: int):
+    self.total = total_steps
+    self.sums = collections.defaultdict(float)
+    self.steps = 0
+    self.start = time.time()
+
+  def restart(self) -> None:
+    self.sums.clear()
+    self.steps, self.start = 0, time.time()
+
+  def add(self, metrics: Mapping[str, Any]) -> None:
+    for k, v in metrics.items():
+      if k != "finite":
+        self.sums[k] += float(v)
+    self.steps += 1
+
+  def summary(self, step: int) -> tuple[dict[str, float], str]:
+    elapsed = max(time.time() - self.start, 1e-9)
+    rate = self.steps / elapsed
+    means = {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+    parts = [f"loss {means['loss']:.4f}"] if "loss" in means else []
+    parts += [f"{k} {means[k]:.4f}" for k in ("cls_loss", "transfer_loss") if k in means]
+    line = (f"step {step}/{self.total} | {' | '.join(parts)} | {rate:.2f} steps/s | ETA "
+            f"{_format_duration((self.total - step) / max(rate, 1e-9))}")
+    return {**means, "steps_per_second": rate}, line
 
 
 # ----------------------------------------------------------------------------
-# train_and_evaluate
+# The phases of train_and_evaluate.
 # ----------------------------------------------------------------------------
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       devices: list[jax.Device] | None = None) -> dict[str, Any]:
-  """Trains on `config.source` (labelled) + `config.target` (unlabelled), evaluates both.
+@dataclasses.dataclass
+class Run:
+  """What the phases share."""
 
-  Args:
-    config: see `configs/default.py`.
-    workdir: checkpoints, metrics and `results.json` go here; an existing
-      checkpoint there is resumed.
-    devices: devices of the mesh (default: all devices of all processes).
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: jax.sharding.Mesh
+  replicated: NamedSharding
+  batch_sharding: NamedSharding
+  lock: workdir_lib.WorkdirLock | None
+  start_time: float
+  allowed_changes: list[str]
 
-  Returns:
-    The contents of `results.json`.
-  """
+
+def _run_id() -> str:
+  """Identifies this run across its processes: process 0's host and pid."""
+  own = np.frombuffer(f"{platform.node()}:{os.getpid()}".encode().ljust(128, b" ")[:128],
+                      np.uint8)
+  if jax.process_count() > 1:
+    own = np.asarray(multihost_utils.broadcast_one_to_all(own))
+  return bytes(own).decode().strip()
+
+
+def _open_run(config: ml_collections.ConfigDict, workdir: str, devices, allow_changes) -> Run:
+  """Checks the config, takes the workdir, checks the run identity, writes config.json."""
   start_time = time.time()
-  config = ml_collections.ConfigDict(config)  # a copy; `config.lock()` below
-  is_main = jax.process_index() == 0
-
-  # ---------------------------------------------------------------- workdir
-  _check_workdir(workdir)
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-  logging.info("tljax %s | %s", tljax.__version__, json.dumps(versions()))
-
-  # ---------------------------------------------------------------- mesh
+  config_checks.validate(config)
   devices = list(devices) if devices is not None else jax.devices()
+  for name in ("batch_size", "eval_batch_size"):
+    if config[name] % len(devices):
+      raise ValueError(f"config.{name}={config[name]} must be divisible by the number of "
+                       f"devices ({len(devices)})")
+  is_main = jax.process_index() == 0
+  config_checks.check_workdir(workdir)
+  lock = workdir_lib.WorkdirLock(workdir, _run_id()).acquire() if is_main else None
+  try:
+    allowed = workdir_lib.check_run_identity(workdir, config, allow_changes=allow_changes,
+                                             write=is_main)
+    if is_main:
+      path = os.path.join(workdir, "config.json")
+      with open(path + ".tmp", "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+      os.replace(path + ".tmp", path)
+  except BaseException:
+    if lock is not None:
+      lock.release()
+    raise
+  logging.info("tljax %s | %s", tljax.__version__, json.dumps(versions()))
   mesh = jax.make_mesh((len(devices),), ("data",),
                        axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
-  replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P("data"))
-  num_shards = len(devices)
-  for name in ("batch_size", "eval_batch_size"):
-    if config[name] % num_shards:
-      raise ValueError(f"config.{name}={config[name]} must be divisible by the number of "
-                       f"devices ({num_shards})")
-  logging.info("Mesh: %d devices over %d processes (%s).", num_shards, jax.process_count(),
+  logging.info("Mesh: %d devices over %d processes (%s).", len(devices), jax.process_count(),
                jax.default_backend())
+  return Run(config, workdir, mesh, NamedSharding(mesh, P()), NamedSharding(mesh, P("data")),
+             lock, start_time, allowed)
 
-  # ---------------------------------------------------------------- data
-  open_kwargs = dict(data_dir=config.data_dir, manual_dir=config.manual_dir,
-                     cache=config.data.cache, skip_corrupt=config.data.get("skip_corrupt", False))
-  if jax.process_count() > 1:
-    # Process 0 builds missing datasets first; the others then only read them.
-    if is_main:
-      for name in {config.source, config.target}:
-        open_domain(name, config.source_split if name == config.source else config.target_split,
-                    **{**open_kwargs, "cache": False})
-    multihost_utils.sync_global_devices("tljax: datasets built")
-  source_train = open_domain(config.source, config.source_split, **open_kwargs)
-  target_train = open_domain(config.target, config.target_split, **open_kwargs)
-  source_eval = open_domain(config.source, config.eval_source_split, **open_kwargs)
-  target_eval = open_domain(config.target, config.eval_target_split, **open_kwargs)
-  if source_train.class_names != target_train.class_names:
-    raise ValueError(
-        f"source {config.source!r} and target {config.target!r} have different classes: "
-        f"{source_train.class_names[:5]}... vs {target_train.class_names[:5]}...; "
-        "domain adaptation needs one label space")
-  num_classes = source_train.num_classes
-  logging.info("Source %s:%s (%d), target %s:%s (%d, labels unused), %d classes.",
-               config.source, config.source_split, len(source_train), config.target,
-               config.target_split, len(target_train), num_classes)
 
-  if config.get("features") is not None:
-    # Heads on cached features: every split becomes feature vectors of a frozen network.
-    extractor = features_lib.create_extractor(
-        config.features, config.features.image_size, config.features.eval_preprocess.to_dict())
-    cache_dir = config.features.get("cache_dir") or os.path.join(workdir, "feature_cache")
-    source_train, target_train, source_eval, target_eval = (
-        features_lib.feature_domain(extractor, d, cache_dir, num_threads=config.data.num_threads)
-        for d in (source_train, target_train, source_eval, target_eval))
-  input_shape = preprocess.get_preprocess(**config.data.eval_preprocess)(
-      source_train.source[0], np.random.default_rng(0))["image"].shape
+def _restore(run: Run, setup: Setup) -> TrainState:
+  """The latest checkpoint that restores, or the fresh state."""
+  manager = _checkpoint_manager(run)
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=run.replicated), setup.state)
+  restore = lambda step: manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  try:
+    state, step = workdir_lib.restore_latest(
+        manager, restore, move_aside_dir=os.path.join(run.workdir, "unreadable_checkpoints"),
+        is_main=jax.process_index() == 0)
+  finally:
+    manager.close()
+  if state is None:
+    return setup.state
+  logging.info("Resumed from the checkpoint of step %d.", step)
+  return state
 
-  # ---------------------------------------------------------------- model, method, optimizer
-  setup = build(config, num_classes, mesh, input_shape)
-  state = setup.state
-  counts = optim.describe_groups(state.params, config.param_groups)
-  logging.info("Parameters per group: %s; BatchNorm frozen where: %s", counts,
-               setup.frozen_norm or "(none)")
-  step_fn, eval_fn = setup.train_step, setup.eval_step
 
-  # ---------------------------------------------------------------- checkpoint
-  manager = ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, "checkpoints")),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
-  if manager.latest_step() is not None:
-    restored_step = manager.latest_step()
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state)
-    state = manager.restore(restored_step, args=ocp.args.StandardRestore(abstract))
-    logging.info("Resumed from the checkpoint of step %d.", restored_step)
-  first_step = int(state.step)
-  metrics_log = MetricsLog(workdir, is_main, first_step)
+def _checkpoint_manager(run: Run) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.abspath(os.path.join(run.workdir, "checkpoints")),
+      options=ocp.CheckpointManagerOptions(max_to_keep=run.config.keep_checkpoints, create=True))
 
-  # ---------------------------------------------------------------- train loop
-  data_kwargs = dict(global_batch_size=config.batch_size, start_step=first_step,
-                     process_index=jax.process_index(), process_count=jax.process_count(),
-                     num_threads=config.data.num_threads,
-                     num_workers=config.data.get("num_workers", 0))
-  train_pp = preprocess.get_preprocess(**config.data.train_preprocess)
-  batches = _zip_domains(
-      _device_batches(pipeline.train_batches(source_train, preprocess=train_pp,
-                                             seed=2 * config.seed, **data_kwargs),
-                      batch_sharding),
-      _device_batches(pipeline.train_batches(target_train, preprocess=train_pp,
-                                             seed=2 * config.seed + 1, **data_kwargs),
-                      batch_sharding))
 
-  def run_eval(step):
-    source = evaluate(eval_fn, state, source_eval, config, batch_sharding, num_classes)
-    target = evaluate(eval_fn, state, target_eval, config, batch_sharding, num_classes)
-    scalars = {"source_accuracy": source["accuracy"], "target_accuracy": target["accuracy"],
-               "target_mean_class_accuracy": target["mean_class_accuracy"],
-               "source_loss": source["loss"], "target_loss": target["loss"]}
-    metrics_log.write(step, "eval", scalars)
-    logging.info("eval @ %d: source accuracy %.2f%%, target accuracy %.2f%%", step,
-                 100 * source["accuracy"], 100 * target["accuracy"])
-    return source, target
+def _evaluate_both(run: Run, setup: Setup, domains: Domains, state: TrainState) -> dict:
+  variables = setup.method.eval_variables(
+      setup.ctx, state,
+      lambda v: recompute_batch_statistics(setup, v, domains.target_train, run.config,
+                                           run.batch_sharding))
+  return {
+      "source": evaluate(setup.eval_step, variables, domains.source_eval, run.config,
+                         run.batch_sharding, domains.num_classes),
+      "target": evaluate(setup.eval_step, variables, domains.target_eval, run.config,
+                         run.batch_sharding, domains.num_classes),
+  }
 
+
+def _eval_scalars(result: dict) -> dict[str, float]:
+  return {"source_accuracy": result["source"]["accuracy"],
+          "target_accuracy": result["target"]["accuracy"],
+          "target_mean_class_accuracy": result["target"]["mean_class_accuracy"],
+          "source_loss": result["source"]["loss"], "target_loss": result["target"]["loss"]}
+
+
+def _refresh(run: Run, setup: Setup, domains: Domains, state: TrainState) -> TrainState:
+  predict = lambda variables: predict_all(setup, variables, domains.target_train, run.config,
+                                          run.batch_sharding)
+  return setup.method.refresh(setup.ctx, state, predict)
+
+
+def _train(run: Run, setup: Setup, domains: Domains, state: TrainState,
+           writer) -> tuple[TrainState, dict | None, float, int]:
+  """The loop: steps, evaluation every `eval_every`, checkpoints every
+  `checkpoint_every`, and a checkpoint before exiting on SIGTERM/SIGINT."""
+  config, method = run.config, setup.method
+  first_step, total = int(state.step), config.total_steps
+  batches = _train_batches(config, domains, method, first_step, run.batch_sharding)
+  manager = _checkpoint_manager(run)
   stop = _StopRequest().install()
-  total = config.total_steps
+  window = TrainWindow(total)
   pending = None  # (step, metrics) of the step dispatched last: read one step late
-  window = collections.defaultdict(float)
-  window_steps, window_start = 0, time.time()
-  compile_start = time.time()
-
-  def save(step, force=False):
-    manager.save(step, args=ocp.args.StandardSave(state), force=force)
+  last_eval, train_time, loop_start = None, 0.0, time.time()
 
   def check(step, metrics):
-    nonlocal window_steps, window_start
     metrics = jax.device_get(metrics)
     if not metrics["finite"]:
       manager.wait_until_finished()
+      bad = sorted(k for k, v in metrics.items() if k != "finite" and not np.all(np.isfinite(v)))
+      shown = ", ".join(f"{k}={float(np.asarray(metrics[k]))}" for k in bad[:4])
       raise NonFiniteError(
-          f"step {step}: loss={float(metrics['loss'])}, grad_norm={float(metrics['grad_norm'])} "
-          f"is not finite; training stopped (latest checkpoint: step {manager.latest_step()}). "
-          "Lower config.optimizer.learning_rate or config.method.trade_off, or set "
-          "config.optimizer.grad_clip_norm.")
-    for k, v in metrics.items():
-      if k != "finite":
-        window[k] += float(v)
-    window_steps += 1
+          f"step {step}: {shown} not finite; training stopped (latest checkpoint: step "
+          f"{manager.latest_step()}). Lower config.optimizer.learning_rate or the method's "
+          "trade_off, or set config.optimizer.grad_clip_norm.")
+    window.add(metrics)
     if step % config.log_every == 0 or step == total:
-      elapsed = time.time() - window_start
-      means = {k: v / window_steps for k, v in window.items()}
-      rate = window_steps / max(elapsed, 1e-9)
-      metrics_log.write(step, "train", {**means, "steps_per_second": rate})
-      logging.info("step %d/%d | loss %.4f (cls %.4f, transfer %.4f) | %.2f steps/s | ETA %s",
-                   step, total, means["loss"], means["cls_loss"], means["transfer_loss"],
-                   rate, _format_duration((total - step) / max(rate, 1e-9)))
-      window.clear()
-      window_steps, window_start = 0, time.time()
+      scalars, line = window.summary(step)
+      writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
+      logging.info("%s", line)
+      window.restart()
 
-  source_result = target_result = None
-  step = first_step
-  train_time = 0.0
-  try:
-    for step in range(first_step + 1, total + 1):
-      source_batch, target_batch = next(batches)
-      state, metrics = step_fn(state, source_batch, target_batch)
-      if step == first_step + 1:
-        jax.block_until_ready(state)
-        logging.info("First step (compilation included) took %.1fs.", time.time() - compile_start)
-        window_start = loop_start = time.time()
-      if pending is not None:
-        check(*pending)
-      pending = (step, metrics)
-      preempted = stop.requested or (jax.process_count() > 1 and manager.reached_preemption(step))
-      if step % config.eval_every == 0 or step == total:
-        check(*pending)
-        pending = None
-        source_result, target_result = run_eval(step)
-      if step % config.checkpoint_every == 0 or step == total or preempted:
-        if pending is not None:
-          check(*pending)
-          pending = None
-        save(step, force=preempted)
-      if preempted:
-        manager.wait_until_finished()
-        logging.warning("SIGTERM: saved the checkpoint of step %d; rerun the same command "
-                        "to resume.", step)
-        metrics_log.close()
-        sys.exit(128 + signal.SIGTERM)
+  def flush():
+    nonlocal pending
     if pending is not None:
       check(*pending)
-    if total > first_step:
+      pending = None
+
+  try:
+    for step in range(first_step + 1, total + 1):
+      if method.refresh_every and (step - 1) % method.refresh_every == 0:
+        flush()
+        state = _refresh(run, setup, domains, state)
+      state, metrics = setup.train_step(state, next(batches))
+      if step == first_step + 1:
+        jax.block_until_ready(state)
+        logging.info("First step (compilation included) took %.1fs.", time.time() - loop_start)
+        window.restart()
+        loop_start = time.time()
+      flush()
+      pending = (step, metrics)
+      preempted = stop.signal is not None or (
+          jax.process_count() > 1 and manager.reached_preemption(step))
+      if step % config.eval_every == 0 or step == total:
+        flush()
+        last_eval = _evaluate_both(run, setup, domains, state)
+        _log_eval(writer, step, last_eval)
+      if step % config.checkpoint_every == 0 or step == total or preempted:
+        flush()
+        manager.save(step, args=ocp.args.StandardSave(state), force=preempted)
+      if preempted:
+        manager.wait_until_finished()
+        name = signal.Signals(stop.signal).name if stop.signal else "preemption"
+        logging.warning("%s: saved the checkpoint of step %d; rerun the same command to "
+                        "resume.", name, step)
+        writer.close()
+        sys.exit(128 + (stop.signal or signal.SIGTERM))
+    flush()
+    if total > first_step + 1:
       train_time = time.time() - loop_start
   finally:
     stop.uninstall()
     manager.wait_until_finished()
+    manager.close()
+  return state, last_eval, train_time, first_step
 
-  # ---------------------------------------------------------------- results
-  if target_result is None:  # nothing left to train: the run had already finished
-    source_result, target_result = run_eval(int(state.step))
+
+def _log_eval(writer, step: int, result: dict) -> None:
+  scalars = _eval_scalars(result)
+  writer.write_scalars(step, {f"eval/{k}": v for k, v in scalars.items()})
+  logging.info("eval @ %d: source accuracy %.2f%%, target accuracy %.2f%%", step,
+               100 * scalars["source_accuracy"], 100 * scalars["target_accuracy"])
+
+
+def _write_results(run: Run, setup: Setup, state: TrainState, last_eval: dict,
+                   train_time: float, first_step: int) -> dict[str, Any]:
+  config = run.config
+  source, target = last_eval["source"], last_eval["target"]
+  steps_timed = config.total_steps - first_step - 1
   results = {
-      "target_accuracy": target_result["accuracy"],
-      "source_accuracy": source_result["accuracy"],
-      "target_mean_class_accuracy": target_result["mean_class_accuracy"],
-      "target_per_class_accuracy": target_result["per_class_accuracy"],
-      "source_per_class_accuracy": source_result["per_class_accuracy"],
+      "target_accuracy": target["accuracy"],
+      "source_accuracy": source["accuracy"],
+      "target_mean_class_accuracy": target["mean_class_accuracy"],
+      "target_per_class_accuracy": target["per_class_accuracy"],
+      "source_per_class_accuracy": source["per_class_accuracy"],
       "target_eval": f"{config.target}:{config.eval_target_split}",
       "source_eval": f"{config.source}:{config.eval_source_split}",
       "step": int(state.step),
       "method": config.method.name,
-      "train_steps_per_second": (total - first_step - 1) / train_time if train_time else None,
-      "wall_time_s": time.time() - start_time,
+      "initialised_from": setup.source_of_init or None,
+      "config_changes_allowed_on_resume": run.allowed_changes,
+      "train_steps_per_second": steps_timed / train_time if train_time else None,
+      "wall_time_s": time.time() - run.start_time,
       "config": config.to_dict(),
       "versions": versions(),
   }
-  if is_main:
-    path = os.path.join(workdir, "results.json")
+  if jax.process_index() == 0:
+    path = os.path.join(run.workdir, "results.json")
     with open(path + ".tmp", "w") as f:
       json.dump(results, f, indent=2, default=str)
     os.replace(path + ".tmp", path)
-  metrics_log.close()
+  return results
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       devices: Sequence[jax.Device] | None = None,
+                       allow_changes: Sequence[str] = ()) -> dict[str, Any]:
+  """Trains `config.method` on `config.source` (labelled) + `config.target`
+  (unlabelled), and evaluates on both.
+
+  Args:
+    config: see `configs/default.py`.
+    workdir: checkpoints, metrics and `results.json` go here; an existing
+      checkpoint there is resumed (with the same config: see
+      `tljax.workdir.check_run_identity`).
+    devices: devices of the mesh (default: all devices of all processes).
+    allow_changes: config fields a resume may change (`('all',)` for any).
+
+  Returns:
+    The contents of `results.json`.
+  """
+  config = ml_collections.ConfigDict(config)  # a copy
+  run = _open_run(config, workdir, devices, allow_changes)
+  try:
+    domains = _open_data(config, workdir)
+    setup = build(config, domains.num_classes, run.mesh, domains.input_shape,
+                  num_target_examples=len(domains.target_train))
+    logging.info("Method %s; parameters per group: %s; BatchNorm frozen where: %s",
+                 config.method.name,
+                 optim.describe_groups(setup.state.params, config.param_groups),
+                 setup.frozen_norm or "(none)")
+    state = _restore(run, setup)
+    writer = _create_writer(workdir, int(state.step))
+    try:
+      state, last_eval, train_time, first_step = _train(run, setup, domains, state, writer)
+      if last_eval is None:  # nothing left to train: the run had already finished
+        last_eval = _evaluate_both(run, setup, domains, state)
+      results = _write_results(run, setup, state, last_eval, train_time, first_step)
+    finally:
+      writer.close()
+  finally:
+    if run.lock is not None:
+      run.lock.release()
   logging.info("Done: target accuracy %.2f%%, source accuracy %.2f%% (%s in all).",
                100 * results["target_accuracy"], 100 * results["source_accuracy"],
                _format_duration(results["wall_time_s"]))
   return results
-
-
-def _load_pretrained(state: TrainState, config, tx, sharding) -> TrainState:
-  """Merges a pretrained checkpoint (`config.model.init`) into the fresh state."""
-  from tljax.models import checkpoints  # pylint: disable=g-import-not-at-top
-
-  cls_vars, _ = _variables(jax.device_get(state.params), jax.device_get(state.model_state))
-  loaded = checkpoints.load(cls_vars, config.model.init, backbone=config.model.name,
-                            dont_load=tuple(config.model.get("dont_load", ())))
-  params = {**state.params, **loaded["params"]}
-  model_state = {c: {**state.model_state[c], **loaded.get(c, {})} for c in state.model_state}
-  params, model_state = jax.device_put((params, model_state), sharding)
-  return state.replace(params=params, model_state=model_state,
-                       opt_state=jax.jit(tx.init, out_shardings=sharding)(params))

@@ -1,19 +1,53 @@
-"""Reading a run's workdir: its config and its latest checkpoint, on any machine.
+"""A run's workdir: who may write it, what run it holds, and reading it back.
 
-Used by what comes after training (feature extraction, analysis, tests); the
-checkpoint is restored onto this process's first device whatever topology wrote
-it (one GPU, eight, or several hosts).
+- `WorkdirLock`: one run at a time per workdir. The lock file names the run
+  (host, pid, and in a multi-process run the coordinator); a lock left by a
+  killed process on this host is detected (its pid is gone) and taken over
+  with a log line; a live one gets a one-line refusal. The lock is an
+  exclusively created file, which local and network POSIX filesystems honour;
+  object stores (`gs://`) offer no such primitive, so there two runs are not
+  kept apart (documented in the README).
+- `check_run_identity`: the config that defines a run (everything but fields
+  that may change on a resume, `RESUMABLE_FIELDS`) is stored in `run.json`
+  when the run starts; a resume with a different one is refused, naming each
+  changed field, unless the change is allowed explicitly.
+- `restore_latest`: the latest checkpoint that restores, falling back past
+  corrupt or partial ones (moved aside, not deleted) with a warning.
+- `read_config` / `latest_state`: what comes after training (feature
+  extraction, analysis, tests) reads a workdir on any machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Any
+import shutil
+import socket
+import time
+from typing import Any, Callable, Mapping, Sequence
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
+
+LOCK_NAME = ".lock"
+IDENTITY_NAME = "run.json"
+# Fields a resumed run may change: how long it runs, how often it logs,
+# evaluates and saves, and where it finds data and how it reads it. Everything
+# else defines the run's numbers.
+RESUMABLE_FIELDS = ("total_steps", "log_every", "eval_every", "checkpoint_every",
+                    "keep_checkpoints", "eval_batch_size", "data_dir", "manual_dir",
+                    "data.num_threads", "data.num_workers", "data.cache")
+
+
+class WorkdirInUseError(RuntimeError):
+  """Another live run holds the workdir."""
+
+
+class RunMismatchError(ValueError):
+  """The config differs from the run the workdir holds."""
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -24,8 +58,224 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+# ----------------------------------------------------------------------------
+# The lock.
+# ----------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # exists, owned by someone else
+    return True
+  return True
+
+
+class WorkdirLock:
+  """Held by one run (process 0 of it) for the run's lifetime.
+
+  Args:
+    workdir: the directory.
+    run_id: identifies the run; processes of one multi-process run share it
+      (the coordinator address), so only another run is refused.
+  """
+
+  def __init__(self, workdir: str, run_id: str):
+    self.path = os.path.join(workdir, LOCK_NAME)
+    self.run_id = run_id
+    self.owner = {"run": run_id, "host": socket.gethostname(), "pid": os.getpid(),
+                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    self._held = False
+
+  def acquire(self) -> "WorkdirLock":
+    for _ in range(3):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        holder = self._read_holder()
+        if holder is None:
+          continue  # removed meanwhile, or written half: try again
+        if self._is_stale(holder):
+          logging.warning("Taking over the lock of %s: its process %s on %s is gone.",
+                          self.path, holder.get("pid"), holder.get("host"))
+          with contextlib.suppress(FileNotFoundError):
+            os.remove(self.path)
+          continue
+        raise WorkdirInUseError(
+            f"workdir {os.path.dirname(self.path)!r} is in use by another run (pid "
+            f"{holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}); wait "
+            f"for it to finish or use another --workdir (if that run is dead, delete {self.path})")
+      with os.fdopen(fd, "w") as f:
+        json.dump(self.owner, f)
+      self._held = True
+      return self
+    raise WorkdirInUseError(f"could not take the lock {self.path}; another run keeps "
+                            "creating it")
+
+  def _read_holder(self) -> dict[str, Any] | None:
+    try:
+      with open(self.path) as f:
+        return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+      return None
+
+  def _is_stale(self, holder: Mapping[str, Any]) -> bool:
+    if holder.get("run") == self.run_id and holder.get("pid") == os.getpid():
+      return True  # this very process, e.g. a run restarted in one Python session
+    if holder.get("host") != socket.gethostname():
+      return False  # no way to check a process on another host
+    return not _pid_alive(int(holder.get("pid", -1)))
+
+  def release(self) -> None:
+    if self._held:
+      holder = self._read_holder()
+      if holder is not None and holder.get("pid") == os.getpid():
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(self.path)
+      self._held = False
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+# ----------------------------------------------------------------------------
+# Run identity.
+# ----------------------------------------------------------------------------
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      out.update(_flatten(value, name + "."))
+    else:
+      out[name] = value
+  return out
+
+
+def _canonical(value: Any) -> Any:
+  """JSON round trip: tuples and lists compare equal, as they are stored."""
+  return json.loads(json.dumps(value, default=str))
+
+
+def run_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The flattened config without `RESUMABLE_FIELDS`."""
+  flat = _flatten(config.to_dict())
+  return {k: _canonical(v) for k, v in sorted(flat.items()) if k not in RESUMABLE_FIELDS}
+
+
+def check_run_identity(workdir: str, config: ml_collections.ConfigDict, *,
+                       allow_changes: Sequence[str] = (), write: bool = True) -> list[str]:
+  """Compares `config` with the run stored in `workdir/run.json`.
+
+  Args:
+    workdir: the run's directory.
+    config: the config of this invocation.
+    allow_changes: fields that may differ (e.g. `('optimizer.learning_rate',)`,
+      or `('all',)`); they are then recorded as the run's new identity.
+    write: store the identity (process 0); others only compare.
+
+  Returns:
+    The changed fields that were allowed.
+
+  Raises:
+    RunMismatchError: naming every changed field and the way forward.
+  """
+  path = os.path.join(workdir, IDENTITY_NAME)
+  identity = run_identity(config)
+  if not os.path.exists(path):
+    if write:
+      _write_json(path, identity)
+    return []
+  with open(path) as f:
+    stored = json.load(f)
+  changed = sorted(k for k in set(stored) | set(identity) if stored.get(k, "<absent>")
+                   != identity.get(k, "<absent>"))
+  allowed = [k for k in changed if "all" in allow_changes or k in allow_changes]
+  refused = [k for k in changed if k not in allowed]
+  if refused:
+    shown = "; ".join(f"{k}: {stored.get(k, '<absent>')!r} -> {identity.get(k, '<absent>')!r}"
+                      for k in refused[:8])
+    more = f" (and {len(refused) - 8} more)" if len(refused) > 8 else ""
+    raise RunMismatchError(
+        f"workdir {workdir!r} holds a run with another config: {shown}{more}. Use a new "
+        f"--workdir for a new run, or resume with the stored config, or allow the change "
+        f"explicitly with --allow_changes={','.join(refused)}")
+  if allowed and write:
+    logging.warning("Resuming %s with changed fields (allowed): %s", workdir, ", ".join(allowed))
+    _write_json(path, identity)
+  return allowed
+
+
+def _write_json(path: str, value: Any) -> None:
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=2, default=str)
+  os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------
+# Checkpoints.
+# ----------------------------------------------------------------------------
+
+
+def restore_latest(manager, restore: Callable[[int], Any], *, move_aside_dir: str | None,
+                   is_main: bool = True) -> tuple[Any, int | None]:
+  """The latest checkpoint that restores, trying older ones past failures.
+
+  Args:
+    manager: an `orbax.checkpoint.CheckpointManager`.
+    restore: `step -> state`; raises on a corrupt checkpoint.
+    move_aside_dir: where a checkpoint that failed to restore is moved (so
+      that the resumed run can save that step again); None leaves it.
+    is_main: only process 0 moves directories.
+
+  Returns:
+    `(state, step)`, or `(None, None)` when there is no checkpoint.
+
+  Raises:
+    ValueError: checkpoints exist but none restores.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  failures = []
+  for step in steps:
+    try:
+      state = restore(step)
+    except Exception as e:  # pylint: disable=broad-except
+      first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+      failures.append(f"step {step} ({type(e).__name__}: {first_line})")
+      logging.warning("The checkpoint of step %d does not restore (%s: %s); trying an older one.",
+                      step, type(e).__name__, first_line)
+      continue
+    if failures and move_aside_dir and is_main:
+      os.makedirs(move_aside_dir, exist_ok=True)
+      for failed in steps[:steps.index(step)]:
+        source = os.path.join(str(manager.directory), str(failed))
+        target = os.path.join(move_aside_dir, f"{failed}.{int(time.time())}")
+        if os.path.exists(source):
+          shutil.move(source, target)
+          logging.warning("Moved the unreadable checkpoint of step %d to %s.", failed, target)
+      manager.reload()
+    return state, step
+  if steps:
+    raise ValueError(f"no checkpoint in {manager.directory} restores: {'; '.join(failures)}. "
+                     "Move the checkpoints/ folder away to start over")
+  return None, None
+
+
 def latest_state(workdir: str) -> tuple[dict[str, Any], int]:
   """The train state of the latest checkpoint as numpy arrays, and its step."""
+  return state_at(workdir, None)
+
+
+def state_at(workdir: str, step: int | None) -> tuple[dict[str, Any], int]:
+  """The train state of checkpoint `step` (None: the latest), as numpy arrays."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
@@ -33,9 +283,47 @@ def latest_state(workdir: str) -> tuple[dict[str, Any], int]:
     raise FileNotFoundError(f"{workdir!r} has no checkpoints/ directory: pass the workdir of a "
                             "tljax run that has saved a checkpoint")
   manager = ocp.CheckpointManager(directory)
-  step = manager.latest_step()
   if step is None:
-    raise FileNotFoundError(f"no finished checkpoint in {directory}")
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no finished checkpoint in {directory}")
+  elif step not in manager.all_steps():
+    raise FileNotFoundError(f"{directory} has no checkpoint of step {step}; it has "
+                            f"{sorted(manager.all_steps())}")
   local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   state = manager.restore(step, args=ocp.args.StandardRestore(fallback_sharding=local))
   return jax.tree.map(np.asarray, state), step
+
+
+def is_workdir(path: str) -> bool:
+  """A tljax run's workdir (config.json and checkpoints/), or one of its checkpoints."""
+  return (os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json"))
+          and os.path.isdir(os.path.join(path, "checkpoints"))) or _checkpoint_step(path) is not None
+
+
+def _checkpoint_step(path: str) -> tuple[str, int] | None:
+  """`(workdir, step)` when `path` is `<workdir>/checkpoints/<step>`."""
+  path = os.path.normpath(path)
+  parent, name = os.path.split(path)
+  if name.isdigit() and os.path.basename(parent) == "checkpoints" and os.path.isdir(path):
+    return os.path.dirname(parent), int(name)
+  return None
+
+
+def classifier_variables(path: str) -> tuple[dict[str, Any], str]:
+  """The classifier's variables (`params`, `batch_stats`) saved by a tljax run.
+
+  Args:
+    path: a workdir (its latest checkpoint) or `<workdir>/checkpoints/<step>`.
+
+  Returns:
+    The variables as numpy arrays, and a description (`workdir@step`).
+  """
+  named = _checkpoint_step(path)
+  workdir, step = named if named else (path, None)
+  state, step = state_at(workdir, step)
+  variables = {"params": state["params"]["classifier"]}
+  for collection, tree in state["model_state"].items():
+    if isinstance(tree, Mapping) and "classifier" in tree:
+      variables[collection] = tree["classifier"]
+  return variables, f"{os.path.abspath(workdir)}@{step}"

@@ -116,8 +116,10 @@ def train_batches(domain: Domain, *, global_batch_size: int, preprocess: Preproc
       threads (0: none, all in this process).
 
   Yields:
-    `{'image': (b, H, W, C) float32, 'label': (b,) int32}` with
-    `b = global_batch_size / process_count`.
+    `{'image': (b, H, W, C) float32, 'label': (b,) int32, 'index': (b,) int32}`
+    with `b = global_batch_size / process_count`; `index` is each example's
+    position in the split (for methods that keep per-example state), and a
+    multi-view preprocessing (`preprocess.multi_view`) adds its other views.
   """
   n = len(domain)
   if n == 0:
@@ -128,7 +130,9 @@ def train_batches(domain: Domain, *, global_batch_size: int, preprocess: Preproc
     start = step * global_batch_size + process_index * local
     positions = np.arange(start, start + local, dtype=np.int64)
     indices = stream_indices(positions, seed=seed, num_examples=n)
-    return _stack(_preprocess_all(_read(domain.source, indices), positions, preprocess, seed))
+    batch = _stack(_preprocess_all(_read(domain.source, indices), positions, preprocess, seed))
+    batch["index"] = indices.astype(np.int32)
+    return batch
 
   steps = grain.MapDataset.range(start_step, 2**62).map(make_batch)
   return _iterate(steps, num_threads, prefetch, num_workers)

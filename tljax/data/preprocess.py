@@ -321,3 +321,25 @@ def digits_resized(size: int = 32, channels: int = 3, mean: float = 0.5, std: fl
 
 register("digits28")(functools.partial(digits_resized, size=28))
 register("digits32")(functools.partial(digits_resized, size=32))
+
+
+def multi_view(views: dict[str, PreprocessFn]) -> PreprocessFn:
+  """Several preprocessed views of each example, e.g. FixMatch's weak (`image`)
+  and strong (`image_strong`) augmentations of one target image.
+
+  Each view draws from its own generator, spawned from the example's, so the
+  views differ from one another and are reproducible.
+  """
+  if "image" not in views:
+    raise ValueError("multi_view needs an 'image' view")
+  names = sorted(views)
+
+  def fn(example: Example, rng: np.random.Generator) -> Example:
+    out = {}
+    for name, view_rng in zip(names, rng.spawn(len(names))):
+      processed = views[name](example, view_rng)
+      out[name] = processed["image"]
+      out.setdefault("label", processed["label"])
+    return out
+
+  return fn

@@ -5,29 +5,27 @@ documented where they are defined. Training code composes them (see
 `tljax.methods`); they know nothing of training.
 """
 
-from tljax.losses.adversarial import (DomainDiscriminator, domain_accuracy,
-                                      domain_adversarial_loss, gradient_reversal,
-                                      warm_start_coeff)
+from tljax.losses.adversarial import (domain_accuracy, domain_adversarial_loss,
+                                      gradient_reversal, scale_gradient, warm_start_coeff)
 from tljax.losses.afn import adaptive_feature_norm
 from tljax.losses.bsp import bsp
 from tljax.losses.cdan import (entropy_weights, init_randomized_map, multilinear_map,
                                randomized_multilinear_map)
 from tljax.losses.coral import cmd, coral
 from tljax.losses.entropy import entropy, entropy_loss
-from tljax.losses.jmmd import jan_kernels, jmmd
-from tljax.losses.kernels import (DEFAULT_ALPHAS, GaussianKernel, gaussian_kernel_matrices,
-                                  kernel_bank)
+from tljax.losses.jmmd import jmmd
+from tljax.losses.kernels import GaussianKernel, gaussian_kernel_matrices, kernel_bank
 from tljax.losses.mcc import mcc
 from tljax.losses.mdd import mdd, shift_log
 from tljax.losses.mmd import (dan_kernel_weights, kernel_mmd, max_test_power_weights, mk_mmd,
                               mmd)
 
 __all__ = [
-    "DEFAULT_ALPHAS", "GaussianKernel", "kernel_bank", "gaussian_kernel_matrices",
+    "GaussianKernel", "kernel_bank", "gaussian_kernel_matrices",
     "kernel_mmd", "mk_mmd", "mmd", "dan_kernel_weights", "max_test_power_weights",
-    "jmmd", "jan_kernels",
+    "jmmd",
     "coral", "cmd",
-    "gradient_reversal", "warm_start_coeff", "DomainDiscriminator",
+    "scale_gradient", "gradient_reversal", "warm_start_coeff",
     "domain_adversarial_loss", "domain_accuracy",
     "multilinear_map", "randomized_multilinear_map", "init_randomized_map", "entropy_weights",
     "mcc", "mdd", "shift_log", "bsp", "adaptive_feature_norm", "entropy", "entropy_loss",

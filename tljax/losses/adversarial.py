@@ -1,9 +1,10 @@
 """Domain-adversarial pieces: gradient reversal, its warm-start schedule, the
-domain discriminator and its loss (DANN; also used by CDAN and MDD).
+domain classification loss (DANN; also used by CDAN, MDD and ADDA). The
+discriminator network itself is `tljax.models.heads.DomainDiscriminator`.
 
 Ganin et al., "Domain-Adversarial Training of Neural Networks", JMLR 2016.
 The flow, as in TLlib's `DomainAdversarialLoss`: features -> `gradient_reversal`
-(coefficient from `warm_start_coeff(step)`) -> `DomainDiscriminator` on the
+(coefficient from `warm_start_coeff(step)`) -> a discriminator on the
 concatenated source + target batch -> `domain_adversarial_loss`. Minimising that
 one loss trains the discriminator to tell the domains apart and, through the
 reversed gradient, the feature extractor to confuse it.
@@ -11,40 +12,44 @@ reversed gradient, the feature extractor to confuse it.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from tljax.losses._arrays import as_float
-from tljax.models.layers import BatchNorm, torch_linear_init
 
 
 @jax.custom_vjp
-def _reverse_gradient(x: jax.Array, coeff: jax.Array) -> jax.Array:
+def _scale_gradient(x: jax.Array, scale: jax.Array) -> jax.Array:
   return x
 
 
-def _reverse_gradient_forward(x, coeff):
-  return x, coeff
+def _scale_gradient_forward(x, scale):
+  return x, scale
 
 
-def _reverse_gradient_backward(coeff, cotangent):
-  # The coefficient is a schedule value, not something to learn: zero cotangent.
-  return (-coeff * cotangent).astype(cotangent.dtype), jnp.zeros_like(coeff)
+def _scale_gradient_backward(scale, cotangent):
+  # The scale is a schedule value, not something to learn: zero cotangent.
+  return (scale * cotangent).astype(cotangent.dtype), jnp.zeros_like(scale)
 
 
-_reverse_gradient.defvjp(_reverse_gradient_forward, _reverse_gradient_backward)
+_scale_gradient.defvjp(_scale_gradient_forward, _scale_gradient_backward)
+
+
+def scale_gradient(x: jax.Array, scale: float | jax.Array) -> jax.Array:
+  """Identity forward; multiplies the incoming gradient by `scale` backward.
+
+  `scale` may be a traced scalar (a schedule value inside a jitted step); it
+  gets no gradient.
+  """
+  return _scale_gradient(x, jnp.asarray(scale, jnp.float32))
 
 
 def gradient_reversal(x: jax.Array, coeff: float | jax.Array = 1.0) -> jax.Array:
   """Identity forward; multiplies the incoming gradient by `-coeff` backward.
 
-  TLlib's `GradientReverseFunction`. `coeff` may be a traced scalar (e.g.
-  `warm_start_coeff(step)` inside a jitted step); it gets no gradient.
+  TLlib's `GradientReverseFunction`: `scale_gradient(x, -coeff)`.
   """
-  return _reverse_gradient(x, jnp.asarray(coeff, jnp.float32))
+  return scale_gradient(x, -jnp.asarray(coeff, jnp.float32))
 
 
 def warm_start_coeff(step: int | jax.Array,
@@ -63,39 +68,6 @@ def warm_start_coeff(step: int | jax.Array,
   """
   step = jnp.asarray(step, jnp.float32)
   return lo + (hi - lo) * (2.0 / (1.0 + jnp.exp(-alpha * step / max_steps)) - 1.0)
-
-
-class DomainDiscriminator(nn.Module):
-  """TLlib's `DomainDiscriminator(batch_norm=True)`, returning logits.
-
-  `(Dense -> BatchNorm -> ReLU) x len(hidden_sizes) -> Dense(1)`; TLlib's
-  final sigmoid is left to `domain_adversarial_loss`, which works on logits.
-  BatchNorm uses PyTorch's defaults (momentum 0.1, i.e. flax 0.9; eps 1e-5).
-  Call it on the concatenated source + target batch, as TLlib does, so the
-  batch statistics cover both domains.
-
-  Attributes:
-    hidden_sizes: widths of the hidden layers (TLlib: two of `hidden_size`,
-      1024 in its examples).
-    dtype: compute dtype; the logits are returned in float32.
-  """
-
-  hidden_sizes: Sequence[int] = (1024, 1024)
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    """`(n, *)` features -> `(n,)` domain logits (source is label 1)."""
-    x = x.reshape(x.shape[0], -1)
-    for i, width in enumerate(self.hidden_sizes):
-      init = torch_linear_init(x.shape[-1])
-      x = nn.Dense(width, dtype=self.dtype, kernel_init=init, bias_init=init,
-                   name=f"linear{i}")(x)
-      x = BatchNorm(momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=f"bn{i}")(x, train)
-      x = nn.relu(x)
-    init = torch_linear_init(x.shape[-1])
-    logits = nn.Dense(1, dtype=self.dtype, kernel_init=init, bias_init=init, name="output")(x)
-    return logits[:, 0].astype(jnp.float32)
 
 
 def _as_logit_vector(logits: jax.Array) -> jax.Array:
@@ -152,6 +124,6 @@ def domain_accuracy(d_source: jax.Array, d_target: jax.Array) -> jax.Array:
 
 
 __all__ = [
-    "gradient_reversal", "warm_start_coeff", "DomainDiscriminator",
+    "scale_gradient", "gradient_reversal", "warm_start_coeff",
     "domain_adversarial_loss", "domain_accuracy",
 ]

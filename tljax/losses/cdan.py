@@ -20,8 +20,6 @@ import jax.numpy as jnp
 
 from tljax.losses.entropy import entropy
 
-# TLlib's RandomizedMultiLinearMap default output size.
-DEFAULT_RANDOMIZED_DIM = 1024
 
 
 def multilinear_map(features: jax.Array, probs: jax.Array) -> jax.Array:
@@ -37,7 +35,7 @@ def multilinear_map(features: jax.Array, probs: jax.Array) -> jax.Array:
 def init_randomized_map(key: jax.Array,
                         features_dim: int,
                         num_classes: int,
-                        output_dim: int = DEFAULT_RANDOMIZED_DIM) -> tuple[jax.Array, jax.Array]:
+                        output_dim: int) -> tuple[jax.Array, jax.Array]:
   """The fixed random matrices `(R_f, R_g)`, entries `N(0, 1)` (TLlib's `randn`).
 
   Returns:
@@ -92,6 +90,6 @@ def entropy_weights(probs: jax.Array) -> jax.Array:
 
 
 __all__ = [
-    "DEFAULT_RANDOMIZED_DIM", "multilinear_map", "init_randomized_map",
+    "multilinear_map", "init_randomized_map",
     "randomized_multilinear_map", "entropy_weights",
 ]

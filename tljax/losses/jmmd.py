@@ -16,25 +16,14 @@ from typing import Sequence
 
 import jax
 
-from tljax.losses.kernels import GaussianKernel, kernel_bank
+from tljax.losses.kernels import GaussianKernel
 from tljax.losses.mmd import kernel_mmd
-
-# TLlib's JAN example: the softmax layer gets one fixed-bandwidth kernel,
-# GaussianKernel(sigma=0.92, track_running_stats=False).
-JAN_SOFTMAX_SIGMA = 0.92
-
-
-def jan_kernels(num_layers: int = 2) -> tuple[tuple[GaussianKernel, ...], ...]:
-  """TLlib's JAN kernels: the adaptive bank `2^-3..2^1` on the first layer and
-  one Gaussian with `sigma = 0.92` on every later (softmax) layer."""
-  fixed = (GaussianKernel(sigma=JAN_SOFTMAX_SIGMA),)
-  return (kernel_bank(),) + (fixed,) * (num_layers - 1)
 
 
 def jmmd(source_layers: Sequence[jax.Array],
          target_layers: Sequence[jax.Array],
          *,
-         kernels: Sequence[Sequence[GaussianKernel]] | None = None,
+         kernels: Sequence[Sequence[GaussianKernel]],
          linear: bool = False) -> jax.Array:
   """Joint multi-kernel MMD over a list of layers (JAN), TLlib's estimator.
 
@@ -43,17 +32,16 @@ def jmmd(source_layers: Sequence[jax.Array],
       `(features_s, softmax(logits_s))`; TLlib's JAN example passes the softmax
       with its gradient.
     target_layers: per layer, `(n, *)` target activations.
-    kernels: per layer, the Gaussian kernels summed on it. Default
-      `jan_kernels(len(source_layers))`, TLlib's JAN example.
+    kernels: per layer, the Gaussian kernels summed on it. TLlib's JAN
+      example: the adaptive bank `alpha = 2^-3..2^1` on the features and one
+      fixed `sigma = 0.92` kernel on the softmax.
     linear: the linear-time estimator (TLlib's `--linear`; its example default
       is the quadratic one).
 
   Returns:
     Scalar estimate of `JMMD^2 + 2/(n-1)`.
   """
-  if kernels is None:
-    kernels = jan_kernels(len(source_layers))
   return kernel_mmd(source_layers, target_layers, kernels, linear=linear)
 
 
-__all__ = ["JAN_SOFTMAX_SIGMA", "jan_kernels", "jmmd"]
+__all__ = ["jmmd"]

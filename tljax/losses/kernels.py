@@ -23,10 +23,6 @@ import jax.numpy as jnp
 
 from tljax.losses._arrays import as_float_matrix
 
-# alpha = 2^k for k = -3..1: DAN's and JAN's multi-kernel bank in TLlib's examples.
-DEFAULT_ALPHAS = tuple(2.0**k for k in range(-3, 2))
-
-
 class GaussianKernel(NamedTuple):
   """One Gaussian kernel, with an adaptive or a fixed bandwidth.
 
@@ -41,8 +37,9 @@ class GaussianKernel(NamedTuple):
   sigma: float | None = None
 
 
-def kernel_bank(alphas: Sequence[float] = DEFAULT_ALPHAS) -> tuple[GaussianKernel, ...]:
-  """Adaptive-bandwidth Gaussian kernels, one per `alpha`."""
+def kernel_bank(alphas: Sequence[float]) -> tuple[GaussianKernel, ...]:
+  """Adaptive-bandwidth Gaussian kernels, one per `alpha` (TLlib's DAN and JAN
+  examples: `2^k, k = -3..1`)."""
   return tuple(GaussianKernel(alpha=float(alpha)) for alpha in alphas)
 
 

@@ -13,11 +13,9 @@ import jax.numpy as jnp
 from tljax.losses._arrays import as_float
 from tljax.losses.entropy import entropy
 
-# TLlib's MCC example default (the loss class itself has no default).
-DEFAULT_TEMPERATURE = 2.5
 
 
-def mcc(logits: jax.Array, *, temperature: float = DEFAULT_TEMPERATURE) -> jax.Array:
+def mcc(logits: jax.Array, *, temperature: float) -> jax.Array:
   """MCC loss on target logits.
 
       Y = softmax(logits / T)                                   (n, C)
@@ -46,4 +44,4 @@ def mcc(logits: jax.Array, *, temperature: float = DEFAULT_TEMPERATURE) -> jax.A
   return (jnp.sum(confusion) - jnp.trace(confusion)) / num_classes
 
 
-__all__ = ["DEFAULT_TEMPERATURE", "mcc"]
+__all__ = ["mcc"]

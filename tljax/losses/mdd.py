@@ -18,8 +18,6 @@ import jax.numpy as jnp
 
 from tljax.losses._arrays import as_float
 
-DEFAULT_MARGIN = 4.0
-
 
 def shift_log(x: jax.Array, offset: float = 1e-6) -> jax.Array:
   """TLlib's `shift_log`: `log(min(x + offset, 1))`, finite at `x = 0`."""
@@ -31,7 +29,7 @@ def mdd(source_logits: jax.Array,
         target_logits: jax.Array,
         target_adv_logits: jax.Array,
         *,
-        margin: float = DEFAULT_MARGIN) -> jax.Array:
+        margin: float) -> jax.Array:
   """Classification MDD, with TLlib's signs:
 
       D = -margin * mean_i CE(h'(x^s_i), argmax h(x^s_i))
@@ -61,4 +59,4 @@ def mdd(source_logits: jax.Array,
   return -margin * jnp.mean(source_cross_entropy) + jnp.mean(target_shifted)
 
 
-__all__ = ["DEFAULT_MARGIN", "shift_log", "mdd"]
+__all__ = ["shift_log", "mdd"]

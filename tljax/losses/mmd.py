@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 
 from tljax.losses._arrays import as_float_matrix
-from tljax.losses.kernels import (DEFAULT_ALPHAS, GaussianKernel, gaussian_kernel,
+from tljax.losses.kernels import (GaussianKernel, gaussian_kernel,
                                   gaussian_kernel_sum, kernel_bank, kernel_sigma_squares,
                                   pairwise_squared_distances, rowwise_squared_distances)
 
@@ -139,7 +139,7 @@ def kernel_mmd(source_layers: Sequence[jax.Array],
 def mk_mmd(source: jax.Array,
            target: jax.Array,
            *,
-           alphas: Sequence[float] = DEFAULT_ALPHAS,
+           alphas: Sequence[float],
            linear: bool = False,
            kernel_weights: jax.Array | Sequence[float] | None = None) -> jax.Array:
   """Multi-kernel MMD of DAN (Long et al., ICML 2015), TLlib's estimator.
@@ -154,7 +154,7 @@ def mk_mmd(source: jax.Array,
   Args:
     source: `(n, *)` source activations.
     target: `(n, *)` target activations.
-    alphas: bandwidth multipliers; default `2^k, k = -3..1` (TLlib's DAN).
+    alphas: bandwidth multipliers (TLlib's DAN: `2^k, k = -3..1`).
     linear: the linear-time estimator.
     kernel_weights: `beta`, one weight per alpha, e.g. from
       `dan_kernel_weights`. None sums the kernels with weight 1 each, as TLlib
@@ -284,7 +284,7 @@ def max_test_power_weights(mmd_estimates: jax.Array,
 def dan_kernel_weights(source: jax.Array,
                        target: jax.Array,
                        *,
-                       alphas: Sequence[float] = DEFAULT_ALPHAS,
+                       alphas: Sequence[float],
                        eps: float = 1e-3) -> jax.Array:
   """DAN's kernel weights `beta`: the combination of maximal test power.
 

@@ -1,26 +1,88 @@
-"""How a domain-adaptation method joins the train step.
+"""The method contract: a method owns its training step.
 
-The step runs the classifier once on the concatenated source + target batch
-(so BatchNorm sees both domains) or, where the method asks for it
-(`joint_forward=False`), once per domain, as TLlib does for each method, and
-hands the outputs to the method. A method is a linen module: it may own parameters and BatchNorm
-statistics (a domain discriminator, an adversarial head), which live in the
-train state beside the classifier's under their own top-level names, so
-`config.param_groups` addresses them like any other parameter
-(`discriminator/.*`). It returns the term added to the source cross-entropy,
-already weighted by its `trade_off`, and metrics to log.
+A method (one module in `tljax/methods/`, chosen by `config.method.name`)
+decides everything the step does with a batch: which forward passes it runs
+(source only, one pass over `[source; target]`, one per domain, two views of
+the target, ...), which losses it adds, how many update phases it takes and
+with which optimizers, and what extra state it keeps (an EMA teacher,
+pseudo-labels, ...). The trainer (`tljax/train.py`) knows none of this; it
+builds the pieces a method asks for, jits
+
+    state, metrics = method.train_step(ctx, state, batch, rng)
+
+with `rng = fold_in(state.rng, state.step)`, guards it against non-finite
+numbers, and evaluates what `method.eval_variables` returns.
+
+The state is one pytree (`TrainState`), checkpointed and sharded as a whole.
+Variables are nested by owner: `params = {'classifier': {...}, 'method':
+{<network>: {...}}}`, the same for every collection (`batch_stats`,
+`constants`), so `config.param_groups` regexes read like
+`classifier/backbone/.*` or `method/dann/discriminator/.*`.
+
+Updates go through `StepContext.update`: it differentiates only the
+parameters the named optimizer(s) train (frozen groups and everything outside
+the optimizer's scope are closed over, so they leave the backward pass, the
+gradient norm, clipping and the non-finite guard), applies the optimizer, and
+returns the new state and the phase's metrics.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import re
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Sequence
 
 import flax
 import flax.linen as nn
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
+import optax
 
 from tljax import losses
+
+Variables = dict[str, Any]  # {collection: tree}
+CLASSIFIER = ("classifier",)
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step changes. A plain pytree: checkpointed as is.
+
+  Attributes:
+    step: the number of steps taken.
+    params: trainable variables, nested by owner (`classifier`, `method`).
+    model_state: the other collections (`batch_stats`, `constants`), nested
+      the same way.
+    opt_state: `{optimizer name: optax state}`.
+    method_state: whatever else the method keeps (EMA teacher variables,
+      pseudo-labels, ...); `{}` for most methods.
+    rng: the run's base key; step keys are `fold_in(rng, step)`.
+  """
+
+  step: jax.Array
+  params: Any
+  model_state: Any
+  opt_state: Any
+  method_state: Any
+  rng: jax.Array
+
+  @property
+  def variables(self) -> Variables:
+    return {"params": self.params, **self.model_state}
+
+  def replace_variables(self, variables: Variables) -> "TrainState":
+    variables = dict(variables)
+    return self.replace(params=variables.pop("params"), model_state=variables)
+
+
+class OptimizerSpec(NamedTuple):
+  """One optimizer of a method: which parameters it updates (a regex over
+  '/'-joined paths; frozen groups are always excluded) and a factor on the
+  learning rate of every group."""
+
+  scope: str = ".*"
+  lr_scale: float = 1.0
 
 
 @flax.struct.dataclass
@@ -34,41 +96,301 @@ class DomainOutputs:
   source_labels: jax.Array
 
 
-class Method(nn.Module):
-  """A method's transfer term. Subclasses override `__call__`.
+# ----------------------------------------------------------------------------
+# Owner-nested variable trees.
+# ----------------------------------------------------------------------------
 
-  Called as `method.apply(variables, outputs, step=step, train=train,
-  rngs=..., mutable=['batch_stats'])`; `step` is the traced global step (for
-  warm-start schedules inside the jitted step).
+
+def owned(variables: Variables, owner: Sequence[str]) -> Variables:
+  """The variables of one owner (e.g. `('classifier',)`), per collection."""
+  out = {}
+  for collection, tree in variables.items():
+    for key in owner:
+      if not isinstance(tree, Mapping) or key not in tree:
+        tree = None
+        break
+      tree = tree[key]
+    if tree is not None:
+      out[collection] = tree
+  return out
+
+
+def with_owned(variables: Variables, owner: Sequence[str], updates: Variables) -> Variables:
+  """`variables` with `owner`'s collections in `updates` replaced."""
+  out = dict(variables)
+  for collection, tree in updates.items():
+    out[collection] = _set_in(out.get(collection, {}), tuple(owner), tree)
+  return out
+
+
+def _set_in(tree: Mapping, path: tuple[str, ...], value: Any) -> dict:
+  tree = dict(tree)
+  if len(path) == 1:
+    tree[path[0]] = value
+  else:
+    tree[path[0]] = _set_in(tree.get(path[0], {}), path[1:], value)
+  return tree
+
+
+def path_str(path) -> str:
+  """'/'-joined names of a pytree path (keys of dicts, names of dataclass fields)."""
+  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def _flat(tree: Any) -> dict[tuple[str, ...], Any]:
+  return flax.traverse_util.flatten_dict(tree) if tree else {}
+
+
+def select(tree: Any, mask: Mapping[tuple[str, ...], bool]) -> dict:
+  """The leaves of `tree` whose path `mask` marks, as a nested dict."""
+  return flax.traverse_util.unflatten_dict({p: v for p, v in _flat(tree).items() if mask[p]})
+
+
+def merge(tree: Any, part: Any) -> dict:
+  """`tree` with the leaves of `part` (a subset of its paths) replaced."""
+  flat = _flat(tree)
+  flat.update(_flat(part))
+  return flax.traverse_util.unflatten_dict(flat)
+
+
+# ----------------------------------------------------------------------------
+# The step context: what the trainer builds for a method.
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StepContext:
+  """Networks, optimizers and the update rule a method's step uses.
+
+  Built once by the trainer (static under `jax.jit`).
+
+  Attributes:
+    classifier: the `Classifier` (backbone -> bottleneck -> head).
+    networks: the method's own networks by name (`method/<name>/...`).
+    optimizers: `{name: optax transformation}` over that optimizer's
+      trainable parameters (see `Method.optimizer_scopes`).
+    trainable: `{name: {param path tuple: bool}}`, the parameters each
+      optimizer updates (in its scope and not frozen by `config.param_groups`).
+    schedule: the base learning-rate schedule (for logging).
+    num_classes: classes of the task.
+    num_target_examples: size of the target training split.
   """
 
-  trade_off: float = 1.0
-  # One classifier pass over [source; target] (BatchNorm statistics shared by the
-  # domains: TLlib's DANN, CDAN, JAN, MCC, MDD, BSP) or one pass per domain
-  # (TLlib's DAN and AFN).
-  joint_forward: bool = True
-  # 0: the transfer term keeps its weight from the first step (TLlib). N > 0:
-  # its weight rises as 2 / (1 + exp(-10 p)) - 1 with p = min(step / N, 1), the
-  # progressive schedule of JAN (Long et al. 2017, after Ganin & Lempitsky 2015),
-  # which keeps noisy early features from being aligned; JAN sets N to the whole run.
-  trade_off_warmup: int = 0
+  classifier: nn.Module
+  networks: Mapping[str, nn.Module]
+  optimizers: Mapping[str, optax.GradientTransformation]
+  trainable: Mapping[str, Mapping[tuple[str, ...], bool]]
+  schedule: optax.Schedule
+  num_classes: int
+  num_target_examples: int = 0
 
-  def __call__(self, outputs: DomainOutputs, *, step: jax.Array,
-               train: bool = True) -> tuple[jax.Array, dict[str, Any]]:
+  # ------------------------------------------------------------- forward passes
+
+  def apply_classifier(self, variables: Variables, images: jax.Array, *, train: bool,
+                       rng: jax.Array | None = None, owner: Sequence[str] = CLASSIFIER,
+                       ) -> tuple[tuple[jax.Array, jax.Array], Variables]:
+    """`(features, logits)` of the classifier stored under `owner`, and the
+    variables with its updated BatchNorm statistics (unchanged when not training)."""
+    mine = owned(variables, owner)
+    if not train:
+      return self.classifier.apply(mine, images, train=False), variables
+    mutable = [c for c in mine if c != "params"]
+    if not mutable:
+      return self.classifier.apply(mine, images, train=True, rngs={"dropout": rng}), variables
+    out, updates = self.classifier.apply(mine, images, train=True, mutable=mutable,
+                                         rngs={"dropout": rng})
+    return out, with_owned(variables, owner, updates)
+
+  def apply_network(self, name: str, variables: Variables, *args, train: bool,
+                    rng: jax.Array | None = None, method: Callable | None = None,
+                    **kwargs) -> tuple[Any, Variables]:
+    """Calls the method's network `name` (optionally one of its methods)."""
+    owner = ("method", name)
+    mine = owned(variables, owner)
+    mutable = [c for c in mine if c not in ("params", "constants")] if train else []
+    mutable = mutable or False  # flax returns (out, {}) for an empty list
+    rngs = {"dropout": rng} if rng is not None else {}
+    result = self.networks[name].apply(mine, *args, train=train, mutable=mutable, rngs=rngs,
+                                       method=method, **kwargs)
+    if not mutable:
+      return result, variables
+    out, updates = result
+    return out, with_owned(variables, owner, updates)
+
+  def forward_domains(self, variables: Variables, source_images: jax.Array,
+                      target_images: jax.Array, labels: jax.Array, rng: jax.Array, *,
+                      joint: bool, owner: Sequence[str] = CLASSIFIER,
+                      ) -> tuple[DomainOutputs, Variables]:
+    """The classifier on one step's source and target images.
+
+    `joint`: one pass over `[source; target]`, so BatchNorm normalises both
+    domains together (TLlib's DANN, CDAN, JAN, MCC, MDD, BSP). Otherwise one
+    pass per domain, source first, each normalised by its own batch statistics
+    and the running averages updated by both in turn (TLlib's DAN, AFN).
+    """
+    if joint:
+      # The layout does not depend on the number of devices, so neither does
+      # position-dependent randomness (dropout).
+      images = jnp.concatenate([source_images, target_images])
+      (features, logits), variables = self.apply_classifier(variables, images, train=True,
+                                                            rng=rng, owner=owner)
+      n = source_images.shape[0]
+      return DomainOutputs(features[:n], features[n:], logits[:n], logits[n:], labels), variables
+    source_rng, target_rng = jax.random.split(rng)
+    (source_features, source_logits), variables = self.apply_classifier(
+        variables, source_images, train=True, rng=source_rng, owner=owner)
+    (target_features, target_logits), variables = self.apply_classifier(
+        variables, target_images, train=True, rng=target_rng, owner=owner)
+    return DomainOutputs(source_features, target_features, source_logits, target_logits,
+                         labels), variables
+
+  # ------------------------------------------------------------- updates
+
+  def update(self, state: TrainState, names: str | Sequence[str],
+             loss_fn: Callable[[Variables], tuple[jax.Array, tuple[Variables, dict]]],
+             ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One gradient step of the optimizer(s) `names` on `loss_fn`.
+
+    Args:
+      state: the current state.
+      names: an optimizer name, or several updated from the same gradient.
+      loss_fn: `variables -> (loss, (variables, metrics))`, given the state's
+        variables with the trainable parameters as the differentiated
+        argument; returns the variables with updated statistics.
+
+    Returns:
+      The state with new parameters, statistics and optimizer states, and the
+      metrics of `loss_fn` plus `loss` and `grad_norm` (of this phase's
+      trainable parameters only).
+    """
+    names = (names,) if isinstance(names, str) else tuple(names)
+    flat_params = _flat(state.params)
+    masks = [self.trainable[n] for n in names]
+    union = {p: any(m[p] for m in masks) for p in flat_params}
+    trainable = select(state.params, union)
+    variables = state.variables
+
+    def objective(trainable_params):
+      params = merge(variables["params"], trainable_params)
+      return loss_fn({**variables, "params": params})
+
+    (loss, (new_variables, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(trainable)
+    params = state.params
+    opt_state = dict(state.opt_state)
+    for name, mask in zip(names, masks):
+      part_params = select(params, mask)
+      part_grads = select(grads, {p: mask[p] for p in _flat(grads)})
+      updates, opt_state[name] = self.optimizers[name].update(part_grads, opt_state[name],
+                                                              part_params)
+      params = merge(params, optax.apply_updates(part_params, updates))
+    new_variables = {**new_variables, "params": params}
+    new_state = state.replace_variables(new_variables).replace(opt_state=opt_state)
+    return new_state, {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+
+
+# ----------------------------------------------------------------------------
+# Methods.
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Method:
+  """Base class of every method: ERM's single update over `loss`.
+
+  Subclasses are frozen dataclasses whose fields are `config.method`'s
+  (besides `name`); `create_method` refuses fields a method does not declare.
+  A simple method overrides `loss`; a method with several phases, extra
+  state or networks overrides `train_step`, `networks`, `init_method_state`,
+  `optimizers` and `eval_variables` as needed.
+
+  Class attributes:
+    inputs: the domains the step reads: `('source',)`, `('source',
+      'target')` or `('target',)` (source-free). Only these reach the step.
+    target_views: preprocessed views of each target example besides
+      `image`, e.g. `('image_strong',)` (`config.data.strong_preprocess`).
+    refresh_every: > 0 calls `refresh` before the steps `0, N, 2N, ...`
+      (e.g. pseudo-labels recomputed over the whole target split).
+  """
+
+  inputs: ClassVar[tuple[str, ...]] = ("source", "target")
+  target_views: ClassVar[tuple[str, ...]] = ()
+  refresh_every: ClassVar[int] = 0
+
+  # ------------------------------------------------------------- construction
+
+  def networks(self, num_classes: int, classifier: nn.Module) -> dict[str, nn.Module]:
+    """The method's own networks (`params['method'][name]`); none by default."""
+    del num_classes, classifier
+    return {}
+
+  def init_networks(self, ctx: StepContext, rng: jax.Array, variables: Variables,
+                    outputs: DomainOutputs) -> dict[str, Variables]:
+    """Initial variables of `networks`, given example classifier outputs."""
+    del rng, variables, outputs
+    if ctx.networks:
+      raise NotImplementedError(f"{type(self).__name__} has networks but no init_networks")
+    return {}
+
+  def init_method_state(self, ctx: StepContext, variables: Variables) -> Any:
+    """The method's extra state at step 0 (an EMA teacher, pseudo-labels, ...)."""
+    del ctx, variables
+    return {}
+
+  def optimizers(self) -> dict[str, OptimizerSpec]:
+    """The method's optimizers by name; one over every parameter by default."""
+    return {"main": OptimizerSpec()}
+
+  # ------------------------------------------------------------- the step
+
+  def loss(self, ctx: StepContext, variables: Variables, batch: dict, step: jax.Array,
+           rng: jax.Array) -> tuple[jax.Array, tuple[Variables, dict]]:
     raise NotImplementedError
 
-  def trade_off_scale(self, step: jax.Array) -> jax.Array:
-    """The factor (in [0, 1)) applied to the transfer term at `step`; 1 without warm-up."""
-    if self.trade_off_warmup <= 0:
-      return jnp.ones((), jnp.float32)
-    # The gradient-reversal warm start with alpha 10 over `trade_off_warmup` steps, held at p = 1.
-    step = jnp.minimum(jnp.asarray(step, jnp.float32), self.trade_off_warmup)
-    return losses.warm_start_coeff(step, alpha=10.0, max_steps=self.trade_off_warmup)
+  def train_step(self, ctx: StepContext, state: TrainState, batch: dict,
+                 rng: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One step on a global batch `{'source': {...}, 'target': {...}}`."""
+    return ctx.update(state, "main", lambda v: self.loss(ctx, v, batch, state.step, rng))
+
+  def refresh(self, ctx: StepContext, state: TrainState, predict: Callable) -> TrainState:
+    """Host-side work between steps (see `refresh_every`). `predict(variables)`
+    returns `(features, logits)` of every target training example, in order."""
+    del ctx, predict
+    return state
+
+  # ------------------------------------------------------------- evaluation
+
+  def eval_variables(self, ctx: StepContext, state: TrainState,
+                     batch_statistics: Callable) -> Variables:
+    """The classifier variables to evaluate. `batch_statistics(variables)`
+    recomputes BatchNorm statistics over the target training split (AdaBN)."""
+    del ctx, batch_statistics
+    return owned(state.variables, CLASSIFIER)
 
 
-class SourceOnly(Method):
-  """No adaptation: the classifier trains on labelled source data only."""
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-  def __call__(self, outputs, *, step, train=True):
-    del outputs, step, train
-    return jnp.zeros((), jnp.float32), {}
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def progressive_weight(step: jax.Array, warmup: int) -> jax.Array:
+  """`2 / (1 + exp(-10 p)) - 1`, `p = min(step / warmup, 1)`: the progressive
+  schedule of JAN (Long et al. 2017, after Ganin & Lempitsky 2015); 1 when
+  `warmup <= 0`."""
+  if warmup <= 0:
+    return jnp.ones((), jnp.float32)
+  step = jnp.minimum(jnp.asarray(step, jnp.float32), warmup)
+  return losses.warm_start_coeff(step, alpha=10.0, max_steps=warmup)
+
+
+def trainable_masks(params: Any, specs: Mapping[str, OptimizerSpec],
+                    frozen: Mapping[tuple[str, ...], bool]) -> dict[str, dict[tuple[str, ...], bool]]:
+  """`{optimizer: {path: bool}}`: in the optimizer's scope and not frozen."""
+  flat = _flat(params)
+  masks = {}
+  for name, spec in specs.items():
+    pattern = re.compile(spec.scope)
+    masks[name] = {p: bool(pattern.fullmatch("/".join(p))) and not frozen[p] for p in flat}
+  return masks

@@ -70,7 +70,7 @@ def create_classifier(model_config: ml_collections.ConfigDict, num_classes: int,
 
   Args:
     model_config: `name` (backbone), `bottleneck_dim`, `bottleneck_norm`,
-      `bottleneck_dropout`, `head_hidden`, `head_dropout`, `dtype` (compute
+      `bottleneck_dropout`, `head_type`, `head_hidden`, `head_dropout`, `dtype` (compute
       dtype; parameters stay fp32), and `backbone_kwargs`.
     num_classes: classes of the task.
     frozen_norm: regex of BatchNorm module paths that keep running statistics.
@@ -87,8 +87,11 @@ def create_classifier(model_config: ml_collections.ConfigDict, num_classes: int,
       bottleneck_dim=model_config.get("bottleneck_dim", 0),
       bottleneck_norm=model_config.get("bottleneck_norm", True),
       bottleneck_dropout=model_config.get("bottleneck_dropout", 0.0),
+      head_type=model_config.get("head_type", ""),
       head_hidden=model_config.get("head_hidden", 0),
       head_dropout=model_config.get("head_dropout", 0.5),
+      bottleneck_l2_preserving_dropout=model_config.get("bottleneck_l2_preserving_dropout", False),
+      init_scheme=model_config.get("init_scheme", "torch"),
       frozen_norm=frozen_norm,
       dtype=dtype,
   )

@@ -115,7 +115,10 @@ def load(init_variables: Variables, path: str, *, backbone: str,
   Args:
     init_variables: freshly initialised `{'params': ..., 'batch_stats': ...}` of
       a `Classifier` (or of a bare backbone).
-    path: `.safetensors`, `.pth`/`.pt`/`.bin` or `.npz` file (see module doc).
+    path: `.safetensors`, `.pth`/`.pt`/`.bin` or `.npz` file (see module doc),
+      or a tljax run: its workdir (latest checkpoint) or
+      `<workdir>/checkpoints/<step>`, whose classifier is loaded whole
+      (backbone, bottleneck, head and BatchNorm statistics) except `dont_load`.
     backbone: registry name of the backbone (e.g. `resnet50`,
       `vit_base_patch16`); picks the translation of torch and npz names.
     dont_load: regexes (`re.fullmatch`) over '/'-joined variable paths without
@@ -131,10 +134,17 @@ def load(init_variables: Variables, path: str, *, backbone: str,
     ValueError: on missing, unexpected or mis-shaped variables, or a file that
       is not a plain weights file.
   """
-  checkpoint = read(path, backbone=backbone)
   flat_init = flax.traverse_util.flatten_dict(dict(init_variables), sep="/")
-  loaded = match(flat_init, checkpoint, dont_load=dont_load, load_head=load_head,
-                 source=path)
+  from tljax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  if workdir_lib.is_workdir(path):
+    # A tljax run: the whole classifier (backbone, bottleneck, head) it trained.
+    variables, path = workdir_lib.classifier_variables(path)
+    checkpoint = Checkpoint(flax.traverse_util.flatten_dict(variables, sep="/"))
+    loaded = match(flat_init, checkpoint, dont_load=dont_load, whole_model=True, source=path)
+  else:
+    checkpoint = read(path, backbone=backbone)
+    loaded = match(flat_init, checkpoint, dont_load=dont_load, load_head=load_head,
+                   source=path)
   merged = {}
   for key, init in flat_init.items():
     if key not in loaded:
@@ -172,7 +182,7 @@ def read(path: str, *, backbone: str) -> Checkpoint:
 
 def match(target: Mapping[str, Any], checkpoint: Checkpoint, *,
           dont_load: Iterable[str] = (), load_head: bool = False,
-          source: str = "checkpoint") -> dict[str, np.ndarray]:
+          whole_model: bool = False, source: str = "checkpoint") -> dict[str, np.ndarray]:
   """Checks a translated checkpoint against a flat target; returns what to load.
 
   Args:
@@ -181,6 +191,8 @@ def match(target: Mapping[str, Any], checkpoint: Checkpoint, *,
     checkpoint: from `read`.
     dont_load: regexes over paths without the collection; see `load`.
     load_head: whether the checkpoint's head is loaded or skipped.
+    whole_model: every target variable is expected (a tljax classifier's own
+      checkpoint), not only the backbone's.
     source: name of the checkpoint for messages.
 
   Returns:
@@ -188,7 +200,9 @@ def match(target: Mapping[str, Any], checkpoint: Checkpoint, *,
   """
   patterns = [re.compile(pattern) for pattern in dont_load]
   arrays = dict(checkpoint.arrays)
-  bare_backbone = not any(_inner(key).startswith("backbone/") for key in target)
+  bare_backbone = not whole_model and not any(_inner(key).startswith("backbone/") for key in target)
+  if whole_model:
+    load_head = True
   if bare_backbone:
     if load_head:
       raise ValueError("load_head=True, but the target is a bare backbone "
@@ -199,7 +213,7 @@ def match(target: Mapping[str, Any], checkpoint: Checkpoint, *,
     arrays = {key: value for key, value in arrays.items() if not key.startswith(_HEAD)}
 
   expected = [key for key in target
-              if bare_backbone or _inner(key).startswith("backbone/")
+              if whole_model or bare_backbone or _inner(key).startswith("backbone/")
               or (load_head and key.startswith(_HEAD))]
   loaded, missing, mismatched, kept = {}, [], [], []
   for key in expected:

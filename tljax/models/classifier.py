@@ -4,8 +4,8 @@
 the bottleneck output (or the pooled backbone output when there is no
 bottleneck), which is where discrepancy losses and discriminators attach, as in
 TLlib's `ImageClassifier`. The bottleneck and head variants cover TLlib's
-methods: `Linear -> [BatchNorm] -> ReLU -> [Dropout]` bottlenecks and MDD's
-two-layer heads. Linear layers start as PyTorch's do, as TLlib's.
+methods: `Linear -> [BatchNorm] -> ReLU -> [Dropout]` bottlenecks and the heads of
+`tljax.models.heads`. Linear layers start as PyTorch's do, as TLlib's.
 """
 
 from __future__ import annotations
@@ -16,52 +16,44 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tljax.models.layers import BatchNorm, torch_linear_init
-
-
-def _dense(features: int, fan_in: int, dtype: Any, name: str) -> nn.Dense:
-  init = torch_linear_init(fan_in)
-  return nn.Dense(features, dtype=dtype, kernel_init=init, bias_init=init, name=name)
+from tljax.models.heads import batch_norm_scale_init, create_head, dense
+from tljax.models.layers import BatchNorm
 
 
 class Bottleneck(nn.Module):
   """Linear -> [BatchNorm] -> ReLU -> [Dropout].
 
   TLlib's DANN/CDAN/MCC/BSP bottleneck is `norm=True, dropout=0`; JAN's and MDD's
-  `norm=True, dropout=0.5`; DAN's `norm=False, dropout=0.5`.
+  `norm=True, dropout=0.5`; DAN's `norm=False, dropout=0.5`; AFN's
+  `norm=True, dropout=0.5, l2_preserving_dropout=True`.
+
+  Attributes:
+    l2_preserving_dropout: scale kept units by `1/sqrt(1-p)` instead of
+      `1/(1-p)`, so the expected squared norm is kept (TLlib's AFN block).
+    init_scheme: the init scheme of its layers (`tljax.models.heads.INIT_SCHEMES`).
   """
 
   features: int = 256
   norm: bool = True
   dropout: float = 0.0
+  l2_preserving_dropout: bool = False
+  init_scheme: str = "torch"
   frozen_norm: str = ""
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = _dense(self.features, x.shape[-1], self.dtype, "linear")(x)
+    x = dense(self.features, x.shape[-1], self.dtype, "linear", init=self.init_scheme,
+              role="bottleneck")(x)
     if self.norm:
-      x = BatchNorm(frozen=self.frozen_norm, momentum=0.9, epsilon=1e-5,
-                    dtype=self.dtype, name="bn")(x, train)
+      x = BatchNorm(frozen=self.frozen_norm, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+                    scale_init=batch_norm_scale_init(self.init_scheme), name="bn")(x, train)
     x = nn.relu(x)
     if self.dropout:
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
+      if self.l2_preserving_dropout and train:
+        x = x * jnp.sqrt(1.0 - self.dropout).astype(x.dtype)
     return x
-
-
-class TwoLayerHead(nn.Module):
-  """`Dense(hidden) -> ReLU -> Dropout -> Dense(num_classes)` (TLlib's MDD heads)."""
-
-  num_classes: int
-  hidden: int = 1024
-  dropout: float = 0.5
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = _dense(self.hidden, x.shape[-1], self.dtype, "hidden")(x)
-    x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(x))
-    return _dense(self.num_classes, self.hidden, self.dtype, "linear")(x)
 
 
 class Classifier(nn.Module):
@@ -74,8 +66,12 @@ class Classifier(nn.Module):
     bottleneck_dim: 0 for no bottleneck (features = pooled backbone output).
     bottleneck_norm: BatchNorm in the bottleneck.
     bottleneck_dropout: dropout after the bottleneck's ReLU.
-    head_hidden: 0 for a linear head; else the width of a two-layer head.
-    head_dropout: dropout inside a two-layer head.
+    head_type: 'linear', 'two_layer' (TLlib's MDD head) or 'mcd' (MCD's
+      three-layer head); '' picks 'two_layer' when `head_hidden` > 0, else 'linear'.
+    head_hidden: the hidden width of a 'two_layer' or 'mcd' head.
+    head_dropout: dropout inside those heads.
+    bottleneck_l2_preserving_dropout: TLlib's AFN dropout (see `Bottleneck`).
+    init_scheme: init scheme of the bottleneck and head (`tljax.models.heads.INIT_SCHEMES`).
     frozen_norm: regex of BatchNorm paths that keep their running statistics.
     dtype: compute dtype (features and logits are returned in fp32).
   """
@@ -85,8 +81,11 @@ class Classifier(nn.Module):
   bottleneck_dim: int = 0
   bottleneck_norm: bool = True
   bottleneck_dropout: float = 0.0
+  head_type: str = ""
   head_hidden: int = 0
   head_dropout: float = 0.5
+  bottleneck_l2_preserving_dropout: bool = False
+  init_scheme: str = "torch"
   frozen_norm: str = ""
   dtype: Any = jnp.float32
 
@@ -95,11 +94,11 @@ class Classifier(nn.Module):
     features = self.backbone(images, train=train)
     if self.bottleneck_dim:
       features = Bottleneck(self.bottleneck_dim, self.bottleneck_norm, self.bottleneck_dropout,
+                            self.bottleneck_l2_preserving_dropout, self.init_scheme,
                             frozen_norm=self.frozen_norm, dtype=self.dtype,
                             name="bottleneck")(features, train)
-    if self.head_hidden:
-      logits = TwoLayerHead(self.num_classes, self.head_hidden, self.head_dropout,
-                            dtype=self.dtype, name="head")(features, train)
-    else:
-      logits = _dense(self.num_classes, features.shape[-1], self.dtype, "head")(features)
+    head_type = self.head_type or ("two_layer" if self.head_hidden else "linear")
+    logits = create_head(head_type, self.num_classes, hidden=self.head_hidden,
+                         dropout=self.head_dropout, dtype=self.dtype, init=self.init_scheme,
+                         name="head")(features, train)
     return features.astype(jnp.float32), logits.astype(jnp.float32)

@@ -1,0 +1,155 @@
+"""Heads and the networks methods add beside the classifier.
+
+The classifier's heads (linear, TLlib's two-layer MDD head, MCD's
+three-layer head) and the networks methods play against the features with: a
+domain discriminator (DANN, CDAN, ADDA) and an adversarial head (MDD). They
+live here, with the other networks; `tljax/losses` holds only functions of
+arrays. Linear layers start as PyTorch's do, as in TLlib.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tljax.models.layers import BatchNorm, torch_linear_init
+
+HEAD_TYPES = ("linear", "two_layer", "mcd")
+# How the linear layers of bottlenecks and heads start:
+#   torch:     PyTorch's nn.Linear default, U(+-1/sqrt(fan_in)) for kernel and bias.
+#   tllib_mdd: TLlib's MDD classifier: bottleneck N(0, 0.005) with bias 0.1,
+#              heads N(0, 0.01) with bias 0.
+#   tllib_afn: TLlib's AFN classifier: bottleneck and head N(0, 0.01) for kernel
+#              and bias, bottleneck BatchNorm scale N(1, 0.01) and bias 0.
+INIT_SCHEMES = ("torch", "tllib_mdd", "tllib_afn")
+
+
+def linear_init(scheme: str, role: str, fan_in: int) -> tuple[Any, Any]:
+  """`(kernel_init, bias_init)` of a linear layer in `role` ('bottleneck' or 'head')."""
+  if scheme == "torch":
+    init = torch_linear_init(fan_in)
+    return init, init
+  if scheme == "tllib_mdd":
+    if role == "bottleneck":
+      return nn.initializers.normal(0.005), nn.initializers.constant(0.1)
+    return nn.initializers.normal(0.01), nn.initializers.zeros
+  if scheme == "tllib_afn":
+    return nn.initializers.normal(0.01), nn.initializers.normal(0.01)
+  raise ValueError(f"unknown init scheme {scheme!r}; choose one of {INIT_SCHEMES}")
+
+
+def batch_norm_scale_init(scheme: str) -> Any:
+  if scheme == "tllib_afn":
+    return lambda key, shape, dtype=jnp.float32: 1.0 + 0.01 * jax.random.normal(key, shape, dtype)
+  return nn.initializers.ones
+
+
+def dense(features: int, fan_in: int, dtype: Any = jnp.float32, name: str | None = None, *,
+          init: str = "torch", role: str = "head") -> nn.Dense:
+  """`nn.Dense` started by an init scheme (default PyTorch's `nn.Linear`)."""
+  kernel_init, bias_init = linear_init(init, role, fan_in)
+  return nn.Dense(features, dtype=dtype, kernel_init=kernel_init, bias_init=bias_init, name=name)
+
+
+class TwoLayerHead(nn.Module):
+  """`Dense(hidden) -> ReLU -> Dropout -> Dense(num_classes)` (TLlib's MDD heads)."""
+
+  num_classes: int
+  hidden: int = 1024
+  dropout: float = 0.5
+  dtype: Any = jnp.float32
+  init_scheme: str = "torch"
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = dense(self.hidden, x.shape[-1], self.dtype, "hidden", init=self.init_scheme)(x)
+    x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(x))
+    return dense(self.num_classes, self.hidden, self.dtype, "linear", init=self.init_scheme)(x)
+
+
+class MCDHead(nn.Module):
+  """TLlib's MCD `ImageClassifierHead` on pooled features:
+  `Dropout -> Dense(h) -> BN -> ReLU -> Dropout -> Dense(h) -> BN -> ReLU -> Dense(C)`."""
+
+  num_classes: int
+  hidden: int = 1024
+  dropout: float = 0.5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    for i in range(2):
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+      x = dense(self.hidden, x.shape[-1], self.dtype, f"linear{i}")(x)
+      x = BatchNorm(momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=f"bn{i}")(x, train)
+      x = nn.relu(x)
+    return dense(self.num_classes, self.hidden, self.dtype, "output")(x)
+
+
+def create_head(head_type: str, num_classes: int, *, hidden: int, dropout: float,
+                dtype: Any = jnp.float32, init: str = "torch",
+                name: str | None = None) -> nn.Module:
+  """A classification head: 'linear', 'two_layer' (MDD) or 'mcd' (MCD)."""
+  if head_type == "two_layer":
+    return TwoLayerHead(num_classes, hidden, dropout, dtype=dtype, init_scheme=init, name=name)
+  if head_type == "mcd":
+    if init != "torch":
+      raise ValueError(f"the mcd head starts as PyTorch's layers do; init {init!r} is not for it")
+    return MCDHead(num_classes, hidden, dropout, dtype=dtype, name=name)
+  if head_type == "linear":
+    return _LinearHead(num_classes, dtype=dtype, init_scheme=init, name=name)
+  raise ValueError(f"unknown head type {head_type!r}; choose one of {HEAD_TYPES}")
+
+
+class _LinearHead(nn.Module):
+  """One linear layer; its parameters sit directly under the head's name."""
+
+  num_classes: int
+  dtype: Any = jnp.float32
+  init_scheme: str = "torch"
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    del train
+    kernel_init, bias_init = linear_init(self.init_scheme, "head", x.shape[-1])
+    kernel = self.param("kernel", kernel_init, (x.shape[-1], self.num_classes), jnp.float32)
+    bias = self.param("bias", bias_init, (self.num_classes,), jnp.float32)
+    return x.astype(self.dtype) @ kernel.astype(self.dtype) + bias.astype(self.dtype)
+
+
+class DomainDiscriminator(nn.Module):
+  """TLlib's `DomainDiscriminator(batch_norm=True)`, returning logits.
+
+  `(Dense -> BatchNorm -> ReLU) x len(hidden_sizes) -> Dense(1)`; TLlib's
+  final sigmoid is left to `domain_adversarial_loss`, which works on logits.
+  BatchNorm uses PyTorch's defaults (momentum 0.1, i.e. flax 0.9; eps 1e-5).
+  Call it on the concatenated source + target batch, as TLlib does, so the
+  batch statistics cover both domains.
+
+  Attributes:
+    hidden_sizes: widths of the hidden layers (TLlib: two of `hidden_size`,
+      1024 in its examples).
+    dtype: compute dtype; the logits are returned in float32.
+  """
+
+  hidden_sizes: Sequence[int] = (1024, 1024)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """`(n, *)` features -> `(n,)` domain logits (source is label 1)."""
+    x = x.reshape(x.shape[0], -1)
+    for i, width in enumerate(self.hidden_sizes):
+      init = torch_linear_init(x.shape[-1])
+      x = nn.Dense(width, dtype=self.dtype, kernel_init=init, bias_init=init,
+                   name=f"linear{i}")(x)
+      x = BatchNorm(momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=f"bn{i}")(x, train)
+      x = nn.relu(x)
+    init = torch_linear_init(x.shape[-1])
+    logits = nn.Dense(1, dtype=self.dtype, kernel_init=init, bias_init=init, name="output")(x)
+    return logits[:, 0].astype(jnp.float32)
+
+
