@@ -12,17 +12,18 @@ import gzip
 import io
 import logging
 import pathlib
+import pickle
 import struct
 
 import numpy as np
 import PIL.Image
 import pytest
 
-from tljax.data import open_domain
+from tljax.data import available_splits, open_domain
 from tljax.data import pipeline
 from tljax.data.digit_benchmarks import DIGIT_CLASSES
 from tljax.data.domainnet import DOMAINNET_CLASSES
-from tljax.data.image_files import DatasetFilesNotFoundError, UnreadableImageError
+from tljax.data.image_files import DatasetFilesNotFoundError, UnreadableImageError, load_checked
 from tljax.data.office import OFFICE31_CLASSES, OFFICE_HOME_CLASSES
 from tljax.data.preprocess import decode_image, get_preprocess
 from tljax.data.visda import VISDA2017_CLASSES
@@ -322,6 +323,9 @@ def test_image_folder_relative_to_manual_dir_and_rebuilt_when_files_change(tmp_p
                        manual_dir=str(tmp_path))
   assert domain.class_names == ("chair", "lamp", "mug") and len(domain) == 6
   _check_labels_follow_folders(domain, part=0)
+  # Worker processes receive the source pickled.
+  copy = pickle.loads(pickle.dumps(domain.source))
+  assert copy[0]["image"] == domain.source[0]["image"]
   _save(root / "lamp" / "new.png", rng, fmt="PNG")
   assert len(open_domain(f"image_folder:{root}", "train", data_dir=data_dir)) == 7
   # A held-out part by TFDS slicing.
@@ -365,6 +369,45 @@ def test_custom_data_without_a_path_or_files_is_an_error(tmp_path, data_dir):
     open_domain(f"image_list:{tmp_path / 'nope.txt'}", "train", data_dir=data_dir)
 
 
+def test_a_split_the_dataset_lacks_names_the_splits_it_has(tmp_path, caplog):
+  rng = np.random.default_rng(15)
+  for name in ("cat", "dog"):
+    for k in range(5):
+      _save(tmp_path / "photos" / name / f"{k}.jpg", rng)
+  name, data_dir = f"image_folder:{tmp_path / 'photos'}", str(tmp_path / "tfds")
+  caplog.set_level(logging.INFO)
+  assert available_splits(name, data_dir=data_dir) == ("train",)
+  assert "Building" in caplog.text
+  caplog.clear()
+  for split in ("test", "train[:50%]+test", "test[80%:]"):
+    with pytest.raises(ValueError) as error:
+      open_domain(name, split, data_dir=data_dir)
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"{name!r} has no split 'test'" in message and "its splits are: train" in message
+    assert "--config.eval_target_split=train" in message
+  # Slices and the `all` split of the splits it has still work; nothing was built again.
+  assert len(open_domain(name, "train[80%:]", data_dir=data_dir)) == 2
+  assert len(open_domain(name, "train[:80%]", data_dir=data_dir)) == 8
+  assert len(open_domain(name, "all", data_dir=data_dir)) == 10
+  assert "Building" not in caplog.text
+
+
+def test_data_dir_that_is_a_file_is_one_error(tmp_path):
+  rng = np.random.default_rng(16)
+  _save(tmp_path / "photos" / "cat" / "0.jpg", rng)
+  a_file = tmp_path / "tfds.txt"
+  a_file.write_text("not a directory")
+  for data_dir in (a_file, a_file / "inside"):
+    with pytest.raises(ValueError) as error:
+      open_domain(f"image_folder:{tmp_path / 'photos'}", "train", data_dir=str(data_dir))
+    message = str(error.value)
+    assert str(data_dir) in message and f"{a_file} is a file" in message
+    assert "--config.data_dir" in message and "\n" not in message
+  with pytest.raises(ValueError, match="is a file"):
+    available_splits("digits", data_dir=str(a_file))
+
+
 # ----------------------------------------------------------------------------
 # Unreadable images; images that need converting.
 # ----------------------------------------------------------------------------
@@ -388,7 +431,8 @@ def test_corrupt_image_names_the_file_or_is_skipped_on_request(tmp_path, caplog)
   with pytest.raises(UnreadableImageError) as error:
     open_domain(f"image_folder:{tmp_path / 'photos'}", "train", data_dir=str(tmp_path / "a"))
   assert error.value.path in bad and error.value.path in str(error.value)
-  assert "skip_corrupt=True" in str(error.value)
+  assert "--config.data.skip_corrupt=True" in str(error.value)
+  assert "\n" not in str(error.value)
   caplog.set_level(logging.WARNING)
   domain = open_domain(f"image_folder:{tmp_path / 'photos'}", "train",
                        data_dir=str(tmp_path / "b"), skip_corrupt=True)
@@ -410,6 +454,181 @@ def test_grey_cmyk_and_palette_images_become_rgb(tmp_path, data_dir):
     image = domain.source[i]["image"]
     assert PIL.Image.open(io.BytesIO(image)).mode == "RGB"
     assert decode_image(image).shape == (10, 14, 3)
+
+
+# Every mode PIL opens, written as a file and the RGB pixels expected of it
+# (see tljax.data.image_modes for the rules). Each function returns
+# (file name, file bytes, expected uint8 (H, W, 3)).
+_H, _W = 6, 9
+
+
+def _encode(image, fmt, **kwargs) -> bytes:
+  out = io.BytesIO()
+  image.save(out, format=fmt, **kwargs)
+  return out.getvalue()
+
+
+def _grey(values) -> np.ndarray:
+  return np.repeat(np.asarray(values, np.uint8)[..., None], 3, axis=-1)
+
+
+def _from_16_bit(values) -> np.ndarray:
+  # x / 65535 * 255 rounded (never a tie for integers).
+  return np.round(np.asarray(values, np.float64) / 65535 * 255).astype(np.uint8)
+
+
+def _samples_16_bit(rng, shape):
+  """16-bit samples with the extremes, mid-scale and values that clipping would saturate."""
+  values = rng.integers(0, 65536, shape)
+  values.flat[:5] = [0, 65535, 32768, 257, 300]
+  return values
+
+
+def _mode_rgb(rng):
+  pixels = rng.integers(0, 256, (_H, _W, 3), dtype=np.uint8)
+  return "rgb.png", _encode(PIL.Image.fromarray(pixels), "PNG"), pixels
+
+
+def _mode_rgb_bmp(rng):
+  pixels = rng.integers(0, 256, (_H, _W, 3), dtype=np.uint8)
+  return "rgb.bmp", _encode(PIL.Image.fromarray(pixels), "BMP"), pixels
+
+
+def _mode_l(rng):
+  grey = rng.integers(0, 256, (_H, _W), dtype=np.uint8)
+  return "grey.png", _encode(PIL.Image.fromarray(grey), "PNG"), _grey(grey)
+
+
+def _mode_la(rng):
+  pixels = rng.integers(0, 256, (_H, _W, 2), dtype=np.uint8)
+  return "grey_alpha.png", _encode(PIL.Image.fromarray(pixels, "LA"), "PNG"), _grey(pixels[..., 0])
+
+
+def _mode_1(rng):
+  bits = rng.integers(0, 2, (_H, _W)).astype(bool)
+  return "bilevel.png", _encode(PIL.Image.fromarray(bits), "PNG"), _grey(bits * 255)
+
+
+def _palette(rng):
+  colours = rng.integers(0, 256, (16, 3), dtype=np.uint8)
+  indices = rng.integers(0, 16, (_H, _W), dtype=np.uint8)
+  image = PIL.Image.fromarray(indices, "L").convert("P")
+  image.putpalette(colours.tobytes())
+  return image, colours[indices]
+
+
+def _mode_p(rng):
+  image, expected = _palette(rng)
+  return "palette.png", _encode(image, "PNG"), expected
+
+
+def _mode_p_transparent_index(rng):
+  image, expected = _palette(rng)
+  return "palette_index.gif", _encode(image, "GIF", transparency=3), expected
+
+
+def _mode_p_alpha_per_entry(rng):
+  image, expected = _palette(rng)
+  alphas = bytes(rng.integers(0, 256, 16, dtype=np.uint8))
+  return "palette_alpha.png", _encode(image, "PNG", transparency=alphas), expected
+
+
+def _mode_rgba(rng):
+  pixels = rng.integers(0, 256, (_H, _W, 4), dtype=np.uint8)
+  pixels[0, :, 3] = 0  # fully transparent: the colour is kept (alpha dropped)
+  return "alpha.png", _encode(PIL.Image.fromarray(pixels), "PNG"), pixels[..., :3]
+
+
+def _mode_cmyk(rng):
+  cmyk = rng.integers(0, 256, (_H, _W, 4)).astype(np.uint8)
+  ink = (255 - cmyk[..., :3].astype(np.float64)) * (255 - cmyk[..., 3:].astype(np.float64))
+  expected = np.round(ink / 255).astype(np.uint8)
+  return "cmyk.tif", _encode(PIL.Image.fromarray(cmyk, "CMYK"), "TIFF"), expected
+
+
+def _mode_i16_png(rng):
+  values = _samples_16_bit(rng, (_H, _W))
+  image = PIL.Image.fromarray(values.astype(np.uint16))
+  return "grey16.png", _encode(image, "PNG"), _grey(_from_16_bit(values))
+
+
+def _mode_i16b_tiff(rng):
+  values = _samples_16_bit(rng, (_H, _W))
+  image = PIL.Image.frombytes("I;16B", (_W, _H), values.astype(">u2").tobytes())
+  return "grey16b.tif", _encode(image, "TIFF"), _grey(_from_16_bit(values))
+
+
+def _mode_i_pgm(rng):
+  # PIL opens 16-bit PGMs as mode I.
+  values = _samples_16_bit(rng, (_H, _W))
+  data = f"P5\n{_W} {_H}\n65535\n".encode() + values.astype(">u2").tobytes()
+  return "grey16.pgm", data, _grey(_from_16_bit(values))
+
+
+def _mode_i32_tiff(rng):
+  values = rng.integers(-1000, 70000, (_H, _W)).astype(np.int32)
+  values.flat[:3] = [-5, 65535, 1 << 30]
+  expected = _grey(_from_16_bit(np.clip(values, 0, 65535)))
+  return "int32.tif", _encode(PIL.Image.fromarray(values), "TIFF"), expected
+
+
+def _mode_f_tiff(rng):
+  values = rng.uniform(-0.2, 1.2, (_H, _W)).astype(np.float32)
+  values.flat[:4] = [0.0, 1.0, 0.5, np.nan]
+  expected = np.round(np.clip(np.nan_to_num(values.astype(np.float64)), 0, 1) * 255)
+  return "float.tif", _encode(PIL.Image.fromarray(values), "TIFF"), _grey(expected)
+
+
+def _png_16_bit(samples: np.ndarray) -> bytes:
+  # PIL writes no 16-bit colour PNGs; TensorFlow (libpng) does.
+  import tensorflow as tf
+  return tf.io.encode_png(samples.astype(np.uint16)).numpy()
+
+
+def _mode_rgb16_png(rng):
+  values = _samples_16_bit(rng, (_H, _W, 3))
+  return "rgb16.png", _png_16_bit(values), _from_16_bit(values)
+
+
+def _mode_rgba16_png(rng):
+  values = _samples_16_bit(rng, (_H, _W, 4))
+  return "rgba16.png", _png_16_bit(values), _from_16_bit(values[..., :3])
+
+
+def _mode_la16_png(rng):
+  values = _samples_16_bit(rng, (_H, _W, 2))
+  return "grey_alpha16.png", _png_16_bit(values), _grey(_from_16_bit(values[..., 0]))
+
+
+_IMAGE_MODES = [_mode_rgb, _mode_rgb_bmp, _mode_l, _mode_la, _mode_1, _mode_p,
+                _mode_p_transparent_index, _mode_p_alpha_per_entry, _mode_rgba, _mode_cmyk,
+                _mode_i16_png, _mode_i16b_tiff, _mode_i_pgm, _mode_i32_tiff, _mode_f_tiff,
+                _mode_rgb16_png, _mode_rgba16_png, _mode_la16_png]
+
+
+@pytest.mark.parametrize("make", _IMAGE_MODES, ids=lambda f: f.__name__[len("_mode_"):])
+def test_every_image_mode_becomes_8_bit_rgb_by_its_rule(make, tmp_path):
+  name, data, expected = make(np.random.default_rng(17))
+  path = tmp_path / name
+  path.write_bytes(data)
+  # Decoding the file (preprocessing) and storing it (building) agree pixel for pixel.
+  np.testing.assert_array_equal(decode_image(data), expected)
+  stored = load_checked(str(path))
+  assert PIL.Image.open(io.BytesIO(stored)).mode == "RGB"
+  np.testing.assert_array_equal(decode_image(stored), expected)
+  if name.endswith(".png") and PIL.Image.open(path).mode == "RGB" and "16" not in name:
+    assert stored == data  # 8-bit RGB PNGs are stored byte for byte
+
+
+def test_image_folder_stores_a_16_bit_png_scaled_not_white(tmp_path, data_dir):
+  rng = np.random.default_rng(18)
+  values = np.tile(np.linspace(0, 65535, 12).astype(np.uint16), (5, 1))
+  (tmp_path / "scans" / "a").mkdir(parents=True)
+  PIL.Image.fromarray(values).save(tmp_path / "scans" / "a" / "scan.png")
+  _save(tmp_path / "scans" / "b" / "photo.jpg", rng)
+  domain = open_domain(f"image_folder:{tmp_path / 'scans'}", "train", data_dir=data_dir)
+  example = next(domain.source[i] for i in range(2) if domain.source[i]["label"] == 0)
+  np.testing.assert_array_equal(decode_image(example["image"]), _grey(_from_16_bit(values)))
 
 
 # ----------------------------------------------------------------------------
@@ -567,3 +786,58 @@ def test_small_digit_presets_resize_and_make_rgb():
   a = shifted({"image": svhn, "label": 1}, np.random.default_rng(1))["image"]
   np.testing.assert_array_equal(a, shifted({"image": svhn, "label": 1},
                                            np.random.default_rng(1))["image"])
+
+
+# ----------------------------------------------------------------------------
+# Every preset on what image-file builders store: encoded files of any size.
+# ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mixed_sizes(tmp_path_factory, data_dir):
+  """An image folder of PNG and JPEG files of different sizes and modes."""
+  root = tmp_path_factory.mktemp("mixed")
+  rng = np.random.default_rng(19)
+  _save(root / "a" / "0.png", rng, size=(12, 16), fmt="PNG")
+  _save(root / "a" / "1.jpg", rng, size=(20, 10))
+  _save(root / "b" / "2.png", rng, size=(9, 9), fmt="PNG", mode="L")
+  _save(root / "b" / "3.jpg", rng, size=(31, 17), mode="L")
+  PIL.Image.fromarray(rng.integers(0, 65536, (14, 14)).astype(np.uint16)).save(root / "b" / "4.png")
+  return open_domain(f"image_folder:{root}", "train", data_dir=data_dir)
+
+
+@pytest.mark.parametrize("config,shape", [
+    ({"name": "none"}, None), ({"name": "digits"}, None),
+    ({"name": "digits", "random_shift": 2}, None),
+    ({"name": "digits28"}, (28, 28, 3)), ({"name": "digits32"}, (32, 32, 3)),
+    ({"name": "digits_resized", "size": 20, "channels": 1}, (20, 20, 1)),
+    (SMALL_TRAIN, (24, 24, 3)), (SMALL_EVAL, (24, 24, 3)),
+    ({"name": "vit_train", "size": 16, "resize": 20}, (16, 16, 3)),
+    ({"name": "vit_eval", "size": 16, "resize": 20}, (16, 16, 3))])
+def test_every_preset_takes_encoded_files_and_arrays(mixed_sizes, config, shape):
+  pp = get_preprocess(**config)
+  for i in range(len(mixed_sizes)):
+    example = mixed_sizes.source[i]
+    rgb = decode_image(example["image"])
+    want = shape or rgb.shape  # presets without a size keep the stored one
+    from_file = pp(example, np.random.default_rng(i))
+    from_array = pp({"image": rgb, "label": example["label"]}, np.random.default_rng(i))
+    assert from_file["image"].shape == want and from_file["image"].dtype == np.float32
+    assert from_file["label"] == example["label"]
+    np.testing.assert_array_equal(from_file["image"], from_array["image"])
+  if config["name"] == "none":
+    np.testing.assert_array_equal(from_file["image"], rgb)
+
+
+@pytest.mark.parametrize("name", ["digits", "none"])
+def test_presets_that_keep_the_size_say_how_to_resize_mixed_sizes(mixed_sizes, name):
+  batches = pipeline.eval_batches(mixed_sizes, global_batch_size=4,
+                                  preprocess=get_preprocess(name), num_threads=0)
+  with pytest.raises(ValueError) as error:
+    next(batches)
+  message = str(error.value)
+  assert "different shapes in one batch" in message and "\n" not in message
+  assert "--config.data.train_preprocess.name=digits_resized" in message
+  batch = next(pipeline.eval_batches(mixed_sizes, global_batch_size=4,
+                                     preprocess=get_preprocess("digits_resized"), num_threads=0))
+  assert batch["image"].shape == (4, 32, 32, 3)

@@ -420,6 +420,81 @@ def test_pickle_with_code_is_refused(tmp_path):
   assert not marker.exists()
 
 
+def _write_checkpoint(path, state):
+  """A good file of `path`'s format holding `state` (name -> float32 array)."""
+  if path.suffix == ".safetensors":
+    safetensors.numpy.save_file(state, path)
+  elif path.suffix == ".pth":
+    torch = _torch()
+    torch.save({key: torch.from_numpy(value) for key, value in state.items()}, path)
+  else:
+    np.savez(path, **state)
+
+
+def _truncate(data):
+  return data[:len(data) // 2]
+
+
+def _overwrite_middle(data):
+  # Inside the second of four equal tensors in every format. 0xff bytes are
+  # NaN as float32, and a wrong CRC where the format checks one.
+  middle = len(data) * 3 // 8
+  return data[:middle] + b"\xff" * 64 + data[middle + 64:]
+
+
+def _garbage(data):
+  del data
+  return b"<html><body>404 Not Found</body></html>\n" * 20  # a web page saved as the file
+
+
+def _empty(data):
+  del data
+  return b""
+
+
+@pytest.mark.parametrize("damage,suffix,message", [
+    (_truncate, ".safetensors", "is not a valid safetensors file (SafetensorError"),
+    (_overwrite_middle, ".safetensors", "is corrupt: 1 of its 4 tensors hold NaN or infinite"),
+    (_garbage, ".safetensors", "is not a valid safetensors file (SafetensorError"),
+    (_empty, ".safetensors", "is not a valid safetensors file (SafetensorError"),
+    (_truncate, ".pth", "is a truncated or corrupt torch file ("),
+    (_overwrite_middle, ".pth", "is corrupt: 1 of its 4 tensors hold NaN or infinite"),
+    (_garbage, ".pth", "is not a PyTorch file (neither a zip archive nor a pickle); it starts "
+                       "with b'<html><body>404 '"),
+    (_empty, ".pth", "is empty"),
+    (_truncate, ".npz", "is a truncated or corrupt .npz file (BadZipFile"),
+    (_overwrite_middle, ".npz", "is a truncated or corrupt .npz file (BadZipFile: Bad CRC-32"),
+    (_garbage, ".npz", "is not a .npz file (a zip archive of .npy arrays)"),
+    (_empty, ".npz", "is empty")], ids=lambda x: getattr(x, "__name__", None) or str(x)[:4])
+def test_damaged_checkpoint_is_one_line_naming_file_and_problem(damage, suffix, message,
+                                                                 tmp_path):
+  rng = np.random.default_rng(0)
+  # torchvision names, or for .npz those of `tljax.models.convert`.
+  name = "params/backbone/layer{}_0/conv1/kernel" if suffix == ".npz" else "layer{}.0.conv1.weight"
+  state = {name.format(i): rng.standard_normal((64, 64, 1, 1)).astype(np.float32)
+           for i in range(1, 5)}
+  path = tmp_path / f"resnet18{suffix}"
+  _write_checkpoint(path, state)
+  good = checkpoints.read(path, backbone="resnet18")
+  assert len(good.arrays) == 4
+  path.write_bytes(damage(path.read_bytes()))
+  with pytest.raises(ValueError) as error:
+    checkpoints.read(path, backbone="resnet18")
+  assert str(error.value).startswith(f"checkpoint {path} {message}")
+  assert str(error.value).endswith("; download or convert it again")
+  assert "\n" not in str(error.value) and len(str(error.value)) < 500
+
+
+def test_missing_checkpoint_is_file_not_found(tmp_path):
+  target = _shapes(_classifier("resnet18", 32), 32)
+  with pytest.raises(FileNotFoundError, match=f"checkpoint {tmp_path}/nope.safetensors does "
+                                              "not exist: set config.model.init"):
+    checkpoints.load(target, tmp_path / "nope.safetensors", backbone="resnet18")
+  (tmp_path / "weights.pth").mkdir()
+  with pytest.raises(ValueError, match="weights.pth is not a file"):
+    checkpoints.read(tmp_path / "weights.pth", backbone="resnet18")
+
+
 # ----------------------------------------------------------------------------
 # Mixed precision and frozen BatchNorm.
 # ----------------------------------------------------------------------------

@@ -10,4 +10,4 @@ never from the network) and opens a random-access source over it;
 `preprocess.py` holds the per-example preprocessing presets.
 """
 
-from tljax.data.registry import Domain, dataset_names, open_domain  # noqa: F401
+from tljax.data.registry import Domain, available_splits, dataset_names, open_domain  # noqa: F401

@@ -67,12 +67,20 @@ class ImageFolder(image_files.ImageFileBuilder, skip_registration=True):
   name = "image_folder"
   takes_path = True
   DESCRIPTION = "Images in a folder per class."
+  # A new version rebuilds folders built before images of 16-bit, 32-bit
+  # integer and float modes were scaled to 8 bits instead of clipped.
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "Images of every mode converted to RGB by tljax.data.image_modes."}
 
   def __init__(self, *, class_names: Sequence[str], entries: Sequence[image_files.Entry],
                **kwargs):
     self._class_names = tuple(class_names)
     self._entries = list(entries)
     super().__init__(**kwargs)
+    # TFDS pickles a builder (e.g. into grain's worker processes) as the
+    # arguments it calls `__init__` with again.
+    self._original_state.update(class_names=self._class_names, entries=self._entries)
 
   @classmethod
   def from_path(cls, path: str, *, manual_dir: str | None = None, **kwargs) -> "ImageFolder":

@@ -12,10 +12,11 @@ where the files are and what the classes are called; the rest is here:
   label taken from the file's class folder so that it is the same whichever of
   the two the user has;
 - `ImageFileBuilder`: a TFDS builder that checks every image while writing
-  (in parallel threads), stores JPEG/PNG files byte for byte and re-encodes
-  anything else (grey, CMYK, palette, BMP, ...) as RGB PNG, and either stops
-  at an unreadable image with its path or, with `skip_corrupt=True`, leaves
-  it out and logs how many it left out.
+  (in parallel threads), stores 8-bit RGB JPEG/PNG files byte for byte and
+  re-encodes anything else (grey, 16-bit, CMYK, palette, BMP, ...) as RGB PNG
+  by the rules of `image_modes`, and either stops at an unreadable image with
+  its path or, with `skip_corrupt=True`, leaves it out and logs how many it
+  left out.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from tljax.data import image_modes
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                     ".ppm", ".pgm")
 # Images checked at once while building; bounded so that memory stays small.
@@ -45,10 +48,12 @@ class UnreadableImageError(ValueError):
   """An image file that cannot be read or decoded."""
 
   def __init__(self, path: str, reason: str):
+    # One line: the command line prints it after "error: ".
+    reason = " ".join(reason.split())
     super().__init__(
-        f"cannot read image {path}: {reason}. Replace or remove the file, or build "
-        "with skip_corrupt=True (open_domain(..., skip_corrupt=True), "
-        "config.data.skip_corrupt=True) to leave unreadable images out.")
+        f"cannot read image {path}: {reason}. Replace or remove the file, or leave "
+        "unreadable images out with --config.data.skip_corrupt=True "
+        "(open_domain(..., skip_corrupt=True)).")
     self.path = path
 
 
@@ -248,7 +253,11 @@ def entries_from_class_folders(root: pathlib.Path, class_names: Sequence[str], *
 
 
 def load_checked(path: str, size: tuple[int, int] | None = None) -> bytes:
-  """The file's bytes if it is an RGB JPEG or PNG that decodes, else an RGB PNG of it.
+  """The file's bytes if it is an 8-bit RGB JPEG or PNG that decodes, else an RGB PNG of it.
+
+  Anything else (grey, 16-bit, float, CMYK, palette, alpha, BMP, TIFF, ...) is
+  converted by `image_modes.to_rgb`, the rule preprocessing decodes with too,
+  and stored as an 8-bit RGB PNG.
 
   Args:
     path: the image file.
@@ -274,12 +283,13 @@ def load_checked(path: str, size: tuple[int, int] | None = None) -> bytes:
         image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
         image.load()
         return data
-      image.load()
-      if image.format == "PNG" and image.mode == "RGB":
+      # Not `image.mode`: PIL opens 16-bit RGB PNGs as "RGB" too.
+      if image_modes.png_rawmode(image) == "RGB":
+        image.load()
         return data
-      # As torchvision's loader does: anything else becomes RGB (alpha dropped).
+      rgb = image_modes.to_rgb(image, data)
       out = io.BytesIO()
-      image.convert("RGB").save(out, format="PNG")
+      rgb.save(out, format="PNG")
       return out.getvalue()
   except Exception as e:  # pylint: disable=broad-except
     # PIL reports bad files with many types (OSError, SyntaxError, ValueError,

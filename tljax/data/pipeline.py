@@ -69,6 +69,16 @@ def _read(source: Sequence[dict[str, Any]], indices: np.ndarray) -> list[dict[st
 
 
 def _stack(examples: list[dict[str, Any]]) -> Batch:
+  shapes = sorted({np.shape(e["image"]) for e in examples})
+  if len(shapes) > 1:
+    # Presets that keep the stored size (`digits`, `none`) on a domain of
+    # images of any size, e.g. an image folder.
+    raise ValueError(
+        f"images of different shapes in one batch ({', '.join(map(str, shapes[:3]))}): "
+        "the preprocessing keeps each image's stored size; use one that resizes, e.g. "
+        "--config.data.train_preprocess.name=digits_resized and "
+        "--config.data.eval_preprocess.name=digits_resized (32x32; its `size` sets another), "
+        "or imagenet_train / imagenet_eval")
   return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 

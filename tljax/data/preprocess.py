@@ -1,9 +1,12 @@
 """Per-example preprocessing, chosen by name in the config.
 
-A preprocessing function maps an example `{'image': uint8 HWC, 'label'}` and a
+A preprocessing function maps an example `{'image', 'label'}` and a
 `numpy.random.Generator` (seeded by grain from the pipeline seed and the
 example's position in the stream, so augmentation is reproducible and
 independent of the number of processes) to `{'image': float32 HWC, 'label': int32}`.
+Every preset takes the image as a uint8 HWC array or as the encoded file that
+builders of image-file datasets store; a file is decoded to 8-bit RGB by the
+rules of `tljax.data.image_modes`, the ones it was checked with when stored.
 
 Datasets of large images of any size (Office-31, VisDA, DomainNet, custom
 folders) hand the image over still encoded (JPEG/PNG bytes). The ImageNet-style
@@ -12,8 +15,8 @@ work out the crop first, let the JPEG decoder scale down by 2, 4 or 8 while
 decoding when the crop is that much larger than the output (PIL's `draft`),
 and resample only the crop, once, straight to the output size.
 
-Presets: `none`, `digits` (as stored), `digits28` / `digits32` (small digit
-datasets resized, grey made RGB; `digits_resized` takes any size),
+Presets: `none`, `digits` (at the stored size), `digits28` / `digits32` (small
+digit datasets resized, grey made RGB; `digits_resized` takes any size),
 `imagenet_train` / `imagenet_eval` (TLlib's 224-px recipe, ImageNet
 mean/std), `vit_train` / `vit_eval` (the same, scaled to [-1, 1]). Sizes and
 the rest are keyword arguments, e.g. `{"name": "imagenet_train", "crop": "random"}`.
@@ -27,6 +30,8 @@ import math
 from typing import Any, Callable
 
 import numpy as np
+
+from tljax.data import image_modes
 
 Example = dict[str, Any]
 PreprocessFn = Callable[[Example, np.random.Generator], Example]
@@ -53,11 +58,14 @@ def _output(image: np.ndarray, label) -> Example:
 
 @register("none")
 def none() -> PreprocessFn:
-  """Inputs used as they are (e.g. cached feature vectors), cast to float32."""
+  """Inputs used as they are (e.g. cached feature vectors), cast to float32.
+
+  Encoded images are decoded (RGB, 0..255, at their stored size).
+  """
 
   def fn(example: Example, rng: np.random.Generator) -> Example:
     del rng
-    return _output(np.asarray(example["image"]), example["label"])
+    return _output(_array(example["image"]), example["label"])
 
   return fn
 
@@ -65,6 +73,11 @@ def none() -> PreprocessFn:
 @register("digits")
 def digits(mean: float = 0.5, std: float = 0.5, random_shift: int = 0) -> PreprocessFn:
   """Scale to [0, 1] and normalise (TLlib's digits: mean = std = 0.5).
+
+  The image keeps its stored size (and channels, for arrays; encoded files
+  become RGB), so every image of a domain must have the same size; for
+  domains of images of any size (`image_folder:PATH`), `digits_resized`
+  brings them to one.
 
   Args:
     mean: normalisation mean.
@@ -74,7 +87,7 @@ def digits(mean: float = 0.5, std: float = 0.5, random_shift: int = 0) -> Prepro
   """
 
   def fn(example: Example, rng: np.random.Generator) -> Example:
-    image = example["image"]
+    image = _array(example["image"])
     if random_shift:
       h, w = image.shape[:2]
       padded = np.pad(image, ((random_shift,) * 2, (random_shift,) * 2, (0, 0)), mode="edge")
@@ -93,46 +106,59 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def _is_encoded(image) -> bool:
+  return isinstance(image, (bytes, bytearray, memoryview))
+
+
 def _pil_image(image, *, draft_for=None):
-  """A PIL image of an encoded file or a uint8 (H, W[, C]) array.
+  """An RGB PIL image of an encoded file or an (H, W[, C]) array.
 
   Args:
-    image: JPEG/PNG/... bytes, or an array.
+    image: JPEG/PNG/... bytes, or an array (uint8, or a dtype PIL has a mode
+      for, e.g. uint16 or float32 grey).
     draft_for: for JPEG bytes, a function `(width, height) -> (box, size)`
       giving the region that will be resampled and its output size, so that
       the decoder can scale down by 2, 4 or 8 on the way.
 
   Returns:
-    `(image, box)`: the RGB or grey image (not converted yet) and the region
+    `(image, box)`: the image converted by `image_modes.to_rgb` and the region
     in its pixel coordinates (None without `draft_for`).
   """
   import PIL.Image  # pylint: disable=g-import-not-at-top
 
-  if isinstance(image, (bytes, bytearray, memoryview)):
-    pil = PIL.Image.open(io.BytesIO(image))
+  encoded = None
+  if _is_encoded(image):
+    encoded = bytes(image)
+    pil = PIL.Image.open(io.BytesIO(encoded))
   else:
     array = np.asarray(image)
     if array.ndim == 3 and array.shape[-1] == 1:
       array = array[..., 0]
     pil = PIL.Image.fromarray(array)
-  if draft_for is None:
-    return pil, None
-  width, height = pil.size
-  box, (out_w, out_h) = draft_for(width, height)
-  box_w, box_h = box[2] - box[0], box[3] - box[1]
-  scale = 1.0
-  if pil.format in ("JPEG", "MPO") and box_w >= 2 * out_w and box_h >= 2 * out_h:
-    request = (math.ceil(width * out_w / box_w), math.ceil(height * out_h / box_h))
-    drafted = pil.draft("RGB", request)
-    if drafted is not None:
-      scale = width / drafted[1][2]
-  return pil, tuple(c / scale for c in box)
+  box = None
+  if draft_for is not None:
+    width, height = pil.size
+    box, (out_w, out_h) = draft_for(width, height)
+    box_w, box_h = box[2] - box[0], box[3] - box[1]
+    scale = 1.0
+    if pil.format in ("JPEG", "MPO") and box_w >= 2 * out_w and box_h >= 2 * out_h:
+      request = (math.ceil(width * out_w / box_w), math.ceil(height * out_h / box_h))
+      drafted = pil.draft("RGB", request)
+      if drafted is not None:
+        scale = width / drafted[1][2]
+    box = tuple(c / scale for c in box)
+  return image_modes.to_rgb(pil, encoded), box
 
 
 def decode_image(image) -> np.ndarray:
   """An example's image (encoded bytes or an array, grey or colour) as uint8 (H, W, 3) RGB."""
   pil, _ = _pil_image(image)
-  return np.asarray(pil if pil.mode == "RGB" else pil.convert("RGB"))
+  return np.asarray(pil)
+
+
+def _array(image) -> np.ndarray:
+  """An example's image as an array: encoded files decoded to RGB, arrays as they are."""
+  return decode_image(image) if _is_encoded(image) else np.asarray(image)
 
 
 def _normaliser(mean, std):
@@ -221,8 +247,6 @@ def _crop_and_resize(image, size: int, resize: int | None, resize_mode: str, cro
     return (left * fx, top * fy, (left + w) * fx, (top + h) * fy), (size, size)
 
   pil, box = _pil_image(image, draft_for=draft_for)
-  if pil.mode != "RGB":
-    pil = pil.convert("RGB")
   return np.asarray(pil.resize((size, size), PIL.Image.Resampling.BILINEAR, box=box))
 
 
@@ -310,7 +334,8 @@ def digits_resized(size: int = 32, channels: int = 3, mean: float = 0.5, std: fl
 
   def fn(example: Example, rng: np.random.Generator) -> Example:
     pil, _ = _pil_image(example["image"])
-    pil = pil.convert("RGB" if channels == 3 else "L")
+    if channels == 1:
+      pil = pil.convert("L")
     if pil.size != (size, size):
       pil = pil.resize((size, size), PIL.Image.Resampling.BILINEAR)
     pixels = np.asarray(pil).reshape(size, size, channels)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import re
 from typing import Any, Sequence
 
 from absl import logging
@@ -112,9 +113,25 @@ def _split_name(name: str) -> tuple[str, str | None, str | None]:
   return dataset, config or None, None
 
 
+def _check_data_dir(data_dir: str | None) -> None:
+  """Rejects a data dir that is, or lies inside, a file, which TFDS fails on with a traceback."""
+  if not data_dir:
+    return
+  given = path = os.path.abspath(os.path.expanduser(data_dir))
+  while not os.path.exists(path) and os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+  if not os.path.isdir(path):
+    problem = "is a file, not a directory" if path == given else (
+        f"cannot be a directory: {path} is a file")
+    raise ValueError(
+        f"data_dir {data_dir} {problem}; set --config.data_dir to a directory where datasets "
+        "are (or will be) built, e.g. ~/tensorflow_datasets")
+
+
 def _builder(name: str, data_dir: str | None, manual_dir: str | None, skip_corrupt: bool):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+  _check_data_dir(data_dir)
   dataset, config, path = _split_name(name)
   if dataset not in _BUILDER_MODULES:
     raise ValueError(
@@ -157,6 +174,42 @@ def _decoders(builder):
   return None
 
 
+def _splits(builder) -> tuple[str, ...]:
+  return tuple(sorted(builder.info.splits.keys()))
+
+
+def available_splits(name: str, *, data_dir: str | None = None,
+                     manual_dir: str | None = None, skip_corrupt: bool = False) -> tuple[str, ...]:
+  """The splits of a dataset, e.g. `('test', 'train')`, building it first if needed.
+
+  Arguments as for `open_domain`. A built dataset is only read: asking for its
+  splits and then opening one builds nothing twice.
+  """
+  return _splits(_builder(name, data_dir, manual_dir, skip_corrupt))
+
+
+def _check_split(name: str, split: str, splits: Sequence[str]) -> None:
+  """Rejects a split expression that names a split the dataset lacks, saying which it has.
+
+  Expressions are TFDS's: split names with optional slices, joined by `+`
+  (`train`, `train[80%:]`, `train[:100]+test`); `all` means every split.
+  Anything else (e.g. a `tfds.core.ReadInstruction`) is left to TFDS.
+  """
+  if not isinstance(split, str):
+    return
+  for part in split.split("+"):
+    wanted = re.split(r"[\[(]", part, maxsplit=1)[0].strip()
+    if wanted in splits or wanted == "all":
+      continue
+    first = "train" if "train" in splits or not splits else splits[0]
+    within = f" (in {split!r})" if split.strip() != wanted else ""
+    raise ValueError(
+        f"{name!r} has no split {wanted!r}{within}; its splits are: {', '.join(splits)}. "
+        f"Set the option that asks for {wanted!r} (--config.source_split, target_split, "
+        f"eval_source_split or eval_target_split) to one of them, e.g. "
+        f"--config.eval_target_split={first}, or to a part of one, e.g. {first}[80%:]")
+
+
 def open_domain(name: str, split: str, *, data_dir: str | None = None,
                 manual_dir: str | None = None, cache: bool = False,
                 skip_corrupt: bool = False) -> Domain:
@@ -165,7 +218,8 @@ def open_domain(name: str, split: str, *, data_dir: str | None = None,
   Args:
     name: `dataset[/config]`, or `image_folder:PATH` / `image_list:PATH` for
       custom data.
-    split: TFDS split expression.
+    split: TFDS split expression of the dataset's splits (`available_splits`),
+      e.g. `train`, `train[:80%]`.
     data_dir: TFDS data dir (None: the TFDS default, `~/tensorflow_datasets`).
     manual_dir: where builders that need user-provided files look for them
       (the dataset's root, or a directory holding it, e.g. `office31/`).
@@ -173,8 +227,14 @@ def open_domain(name: str, split: str, *, data_dir: str | None = None,
       images, the encoded files otherwise).
     skip_corrupt: when building, leave unreadable images out (with a count in
       the log) instead of stopping with an error that names the file.
+
+  Raises:
+    ValueError: an unknown dataset, a split it lacks, a `data_dir` that is a
+      file, unreadable images (`image_files.UnreadableImageError`).
+    FileNotFoundError: files a builder needs are missing.
   """
   builder = _builder(name, data_dir, manual_dir, skip_corrupt)
+  _check_split(name, split, _splits(builder))
   source = builder.as_data_source(split=split, decoders=_decoders(builder))
   if cache:
     source = _InMemorySource(source)

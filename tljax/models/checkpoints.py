@@ -47,6 +47,12 @@ Targets: a `Classifier`'s tree (checkpoint backbone weights go under
 `backbone/`) or a bare backbone's tree (recognised by the absence of a
 `backbone` scope; the weights go to the top level and there is no head).
 
+Damaged files: a missing file is a `FileNotFoundError`; a file that is not of
+its format, is truncated, is corrupt where the format can tell (the
+safetensors header, the zip directory of `.pth`/`.npz`, the CRCs of `.npz`),
+or holds NaN or infinite weights (what overwritten float bytes usually
+become), is a `ValueError` naming the file and the problem, on one line.
+
 Strictness: every backbone variable must come from the checkpoint unless a
 `dont_load` regex matches it, every checkpoint entry must find a variable
 (except the skipped ones above), and shapes must agree, except ViT position
@@ -131,8 +137,9 @@ def load(init_variables: Variables, path: str, *, backbone: str,
     `init_variables`).
 
   Raises:
+    FileNotFoundError: there is no file at `path`.
     ValueError: on missing, unexpected or mis-shaped variables, or a file that
-      is not a plain weights file.
+      is not a plain weights file, or is truncated or corrupt.
   """
   flat_init = flax.traverse_util.flatten_dict(dict(init_variables), sep="/")
   from tljax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
@@ -162,22 +169,26 @@ def load(init_variables: Variables, path: str, *, backbone: str,
 def read(path: str, *, backbone: str) -> Checkpoint:
   """Reads a checkpoint file and translates it to tljax names (see module doc)."""
   path = os.fspath(path)
+  if not path.endswith((".safetensors", ".npz") + TORCH_SUFFIXES):
+    raise ValueError(f"{path}: unknown checkpoint format; expected .safetensors, "
+                     f"{', '.join(TORCH_SUFFIXES)} or .npz")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"checkpoint {path} does not exist: set config.model.init to "
+                            "the path of the pretrained weights file")
+  if not os.path.isfile(path):
+    raise ValueError(f"checkpoint {path} is not a file: set config.model.init to the path "
+                     "of the pretrained weights file itself")
   if path.endswith(".safetensors"):
-    import safetensors.numpy  # pylint: disable=g-import-not-at-top
-    return convert_torch_state_dict(safetensors.numpy.load_file(path), backbone)
+    return convert_torch_state_dict(_checked_finite(path, _read_safetensors(path)), backbone)
   if path.endswith(TORCH_SUFFIXES):
-    return convert_torch_state_dict(_read_torch(path), backbone)
-  if path.endswith(".npz"):
-    with np.load(path, allow_pickle=False) as npz:
-      arrays = {key: npz[key] for key in npz.files}
-    if any(key.startswith(("params/backbone/", "batch_stats/backbone/")) for key in arrays):
-      return Checkpoint(arrays)  # Written by tljax.models.convert.
-    if _family(backbone) != "vit":
-      raise ValueError(f"{path}: foreign .npz files are read as big_vision ViTs, "
-                       f"but backbone={backbone!r}")
-    return convert_big_vision_vit(arrays)
-  raise ValueError(f"{path}: unknown checkpoint format; expected .safetensors, "
-                   f"{', '.join(TORCH_SUFFIXES)} or .npz")
+    return convert_torch_state_dict(_checked_finite(path, _read_torch(path)), backbone)
+  arrays = _checked_finite(path, _read_npz(path))
+  if any(key.startswith(("params/backbone/", "batch_stats/backbone/")) for key in arrays):
+    return Checkpoint(arrays)  # Written by tljax.models.convert.
+  if _family(backbone) != "vit":
+    raise ValueError(f"{path}: foreign .npz files are read as big_vision ViTs, "
+                     f"but backbone={backbone!r}")
+  return convert_big_vision_vit(arrays)
 
 
 def match(target: Mapping[str, Any], checkpoint: Checkpoint, *,
@@ -258,6 +269,57 @@ def match(target: Mapping[str, Any], checkpoint: Checkpoint, *,
 # ----------------------------------------------------------------------------
 
 
+def _one_line(error: BaseException, limit: int = 200) -> str:
+  """An exception as `Type: message` on one short line.
+
+  The command line prints errors on one line, and zipfile's messages can quote
+  kilobytes of the file.
+  """
+  message = " ".join(str(error).split())
+  if len(message) > limit:
+    message = message[:limit] + "..."
+  return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def _head(path: str) -> bytes:
+  """The first bytes of a file, which tell its format."""
+  with open(path, "rb") as f:
+    return f.read(16)
+
+
+def _damaged(path: str, what: str) -> ValueError:
+  return ValueError(f"checkpoint {path} is {what}; download or convert it again")
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+  import safetensors  # pylint: disable=g-import-not-at-top
+  import safetensors.numpy  # pylint: disable=g-import-not-at-top
+
+  try:
+    return safetensors.numpy.load_file(path)
+  except (safetensors.SafetensorError, OSError) as e:
+    # The header (length, JSON, offsets) is all that safetensors can check;
+    # damaged float data is caught by `_checked_finite`.
+    raise _damaged(path, f"not a valid safetensors file ({_one_line(e)})") from e
+  except TypeError as e:  # e.g. bfloat16, which numpy has no type for
+    raise ValueError(f"{path}: numpy cannot read its tensors ({_one_line(e)}); save them "
+                     "as float32, or as .pth") from e
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+  head = _head(path)
+  if not head.startswith(b"PK"):
+    raise _damaged(path, (f"not a .npz file (a zip archive of .npy arrays); it starts with "
+                          f"{head!r}") if head else "empty")
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      return {key: npz[key] for key in npz.files}
+  except Exception as e:  # pylint: disable=broad-except
+    # zipfile and numpy's .npy header parser report damage with many types
+    # (BadZipFile, EOFError, ValueError, SyntaxError, zlib.error, ...).
+    raise _damaged(path, f"a truncated or corrupt .npz file ({_one_line(e)})") from e
+
+
 def _read_torch(path: str) -> dict[str, np.ndarray]:
   """Reads a `.pth` state dict with the restricted (weights-only) unpickler."""
   try:
@@ -266,14 +328,25 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
     raise ImportError(
         f"reading {path} needs PyTorch (pip install torch); alternatively save "
         "the state dict as .safetensors, which needs no torch") from e
+  head = _head(path)
+  # torch.save writes a zip archive, or, before PyTorch 1.6, a pickle
+  # (protocol 2+, which starts with 0x80).
+  if not head.startswith((b"PK", b"\x80")):
+    raise _damaged(path, ("not a PyTorch file (neither a zip archive nor a pickle); it "
+                          f"starts with {head!r}") if head else "empty")
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    detail = next((line for line in lines if "WeightsUnpickler error" in line),
+                  lines[-1] if lines else repr(e))
     raise ValueError(
         f"refusing to load {path}: it is not a plain weights file, the "
-        "weights-only unpickler rejected it (it may contain code). If you trust "
-        "it, re-save its state_dict() as .safetensors. Detail: "
-        f"{str(e).splitlines()[-1] if str(e) else e!r}") from e
+        "weights-only unpickler rejected it (it may contain code, or be corrupt). If you "
+        f"trust it, re-save its state_dict() as .safetensors. Detail: {detail}") from e
+  except Exception as e:  # pylint: disable=broad-except
+    # Damage shows as RuntimeError (the zip reader), OSError, EOFError, ...
+    raise _damaged(path, f"a truncated or corrupt torch file ({_one_line(e)})") from e
   # Training checkpoints wrap the state dict.
   for wrapper in ("state_dict", "model"):
     if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
@@ -292,6 +365,24 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
   if state and all(key.startswith("module.") for key in state):
     state = {key[len("module."):]: value for key, value in state.items()}
   return state
+
+
+def _checked_finite(path: str, arrays: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+  """`arrays`, if every float value is finite.
+
+  Pretrained weights are finite. NaN or infinity means damage the format could
+  not detect (safetensors has no checksums and torch does not check those of
+  its archives, so overwritten float bytes load without complaint) or weights
+  saved from a diverged run; either way, training from them only gives NaN.
+  """
+  bad = [key for key, value in arrays.items()
+         if np.issubdtype(np.asarray(value).dtype, np.floating)
+         and not np.isfinite(value).all()]
+  if bad:
+    listed = ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else "")
+    raise _damaged(path, f"corrupt: {len(bad)} of its {len(arrays)} tensors hold NaN or "
+                         f"infinite values ({listed})")
+  return arrays
 
 
 def convert_torch_state_dict(state: Mapping[str, np.ndarray], backbone: str) -> Checkpoint:
