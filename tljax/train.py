@@ -250,15 +250,18 @@ class Domains:
 
 def _open_eval_split(name: str, split: str, train_split: str, field: str, open_kwargs) -> Any:
   """The evaluation split, or the training split of a domain that has no other
-  (transductive evaluation, as TLlib on Office-31), with a log line."""
-  try:
-    return open_domain(name, split, **open_kwargs)
-  except ValueError as e:
-    if "split" not in str(e).lower() or split == train_split:
-      raise
-  logging.warning("%s has no %r split: evaluating on %r (transductive); set config.%s to "
-                  "choose another.", name, split, train_split, field)
-  return open_domain(name, train_split, **open_kwargs)
+  split (transductive evaluation, as TLlib on Office-31), with a log line."""
+  from tljax.data import registry  # pylint: disable=g-import-not-at-top
+
+  splits = registry.available_splits(name, data_dir=open_kwargs["data_dir"],
+                                     manual_dir=open_kwargs["manual_dir"],
+                                     skip_corrupt=open_kwargs["skip_corrupt"])
+  wanted = split.split("[")[0].split("+")[0]
+  if wanted not in splits and len(splits) == 1:
+    logging.warning("%s has only the %r split: evaluating on %r (transductive); set config.%s "
+                    "to choose a part of it.", name, splits[0], train_split, field)
+    split = train_split
+  return open_domain(name, split, **open_kwargs)
 
 
 def _open_data(config: ml_collections.ConfigDict, workdir: str) -> Domains:
