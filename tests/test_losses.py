@@ -4,6 +4,7 @@ scipy for the DAN weights), plus jit, degenerate-batch and sharding checks."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -15,6 +16,7 @@ import scipy.special
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 import tljax.losses as L
+from tljax.models.heads import DomainDiscriminator
 from tljax.losses.kernels import GaussianKernel, pairwise_squared_distances
 from tljax.losses.mmd import linear_time_h_statistics
 
@@ -144,7 +146,8 @@ def test_mk_mmd_matches_tllib_index_matrix(n, linear):
   # cross entries instead of accumulating them.
   source, target = _random(1, n, 6), _random(2, n, 6, shift=0.7)
   expected = np_kernel_mmd([source], [target], [L.kernel_bank(ALPHAS)], linear)
-  got = jax.jit(L.mk_mmd, static_argnames="linear")(source, target, linear=linear)
+  got = jax.jit(L.mk_mmd, static_argnames=("linear", "alphas"))(source, target, alphas=ALPHAS,
+                                                                linear=linear)
   np.testing.assert_allclose(got, expected, rtol=RTOL)
 
 
@@ -153,7 +156,8 @@ def test_mk_mmd_with_kernel_weights_matches_numpy(linear):
   source, target = _random(3, 10, 4), _random(4, 10, 4, shift=0.5)
   weights = np.array([0.1, 0.0, 0.4, 0.3, 0.2])
   expected = np_kernel_mmd([source], [target], [L.kernel_bank(ALPHAS)], linear, [weights])
-  got = L.mk_mmd(source, target, linear=linear, kernel_weights=jnp.asarray(weights, jnp.float32))
+  got = L.mk_mmd(source, target, alphas=ALPHAS, linear=linear,
+                 kernel_weights=jnp.asarray(weights, jnp.float32))
   np.testing.assert_allclose(got, expected, rtol=RTOL)
 
 
@@ -178,24 +182,24 @@ def test_mmd_of_a_sample_with_itself_closed_form():
   off_diagonal = a.sum() - np.trace(a)
   m = len(ALPHAS)
   expected = 2 * off_diagonal / (n**2 * (n - 1)) - 2 * m / n + 2 / (n - 1)
-  np.testing.assert_allclose(L.mk_mmd(x, x), expected, rtol=RTOL)
-  np.testing.assert_allclose(L.mk_mmd(x, x, linear=True), 2 / (n - 1), rtol=RTOL)
+  np.testing.assert_allclose(L.mk_mmd(x, x, alphas=ALPHAS), expected, rtol=RTOL)
+  np.testing.assert_allclose(L.mk_mmd(x, x, alphas=ALPHAS, linear=True), 2 / (n - 1), rtol=RTOL)
 
 
 def test_mmd_small_for_same_distribution_and_grows_with_mean_shift():
   n = 64
   source, target = _random(6, n, 8), _random(7, n, 8)
   offset = 2 / (n - 1)
-  same = float(L.mk_mmd(source, target)) - offset
+  same = float(L.mk_mmd(source, target, alphas=ALPHAS)) - offset
   shifts = [0.5, 1.0, 2.0, 4.0]
-  shifted = [float(L.mk_mmd(source, target + s)) - offset for s in shifts]
+  shifted = [float(L.mk_mmd(source, target + s, alphas=ALPHAS)) - offset for s in shifts]
   # The kernel sum is at most 5, so the MMD part is at most 10: the sampling
   # noise of the unbiased estimate at n = 64 is a fraction of a percent of it.
   assert abs(same) < 0.05
   assert shifted[0] > 5 * abs(same)
   assert all(b > a for a, b in zip([same] + shifted, shifted)), shifted
-  linear_same = float(L.mk_mmd(source, target, linear=True)) - offset
-  linear_far = float(L.mk_mmd(source, target + 4.0, linear=True)) - offset
+  linear_same = float(L.mk_mmd(source, target, alphas=ALPHAS, linear=True)) - offset
+  linear_far = float(L.mk_mmd(source, target + 4.0, alphas=ALPHAS, linear=True)) - offset
   assert linear_far > linear_same + 1.0
 
 
@@ -281,7 +285,7 @@ def test_dan_kernel_weights_match_numpy_and_scipy():
       linear_time_h_statistics(source, target, L.kernel_bank(ALPHAS)), h, rtol=1e-4, atol=1e-6)
   eps = 1e-3
   expected, _ = slsqp_kernel_weights(h.mean(axis=1), np.cov(h) + eps * np.eye(len(ALPHAS)))
-  beta = jax.jit(L.dan_kernel_weights)(source, target)
+  beta = jax.jit(functools.partial(L.dan_kernel_weights, alphas=ALPHAS))(source, target)
   np.testing.assert_allclose(beta, expected, atol=1e-3)
 
 
@@ -293,8 +297,9 @@ def test_dan_kernel_weights_match_numpy_and_scipy():
 @pytest.mark.parametrize("linear", [False, True])
 def test_jmmd_with_one_layer_is_mk_mmd(linear):
   source, target = _random(12, 12, 5), _random(13, 12, 5, shift=0.4)
-  np.testing.assert_allclose(L.jmmd([source], [target], linear=linear),
-                             L.mk_mmd(source, target, linear=linear), rtol=RTOL)
+  np.testing.assert_allclose(L.jmmd([source], [target], kernels=[L.kernel_bank(ALPHAS)],
+                                    linear=linear),
+                             L.mk_mmd(source, target, alphas=ALPHAS, linear=linear), rtol=RTOL)
 
 
 @pytest.mark.parametrize("linear", [False, True])
@@ -305,7 +310,7 @@ def test_jmmd_matches_numpy(linear):
   probs_t = _f32(np_softmax(_random(17, n, 4, shift=0.3)))
   kernels = (L.kernel_bank(ALPHAS), (GaussianKernel(sigma=0.92),))  # TLlib's JAN example
   expected = np_kernel_mmd([features_s, probs_s], [features_t, probs_t], kernels, linear)
-  got = L.jmmd([features_s, probs_s], [features_t, probs_t], linear=linear)
+  got = L.jmmd([features_s, probs_s], [features_t, probs_t], kernels=kernels, linear=linear)
   np.testing.assert_allclose(got, expected, rtol=RTOL)
 
 
@@ -392,14 +397,14 @@ def test_domain_adversarial_loss_matches_numpy():
 
 
 def test_domain_discriminator_structure_and_batch_norm_momentum():
-  shapes = jax.eval_shape(lambda key, x: L.DomainDiscriminator().init(key, x, False),
+  shapes = jax.eval_shape(lambda key, x: DomainDiscriminator().init(key, x, False),
                           jax.random.key(0), jnp.zeros((4, 256)))
   params = shapes["params"]
   assert params["linear0"]["kernel"].shape == (256, 1024)
   assert params["linear1"]["kernel"].shape == (1024, 1024)
   assert params["output"]["kernel"].shape == (1024, 1)
 
-  model = L.DomainDiscriminator(hidden_sizes=(16, 16))
+  model = DomainDiscriminator(hidden_sizes=(16, 16))
   x = _random(28, 8, 7)
   variables = model.init(jax.random.key(1), x, False)
   kernel = np.asarray(variables["params"]["linear0"]["kernel"])
@@ -486,7 +491,8 @@ def test_mdd_matches_numpy_and_gives_main_head_no_gradient():
     p = np_softmax(y_t_adv[i])[np.argmax(y_t[i])]
     target_log.append(np.log(min(1 - p + 1e-6, 1.0)))
   expected = -4 * np.mean(source_ce) + np.mean(target_log)
-  value, grads = jax.jit(jax.value_and_grad(L.mdd, argnums=(0, 1, 2, 3)))(y_s, y_s_adv, y_t,
+  mdd = functools.partial(L.mdd, margin=4.0)
+  value, grads = jax.jit(jax.value_and_grad(mdd, argnums=(0, 1, 2, 3)))(y_s, y_s_adv, y_t,
                                                                          y_t_adv)
   np.testing.assert_allclose(value, expected, rtol=RTOL)
   assert np.all(np.asarray(grads[0]) == 0) and np.all(np.asarray(grads[2]) == 0)
@@ -495,7 +501,7 @@ def test_mdd_matches_numpy_and_gives_main_head_no_gradient():
   np.testing.assert_allclose(L.shift_log(_f32([0.0, 0.5, 1.0])),
                              [np.log(1e-6), np.log(0.5 + 1e-6), 0.0], rtol=RTOL)
   y_t_adv[0] = y_t_adv[0] + 60 * np.eye(5)[np.argmax(y_t[0])]
-  saturated = jax.grad(L.mdd, argnums=3)(y_s, y_s_adv, y_t, y_t_adv)
+  saturated = jax.grad(mdd, argnums=3)(y_s, y_s_adv, y_t, y_t_adv)
   assert np.all(np.isfinite(np.asarray(saturated)))
 
 
@@ -569,14 +575,15 @@ def _cdan(features_s, logits_s, features_t, logits_t, randomized=False):
 
 def _jmmd(features_s, logits_s, features_t, logits_t, linear=False):
   return L.jmmd([features_s, jax.nn.softmax(logits_s)], [features_t, jax.nn.softmax(logits_t)],
-                linear=linear)
+                kernels=(L.kernel_bank(ALPHAS), (GaussianKernel(sigma=0.92),)), linear=linear)
 
 
 # name -> (loss, input kinds): "f" features (n, _DIM), "l" logits (n, _CLASSES).
 LOSS_CASES = {
-    "mk_mmd": (L.mk_mmd, "ff"),
-    "mk_mmd_linear": (lambda s, t: L.mk_mmd(s, t, linear=True), "ff"),
-    "mk_mmd_dan_weights": (lambda s, t: L.mk_mmd(s, t, kernel_weights=L.dan_kernel_weights(s, t)),
+    "mk_mmd": (lambda s, t: L.mk_mmd(s, t, alphas=ALPHAS), "ff"),
+    "mk_mmd_linear": (lambda s, t: L.mk_mmd(s, t, alphas=ALPHAS, linear=True), "ff"),
+    "mk_mmd_dan_weights": (lambda s, t: L.mk_mmd(
+        s, t, alphas=ALPHAS, kernel_weights=L.dan_kernel_weights(s, t, alphas=ALPHAS)),
                            "ff"),
     "mmd_fixed_sigma": (lambda s, t: L.mmd(s, t, sigma=2.0), "ff"),
     "jmmd": (_jmmd, "flfl"),
@@ -587,8 +594,8 @@ LOSS_CASES = {
     "dann": (_dann, "ff"),
     "cdan_e": (_cdan, "flfl"),
     "cdan_e_randomized": (lambda *a: _cdan(*a, randomized=True), "flfl"),
-    "mcc": (L.mcc, "l"),
-    "mdd": (L.mdd, "llll"),
+    "mcc": (lambda l: L.mcc(l, temperature=2.5), "l"),
+    "mdd": (lambda *a: L.mdd(*a, margin=4.0), "llll"),
     "bsp": (L.bsp, "ff"),
     "afn": (L.adaptive_feature_norm, "f"),
     "afn_hard": (lambda f: L.adaptive_feature_norm(f, radius=3.0), "f"),

@@ -24,6 +24,10 @@ _COORDINATOR = flags.DEFINE_string(
     "jax.distributed cannot detect from the environment (SLURM, TPU pods).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_ALLOW_CHANGES = flags.DEFINE_list(
+    "allow_changes", [], "Config fields a resumed run may change from the run stored in "
+    "the workdir (e.g. optimizer.learning_rate), or 'all'. Without it a changed field is an "
+    "error naming it.")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],
     "Call jax.distributed.initialize(): 'auto' does when the flags above are given or "
@@ -71,12 +75,19 @@ def main(argv):
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)
 
-  from tljax import train  # pylint: disable=g-import-not-at-top
+  from tljax import train, workdir  # pylint: disable=g-import-not-at-top
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, PermissionError, FileNotFoundError, train.NonFiniteError) as e:
-    # Bad input or a diverged run: one line that says what and how to fix it.
-    sys.exit(f"error: {e}")
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, allow_changes=_ALLOW_CHANGES.value)
+  except (ValueError, PermissionError, FileNotFoundError, train.NonFiniteError,
+          workdir.WorkdirInUseError) as e:
+    # Bad input, a busy workdir or a diverged run: one line that says what and how to fix it.
+    sys.exit(f"error: {' '.join(str(e).split()) if _one_line(e) else e}")
+
+
+def _one_line(error: Exception) -> bool:
+  """Messages are one line, except listings (files searched, parameters that
+  do not fit) that are clearer as lists."""
+  return "\n  " not in str(error)
 
 
 def run() -> None:

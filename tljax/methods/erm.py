@@ -28,8 +28,8 @@ class SourceOnly(base.Method):
 
   inputs = ("source",)
 
-  def train_step(self, ctx, state, batch, rng):
-    return terms.source_only_update(ctx, state, batch, rng, "main")
+  def loss(self, ctx, variables, batch, step, rng):
+    return terms.source_only_loss(ctx, variables, batch, rng)
 
 
 @register("adabn")

@@ -190,18 +190,20 @@ class TermsMethod(base.Method):
     return phase_cond(state.step < self.pretrain_steps, pretrain, adapt, state)
 
 
+def source_only_loss(ctx: base.StepContext, variables: base.Variables, batch: dict,
+                     rng: jax.Array) -> tuple[jax.Array, tuple[base.Variables, dict]]:
+  """ERM's loss: cross-entropy on the source batch, which alone goes through the network."""
+  source = batch["source"]
+  (_, logits), variables = ctx.apply_classifier(variables, source["image"], train=True, rng=rng)
+  cls_loss = base.cross_entropy(logits, source["label"])
+  return cls_loss, (variables, {"cls_loss": cls_loss,
+                                "source_train_accuracy": base.accuracy(logits, source["label"])})
+
+
 def source_only_update(ctx: base.StepContext, state: base.TrainState, batch: dict,
                        rng: jax.Array, optimizer: str) -> tuple[base.TrainState, dict]:
-  """ERM on the source batch alone (only it goes through the network)."""
-  source = batch["source"]
-
-  def loss_fn(variables):
-    (_, logits), variables = ctx.apply_classifier(variables, source["image"], train=True, rng=rng)
-    cls_loss = base.cross_entropy(logits, source["label"])
-    return cls_loss, (variables, {"cls_loss": cls_loss,
-                                  "source_train_accuracy": base.accuracy(logits, source["label"])})
-
-  return ctx.update(state, optimizer, loss_fn)
+  """One ERM update of `optimizer` (source batch alone through the network)."""
+  return ctx.update(state, optimizer, lambda v: source_only_loss(ctx, v, batch, rng))
 
 
 def phase_cond(predicate: jax.Array, true_fn: Callable, false_fn: Callable,
@@ -270,4 +272,4 @@ def create_terms_method(name: str, method_config: dict[str, Any], *, num_classes
 
 
 __all__ = ["Term", "ReversalTerm", "TermsMethod", "register_term", "term_names", "get_term",
-           "layer", "phase_cond", "source_only_update", "create_terms_method", "FORWARDS"]
+           "layer", "phase_cond", "source_only_loss", "source_only_update", "create_terms_method", "FORWARDS"]
