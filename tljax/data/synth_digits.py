@@ -12,8 +12,8 @@ give a standard error near 3 points). The targets are in `tljax.data.digits`.
 Recipe of example k of a split (a pure function of the seed, the split and k,
 so a smaller config's examples are the first ones of a larger config's):
 1. The label is k mod 10 (every class within one example of exact balance),
-   the font the (k div 10)-th of the fonts below, in turn, so every font draws
-   every digit equally often.
+   the font number (k div 10) mod (number of fonts), so every font draws every
+   digit equally often (within one).
 2. Fonts: every TrueType file matplotlib ships that holds the digits 0-9
    (`digit_fonts`, sorted by file name).
 3. The glyph is drawn with a random stroke width (PIL's `stroke_width`, up to
