@@ -25,6 +25,9 @@ import numpy as np
 _BUILDER_MODULES: dict[str, str] = {
     "digits": "tljax.data.digits",
     "digits_m": "tljax.data.digits",
+    "digits_full": "tljax.data.digits",
+    "digits_m_full": "tljax.data.digits",
+    "synth_digits": "tljax.data.synth_digits",
     "office31": "tljax.data.office:Office31",
     "office_home": "tljax.data.office:OfficeHome",
     "visda2017": "tljax.data.visda:VisDA2017",
