@@ -3,7 +3,8 @@
     python -m tljax.main --config=configs/default.py:digits --workdir=/tmp/tljax/default
 
 `get_config('digits')`: the embedded Digits -> Digits-M task with a small CNN
-trained from scratch. `get_config('office31')`: Office-31 A -> W with an
+trained from scratch. `get_config('synth')` / `get_config('synth_m')`: the
+larger embedded SynthDigits -> real digits tasks (same network). `get_config('office31')`: Office-31 A -> W with an
 ImageNet ResNet-50 (TLlib's setting; set `config.model.init` to the torchvision
 checkpoint and `config.manual_dir` to the dataset, other tasks via
 `--config.source=office31/dslr --config.target=office31/amazon`).
@@ -15,7 +16,7 @@ fields; any field can also be set on the command line, e.g.
 
 import ml_collections
 
-TASKS = ("digits", "office31")
+TASKS = ("digits", "synth", "synth_m", "office31")
 
 
 def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
@@ -109,6 +110,8 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   # classifier/bottleneck/..., classifier/head/..., method/<network>/...
   # From scratch, everything trains at the base rate.
   config.param_groups = ((".*", 1.0),)
+  if arg in ("synth", "synth_m"):
+    _synth(config, arg)
   if arg == "office31":
     _office31(config)
   return config
@@ -135,6 +138,18 @@ def terms_method(name: str, forward: str, terms: dict[str, ml_collections.Config
     for term_name, fields in terms.items():
       method[term_name] = fields
   return method
+
+
+def _synth(config: ml_collections.ConfigDict, arg: str) -> None:
+  """SynthDigits -> real handwritten digits (embedded, built on first use): 20,000
+  rendered digits as the source; all 1,797 scikit-learn digits (`synth`) or their
+  Digits-M blend (`synth_m`) as the target, adapted to and evaluated on
+  transductively (every target image, as TLlib on Office-31). A held-out
+  train/test variant: --config.target_split=train --config.eval_target_split=test."""
+  config.source = "synth_digits"
+  config.target = "digits_full" if arg == "synth" else "digits_m_full"
+  config.target_split = "all"
+  config.eval_target_split = "all"
 
 
 def tllib_dan_office31(config: ml_collections.ConfigDict) -> None:

@@ -1,5 +1,7 @@
-"""Every method: its config loads, it trains end to end, and its adversary is wired right."""
+"""The method contract: every config builds its method and trains; baselines,
+terms, composition, warm-up and pre-training behave as documented."""
 
+import glob
 import importlib
 import json
 import os
@@ -10,45 +12,78 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from conftest import REPO
+from conftest import REPO, tiny_config
 from tljax import losses, train
-from tljax.methods import DomainOutputs, create_method, method_names
+from tljax.methods import base, create_method, method_names, terms
 
 sys.path.insert(0, str(REPO))
 
-METHODS = ["source_only", "ddc", "dan", "jan", "deep_coral", "cmd", "dann", "cdan", "mcc",
-           "mdd", "bsp", "afn", "entropy_min"]
+# Configs that are not one method's: the defaults, the composer, the probe.
+_NOT_METHODS = {"default", "combine", "linear_probe"}
+CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(str(REPO / "configs" / "*.py"))
+                 if os.path.basename(p)[:-3] not in _NOT_METHODS | {"__init__"})
 
 
-def test_every_registered_method_has_a_config():
-  assert sorted(METHODS) == method_names()
-  for name in METHODS:
-    assert os.path.exists(REPO / "configs" / f"{name}.py")
+def _config(name, task="digits"):
+  return importlib.import_module(f"configs.{name}").get_config(task)
 
 
-@pytest.mark.parametrize("name", METHODS)
+def test_every_method_has_a_config():
+  for name in method_names():
+    assert os.path.exists(REPO / "configs" / f"{name}.py"), name
+
+
+@pytest.mark.parametrize("name", CONFIGS)
 @pytest.mark.parametrize("task", ["digits", "office31"])
 def test_config_builds_its_method(name, task):
-  config = importlib.import_module(f"configs.{name}").get_config(task)
-  method = create_method(config.method, num_classes=10, total_steps=config.total_steps)
-  assert type(method).__name__ and config.method.name == name
+  config = _config(name, task)
+  method = create_method(config.method, num_classes=10)
+  if isinstance(method, terms.TermsMethod) and config.method.name != "source_only_joint_bn":
+    assert [n for n, _ in method.terms] == config.method.name.split("+")
+    assert method.forward == config.method.forward
+    for (term_name, term), cls in zip(method.terms, config.method.name.split("+")):
+      assert type(term) is terms.get_term(cls)
+  else:
+    from tljax import methods  # pylint: disable=g-import-not-at-top
+    assert type(method) is methods._METHODS[config.method.name]  # pylint: disable=protected-access
 
 
-def test_unknown_method_field_is_named():
-  with pytest.raises(ValueError, match=r"fields \['trade_of'\] that method 'dann' does not take"):
-    create_method(ml_collections.ConfigDict({"name": "dann", "trade_of": 1.0}),
-                  num_classes=10, total_steps=10)
+def test_config_errors_name_the_field():
+  dann = _config("dann").method
+  with pytest.raises(ValueError, match=r"fields \['trade_of'\] that 'dann' does not take"):
+    create_method({**dann.to_dict(), "trade_of": 1.0}, num_classes=10)
+  with pytest.raises(ValueError, match=r"lacks \['grl_hi'\]"):
+    create_method({k: v for k, v in dann.to_dict().items() if k != "grl_hi"}, num_classes=10)
   with pytest.raises(ValueError, match="unknown config.method.name 'dannn'"):
-    create_method(ml_collections.ConfigDict({"name": "dannn"}), num_classes=10, total_steps=10)
+    create_method({"name": "dannn"}, num_classes=10)
+  combined = _config("cdan_mcc").method.to_dict()
+  with pytest.raises(ValueError, match=r"fields \['temperature'\] that 'cdan\+mcc' does not take"):
+    create_method({**combined, "temperature": 2.0}, num_classes=10)
+  with pytest.raises(ValueError, match="names a term twice"):
+    create_method({**combined, "name": "mcc+mcc"}, num_classes=10)
+  with pytest.raises(ValueError, match=r"\['source_only'\] are not adaptation terms"):
+    create_method({**combined, "name": "mcc+source_only"}, num_classes=10)
 
 
-def _short_run(name, digits_data_dir, tmp_path, **method_fields):
-  from conftest import tiny_config
+def test_combine_config_composes_any_terms():
+  config = importlib.import_module("configs.combine").get_config("dann+entropy_min,digits")
+  method = create_method(config.method, num_classes=10)
+  assert [n for n, _ in method.terms] == ["dann", "entropy_min"]
+  assert method.terms[1][1].trade_off == _config("entropy_min").method.trade_off
 
-  config = importlib.import_module(f"configs.{name}").get_config("digits")
+
+# ----------------------------------------------------------------------------
+# Every method trains, end to end.
+# ----------------------------------------------------------------------------
+
+
+def short_config(name, digits_data_dir, **method_fields):
+  config = _config(name)
   config.method.update(method_fields)
-  tiny = tiny_config(digits_data_dir, total_steps=2, eval_every=2, checkpoint_every=2, log_every=1)
+  tiny = tiny_config(digits_data_dir, total_steps=2, eval_every=2, checkpoint_every=2,
+                     log_every=1)
   for key in ("data_dir", "batch_size", "eval_batch_size", "total_steps", "eval_every",
               "checkpoint_every", "log_every"):
     config[key] = tiny[key]
@@ -57,78 +92,202 @@ def _short_run(name, digits_data_dir, tmp_path, **method_fields):
   config.model.bottleneck_dim = 32
   if config.model.head_hidden:
     config.model.head_hidden = 32
-  if "head_width" in config.method:
-    config.method.head_width = 32
-  if "hidden_sizes" in config.method:
-    config.method.hidden_sizes = (32, 32)
+  shrink = lambda fields: fields.update(
+      {k: v for k, v in (("head_width", 32), ("hidden_sizes", (32, 32))) if k in fields})
+  shrink(config.method)
+  for value in config.method.values():
+    if isinstance(value, ml_collections.ConfigDict):
+      shrink(value)
+  if "pretrain_steps" in config.method and config.method.pretrain_steps:
+    config.method.pretrain_steps = 1
+  return config
+
+
+def _short_run(name, digits_data_dir, tmp_path, **method_fields):
+  config = short_config(name, digits_data_dir, **method_fields)
   workdir = str(tmp_path / name)
   results = train.train_and_evaluate(config, workdir, devices=jax.devices()[:2])
-  assert results["method"] == name and results["step"] == 2
+  assert results["method"] == config.method.name and results["step"] == 2
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(l) for l in f if '"train"' in l]
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", CONFIGS)
 def test_short_run(name, digits_data_dir, tmp_path):
   lines = _short_run(name, digits_data_dir, tmp_path)
   assert len(lines) == 2 and all(np.isfinite(l["loss"]) for l in lines)
-  if name == "source_only":
-    assert all(l["transfer_loss"] == 0 for l in lines)
-  else:
-    assert all(l["transfer_loss"] != 0 for l in lines)
+  if name in ("source_only", "adabn", "source_only_joint_bn"):
+    assert all("transfer_loss" not in l or l["transfer_loss"] == 0 for l in lines)
+  elif "transfer_loss" in lines[-1]:
+    assert lines[-1]["transfer_loss"] != 0
 
 
-def test_trade_off_warmup_follows_the_progressive_schedule(digits_data_dir, tmp_path):
-  method = create_method(ml_collections.ConfigDict({"name": "jan", "trade_off_warmup": 100}),
-                         num_classes=4, total_steps=100)
-  for step in (0, 10, 50, 100, 300):
-    p = min(step / 100, 1.0)
-    np.testing.assert_allclose(method.trade_off_scale(jnp.asarray(step)),
-                               2 / (1 + np.exp(-10 * p)) - 1, rtol=1e-6, atol=1e-7)
-  assert float(create_method(ml_collections.ConfigDict({"name": "jan"}), num_classes=4,
-                             total_steps=100).trade_off_scale(jnp.asarray(0))) == 1.0
-  # In the train step: weight 0 at the first step, then the schedule's value.
-  lines = _short_run("dan", digits_data_dir, tmp_path, trade_off_warmup=4)
-  assert lines[0]["trade_off_scale"] == 0 and lines[0]["transfer_loss"] == 0
-  np.testing.assert_allclose(lines[1]["trade_off_scale"], 2 / (1 + np.exp(-2.5)) - 1, rtol=1e-6)
-  assert lines[1]["transfer_loss"] > 0
+# ----------------------------------------------------------------------------
+# Steps on fixed batches.
+# ----------------------------------------------------------------------------
+
+
+def _setup(config, devices=1):
+  mesh = jax.make_mesh((devices,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=jax.devices()[:devices])
+  return train.build(config, 10, mesh), NamedSharding(mesh, P("data"))
+
+
+def _batch(config, sharding, seed=0, target_shift=1.0):
+  rng = np.random.default_rng(seed)
+  shape = (config.batch_size, 28, 28, 3)
+  source = {"image": rng.standard_normal(shape, dtype=np.float32),
+            "label": rng.integers(0, 10, config.batch_size).astype(np.int32)}
+  target = {"image": rng.standard_normal(shape, dtype=np.float32) + target_shift}
+  return jax.device_put({"source": source, "target": target}, sharding)
+
+
+def _copy(state):
+  return jax.tree.map(lambda x: x.copy(), state)
+
+
+def _bytes(tree):
+  return [np.asarray(x).tobytes() for x in jax.tree.leaves(tree)]
+
+
+def test_erm_step_does_not_depend_on_the_target_batch(make_config):
+  config = make_config()
+  assert config.method.name == "source_only"
+  setup, sharding = _setup(config)
+  a = _batch(config, sharding, seed=0, target_shift=1.0)
+  b = {"source": a["source"], "target": _batch(config, sharding, seed=5, target_shift=-3.0)["target"]}
+  state_a, metrics_a = setup.train_step(_copy(setup.state), a)
+  state_b, metrics_b = setup.train_step(_copy(setup.state), b)
+  assert _bytes(state_a) == _bytes(state_b)
+  assert float(metrics_a["loss"]) == float(metrics_b["loss"])
+  # The joint-BatchNorm variant does depend on it (the target batch is normalised with it).
+  joint = make_config(method=_config("source_only_joint_bn").method)
+  setup, sharding = _setup(joint)
+  state_a, _ = setup.train_step(_copy(setup.state), a)
+  state_b, _ = setup.train_step(_copy(setup.state), b)
+  assert _bytes(state_a.params) != _bytes(state_b.params)
+
+
+def test_adabn_evaluates_with_target_statistics(make_config, digits_data_dir, tmp_path):
+  """AdaBN trains exactly as ERM and evaluates with BatchNorm statistics
+  recomputed on the target training split."""
+  erm = train.train_and_evaluate(make_config(), str(tmp_path / "erm"), devices=jax.devices()[:1])
+  adabn = train.train_and_evaluate(make_config(method=_config("adabn").method),
+                                   str(tmp_path / "adabn"), devices=jax.devices()[:1])
+  from tljax.workdir import latest_state
+  a, _ = latest_state(str(tmp_path / "erm"))
+  b, _ = latest_state(str(tmp_path / "adabn"))
+  assert _bytes(a["params"]) == _bytes(b["params"])
+  assert erm["source_accuracy"] != adabn["source_accuracy"] or \
+      erm["target_accuracy"] != adabn["target_accuracy"]
+
+
+def test_batch_statistics_are_the_target_moments(make_config, digits_data_dir):
+  """The recomputed statistics of the first BatchNorm layer equal the mean and
+  (biased) variance, over the target images, of the first convolution's output."""
+  from tljax.data import open_domain
+  config = make_config(eval_batch_size=64)
+  setup, sharding = _setup(config)
+  domain = open_domain("digits_m", "train", data_dir=digits_data_dir)
+  variables = base.owned(setup.state.variables, base.CLASSIFIER)
+  recomputed = train.recompute_batch_statistics(setup, variables, domain, config, sharding)
+  batches = [b["image"] for b in train._eval_batches(config, domain, sharding)]  # pylint: disable=protected-access
+  n_full = len(domain) // 64
+  # The first convolution has no bias: recompute its output directly, in float64.
+  kernel = np.asarray(variables["params"]["backbone"]["conv1"]["kernel"], np.float64)
+  means, variances = [], []
+  for images in batches[:n_full]:
+    x = np.asarray(images, np.float64)
+    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = np.asarray(y).reshape(-1, kernel.shape[-1])
+    means.append(y.mean(0))
+    variances.append(y.var(0))
+  stats = recomputed["batch_stats"]["backbone"]["bn1"]
+  np.testing.assert_allclose(stats["mean"], np.mean(means, 0), rtol=1e-3, atol=1e-4)
+  np.testing.assert_allclose(stats["var"], np.mean(variances, 0), rtol=1e-3, atol=1e-4)
+
+
+def test_composed_terms_add_their_weighted_values(make_config):
+  method = _config("cdan_mcc").method
+  method.mcc.trade_off = 0.5
+  method.cdan.hidden_sizes = (16, 16)
+  config = make_config(method=method)
+  setup, sharding = _setup(config)
+  _, metrics = setup.train_step(_copy(setup.state), _batch(config, sharding))
+  np.testing.assert_allclose(metrics["transfer_loss"],
+                             metrics["cdan/domain_loss"] + 0.5 * metrics["mcc/mcc"], rtol=1e-5)
+  np.testing.assert_allclose(metrics["loss"], metrics["cls_loss"] + metrics["transfer_loss"],
+                             rtol=1e-5)
+  assert "cdan" in setup.state.params["method"] and "mcc" not in setup.state.params["method"]
+
+
+def test_pretraining_phase_trains_only_the_classifier(make_config):
+  method = _config("bsp").method
+  method.pretrain_steps = 2
+  method.dann.hidden_sizes = (16, 16)
+  config = make_config(method=method)
+  setup, sharding = _setup(config)
+  state = setup.state
+  initial = jax.device_get(state)
+  history = []
+  for step in range(3):
+    state, metrics = setup.train_step(state, _batch(config, sharding, seed=step))
+    history.append((jax.device_get(state), jax.device_get(metrics)))
+  (after_1, m1), (after_2, m2), (after_3, m3) = history
+  assert m1["pretraining"] == 1 and m2["pretraining"] == 1 and m3["pretraining"] == 0
+  assert m1["transfer_loss"] == 0 and m3["transfer_loss"] != 0
+  disc = lambda s: _bytes(s.params["method"]["dann"])
+  assert disc(after_2) == disc(initial) and disc(after_3) != disc(initial)
+  assert _bytes(after_1.params["classifier"]) != _bytes(initial.params["classifier"])
+  # The main optimizer starts at the switch: its step count is 1 after step 3.
+  counts = [np.asarray(x) for x in jax.tree.leaves(after_3.opt_state["main"])
+            if np.ndim(x) == 0 and np.issubdtype(np.asarray(x).dtype, np.integer)]
+  assert counts and all(c == 1 for c in counts)
+
+
+# ----------------------------------------------------------------------------
+# Terms on fixed outputs.
+# ----------------------------------------------------------------------------
 
 
 def _outputs(n=8, d=6, c=4, seed=0):
   rng = np.random.default_rng(seed)
   f = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)
-  return DomainOutputs(f(n, d), f(n, d) + 1.0, f(n, c), f(n, c), jnp.asarray(rng.integers(0, c, n)))
+  return base.DomainOutputs(f(n, d), f(n, d) + 1.0, f(n, c), f(n, c),
+                            jnp.asarray(rng.integers(0, c, n)))
 
 
-def _method_and_vars(name, **fields):
-  method = create_method(ml_collections.ConfigDict({"name": name, **fields}), num_classes=4,
-                         total_steps=100)
+def _term_and_vars(name, **fields):
+  method_config = _config(name).method
+  method_config.update(fields)
+  method = create_method(method_config, num_classes=4)
+  (_, term), = method.terms
   outputs = _outputs()
-  variables = method.init({"params": jax.random.key(1), "dropout": jax.random.key(2)}, outputs,
-                          step=jnp.asarray(0), train=False)
-  return method, variables, outputs
+  variables = term.init({"params": jax.random.key(1), "dropout": jax.random.key(2)}, outputs,
+                        step=jnp.asarray(0), train=False)
+  return term, variables, outputs
 
 
 @pytest.mark.parametrize("name", ["dann", "cdan", "mdd"])
 def test_adversary_sees_the_reversed_gradient(name, monkeypatch):
   """d(term)/d(features) = -coeff * d(adversary's own loss)/d(features), while the
   adversary's parameters descend that loss directly."""
-  fields = {"trade_off": 1.0, "head_dropout": 0.0} if name == "mdd" else {"trade_off": 1.0}
-  method, variables, outputs = _method_and_vars(name, **fields)
+  fields = {"head_dropout": 0.0, "head_width": 16} if name == "mdd" else {"hidden_sizes": (16, 16)}
+  term, variables, outputs = _term_and_vars(name, **fields)
   step = jnp.asarray(700)
-  coeff = float(losses.warm_start_coeff(step, hi=0.1 if name == "mdd" else 1.0))
+  coeff = float(term.grl_coeff(step))
 
-  def term(params, features_s, features_t):
+  def value(params, features_s, features_t):
     out = outputs.replace(source_features=features_s, target_features=features_t)
-    (value, _), _ = method.apply({**variables, "params": params}, out, step=step, train=True,
-                                 mutable=["batch_stats"])
-    return value
+    (v, _), _ = term.apply({**variables, "params": params}, out, step=step, train=True,
+                           mutable=["batch_stats"])
+    return v
 
   args = (variables["params"], outputs.source_features, outputs.target_features)
-  with_reversal = jax.grad(term, argnums=(0, 1, 2))(*args)
-  # The same computation with the reversal layer made the identity.
+  with_reversal = jax.grad(value, argnums=(0, 1, 2))(*args)
   monkeypatch.setattr(losses, "gradient_reversal", lambda x, coeff=1.0: x)
-  plain = jax.grad(term, argnums=(0, 1, 2))(*args)
+  plain = jax.grad(value, argnums=(0, 1, 2))(*args)
   for a, b in zip(jax.tree.leaves(with_reversal[0]), jax.tree.leaves(plain[0])):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)  # adversary: plain gradient
   for a, b in zip(with_reversal[1:], plain[1:]):
@@ -136,22 +295,109 @@ def test_adversary_sees_the_reversed_gradient(name, monkeypatch):
   assert float(jnp.abs(with_reversal[1]).max()) > 0
 
 
+def test_scale_gradient_is_identity_forward_and_scales_backward():
+  x = jnp.asarray([1.0, -2.0, 3.0])
+  np.testing.assert_array_equal(losses.scale_gradient(x, 0.25), x)
+  grad = jax.grad(lambda y: jnp.sum(losses.scale_gradient(y, 0.25) ** 2))(x)
+  np.testing.assert_allclose(grad, 0.25 * 2 * x)
+  grad = jax.grad(lambda y: jnp.sum(losses.gradient_reversal(y, 0.5) ** 2))(x)
+  np.testing.assert_allclose(grad, -0.5 * 2 * x)
+
+
+@pytest.mark.parametrize("name", ["dann", "deep_coral"])
+def test_warmup_scales_what_reaches_the_classifier_only(name, make_config):
+  """With `trade_off_warmup`, the gradient reaching the classifier is scaled by
+  the progressive weight; a discriminator's own gradient is not."""
+  fields = {"hidden_sizes": (16, 16)} if name == "dann" else {}
+  plain_method = _config(name).method
+  plain_method.update(fields)
+  warm_method = _config(name).method
+  warm_method.update(fields, trade_off_warmup=40)
+  grads = {}
+  for label, method_config in (("plain", plain_method), ("warm", warm_method)):
+    config = make_config(method=method_config)
+    setup, sharding = _setup(config)
+    state = setup.state.replace(step=jnp.asarray(4))
+    batch = _batch(config, sharding)
+    rng = jax.random.key(3)
+
+    def transfer(params):
+      variables = {**state.variables, "params": params}
+      _, (_, metrics) = setup.method.loss(setup.ctx, variables, batch, state.step, rng)
+      return metrics["transfer_loss"]
+
+    grads[label] = jax.grad(transfer)(state.params)
+  scale = float(base.progressive_weight(jnp.asarray(4), 40))
+  assert 0 < scale < 0.5
+  for path, plain in jax.tree_util.tree_flatten_with_path(grads["plain"])[0]:
+    warm = dict(jax.tree_util.tree_flatten_with_path(grads["warm"])[0])[path]
+    owner = path[0].key
+    expected = np.asarray(plain) * (scale if owner == "classifier" else 1.0)
+    np.testing.assert_allclose(warm, expected, rtol=2e-4, atol=1e-7, err_msg=str(path))
+  assert any(np.abs(np.asarray(g)).max() > 0
+             for g in jax.tree.leaves(grads["warm"]["classifier"]))
+
+
+def test_progressive_weight_follows_jans_schedule():
+  for step in (0, 10, 50, 100, 300):
+    p = min(step / 100, 1.0)
+    np.testing.assert_allclose(base.progressive_weight(jnp.asarray(step), 100),
+                               2 / (1 + np.exp(-10 * p)) - 1, rtol=1e-6, atol=1e-7)
+  assert float(base.progressive_weight(jnp.asarray(7), 0)) == 1.0
+
+
 def test_cdan_randomized_map_is_a_fixed_constant():
-  method, variables, outputs = _method_and_vars("cdan", randomized=True, randomized_dim=16)
+  term, variables, outputs = _term_and_vars("cdan", randomized=True, randomized_dim=16,
+                                            hidden_sizes=(16, 16))
   rf, rg = variables["constants"]["randomized_map"]
   assert rf.shape == (6, 16) and rg.shape == (4, 16)
-  assert "randomized_map" not in jax.tree_util.tree_structure(variables["params"]).__repr__()
-  _, updates = method.apply(variables, outputs, step=jnp.asarray(5), train=True,
-                            mutable=["batch_stats", "constants"])
+  assert "randomized_map" not in repr(jax.tree_util.tree_structure(variables["params"]))
+  _, updates = term.apply(variables, outputs, step=jnp.asarray(5), train=True,
+                          mutable=["batch_stats", "constants"])
   np.testing.assert_array_equal(updates["constants"]["randomized_map"][0], rf)
 
 
-def test_dan_sums_layers_and_scales_by_trade_off():
-  outputs = _outputs()
-  method, variables, _ = _method_and_vars("dan", trade_off=0.5, layers=("features", "logits"),
-                                          linear=False)
-  (term, metrics), _ = method.apply(variables, outputs, step=jnp.asarray(0), mutable=["batch_stats"])
-  expected = (losses.mk_mmd(outputs.source_features, outputs.target_features)
-              + losses.mk_mmd(outputs.source_logits, outputs.target_logits))
-  np.testing.assert_allclose(term, 0.5 * expected, rtol=1e-6)
+def test_dan_sums_layers():
+  term, variables, outputs = _term_and_vars("dan", layers=("features", "logits"), linear=False)
+  (value, metrics), _ = term.apply(variables, outputs, step=jnp.asarray(0), mutable=["batch_stats"])
+  alphas = tuple(term.alphas)
+  expected = (losses.mk_mmd(outputs.source_features, outputs.target_features, alphas=alphas)
+              + losses.mk_mmd(outputs.source_logits, outputs.target_logits, alphas=alphas))
+  np.testing.assert_allclose(value, expected, rtol=1e-6)
   assert set(metrics) == {"mk_mmd_features", "mk_mmd_logits"}
+
+
+def test_mdd_and_afn_follow_tllib_initialisation():
+  """MDD's heads and bottleneck, AFN's bottleneck: TLlib's initialisations."""
+  from tljax import models
+  for name, checks in (("mdd", ("tllib_mdd",)), ("afn", ("tllib_afn",))):
+    config = _config(name)
+    assert config.model.init_scheme == checks[0]
+    classifier = models.create_classifier(config.model, 10)
+    variables = classifier.init(jax.random.key(0), jnp.zeros((2, 28, 28, 3)))
+    params = variables["params"]
+    kernel = np.asarray(params["bottleneck"]["linear"]["kernel"])
+    bias = np.asarray(params["bottleneck"]["linear"]["bias"])
+    if name == "mdd":
+      assert abs(kernel.std() - 0.005) < 0.0005 and np.all(bias == 0.1)
+      head = np.asarray(params["head"]["hidden"]["kernel"])
+      assert abs(head.std() - 0.01) < 0.001 and np.all(params["head"]["hidden"]["bias"] == 0)
+      assert config.model.head_hidden == config.model.bottleneck_dim  # TLlib: width = bottleneck
+    else:
+      assert abs(kernel.std() - 0.01) < 0.001 and abs(bias.std() - 0.01) < 0.003
+      scale = np.asarray(params["bottleneck"]["bn"]["scale"])
+      assert abs(scale.mean() - 1) < 0.003 and 0.005 < scale.std() < 0.015
+
+
+def test_afn_dropout_preserves_the_l2_norm():
+  """TLlib's AFN block: kept units scaled by 1/sqrt(1-p), not 1/(1-p)."""
+  from tljax.models.classifier import Bottleneck
+  x = jnp.ones((4, 3))
+  for l2, scale in ((True, 1 / np.sqrt(0.5)), (False, 2.0)):
+    layer = Bottleneck(features=512, norm=False, dropout=0.5, l2_preserving_dropout=l2)
+    variables = layer.init(jax.random.key(0), x)
+    train_out = layer.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
+    eval_out = layer.apply(variables, x, train=False)
+    kept = np.asarray(train_out) != 0
+    np.testing.assert_allclose(np.asarray(train_out)[kept], scale * np.asarray(eval_out)[kept],
+                               rtol=1e-5)

@@ -82,7 +82,7 @@ def create_method(method_config: ml_collections.ConfigDict | dict, *, num_classe
     if "num_classes" in fields:
       kwargs.setdefault("num_classes", num_classes)
     return cls(**kwargs)
-  if isinstance(name, str) and all(p in terms.term_names() for p in name.split("+")):
+  if isinstance(name, str) and ("+" in name or name in terms.term_names()):
     return terms.create_terms_method(name, method_config, num_classes=num_classes,
                                      field_names=_field_names, convert=_to_field_value)
   raise ValueError(f"unknown config.method.name {name!r}; choose one of "
