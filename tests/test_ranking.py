@@ -150,6 +150,24 @@ def test_logme_stops_like_tllib():
     np.testing.assert_allclose(R.logme(features, labels, num_classes=3), tllib_rule, rtol=RTOL64)
 
 
+@pytest.mark.parametrize("n,d", [(300, 40), (150, 600)])
+def test_logme_float32_on_hard_features(n, d):
+  """Rank-deficient features (rank 12 in 40 dimensions), and more features
+  than samples (F interpolates every label; the fixed point is still moving
+  at TLlib's 11th update, so the value depends on every iterate): float32
+  must not amplify rounding noise in either."""
+  rng = np.random.default_rng(n)
+  labels = rng.integers(0, 4, n)
+  latent = rng.normal(size=(n, 12)) + rng.normal(size=(4, 12))[labels]
+  if d < n:
+    features = latent @ rng.normal(size=(12, d))
+  else:
+    features = np.maximum(latent @ rng.normal(size=(12, d)), 0.0) * rng.uniform(0.1, 5.0, d)
+  expected = np_logme_classes(features, labels, 4)
+  np.testing.assert_allclose(R.logme(np.float32(features), labels, num_classes=4), expected,
+                             rtol=RTOL32)
+
+
 def test_logme_ranks_informative_features_above_noise():
   n, d, num_classes = 400, 32, 5
   rng = np.random.default_rng(3)

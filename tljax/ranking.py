@@ -49,7 +49,7 @@ def _log_maximum_evidence(features: jax.Array, targets: jax.Array) -> jax.Array:
   `m = V (beta sigma p / (alpha + beta s))`, so
 
       |m|^2       = sum_k s_k p_k^2 beta^2 / (alpha + beta s_k)^2
-      |y - F m|^2 = |y|^2 - |p|^2 + sum_k p_k^2 alpha^2 / (alpha + beta s_k)^2
+      |y - F m|^2 = |y - U p|^2 + sum_k p_k^2 alpha^2 / (alpha + beta s_k)^2
 
   and every update is `O(k)` per column, for all columns at once.
   """
@@ -59,8 +59,13 @@ def _log_maximum_evidence(features: jax.Array, targets: jax.Array) -> jax.Array:
   s = sigma**2                                              # (k,)
   projections = _matmul(u.T, targets)                       # (k, C)
   squared_projections = projections**2
-  outside = jnp.maximum(
-      jnp.sum(targets**2, axis=0) - jnp.sum(squared_projections, axis=0), 0.0)
+  # |y - U p|^2 from the residual itself: |y|^2 - |p|^2 cancels
+  # catastrophically when y lies nearly in the span of U. When N <= D, U is
+  # square and orthogonal, and the residual is exactly 0.
+  if s.shape[0] == n:
+    outside = jnp.zeros((targets.shape[1],), dtype)
+  else:
+    outside = jnp.sum((targets - _matmul(u, projections))**2, axis=0)
   num_zero_eigenvalues = d - s.shape[0]
 
   def update(alpha, beta):

@@ -15,6 +15,12 @@ Padded batches: every function takes a boolean `mask` (or one per domain)
 marking the real rows; masked rows are ignored everywhere (means, neighbour
 sets, the domain classifier's fit).
 
+DEV and IWCV weight the source validation rows by a density ratio from a
+logistic-regression domain classifier. In the table (one eval pass) it is
+fitted on those same source validation features vs the target features; the
+functions also take a separate fitting set (the DEV paper fits on source
+training features), see `importance_weights`.
+
 Validators:
   source_accuracy  accuracy on held-out source data                 higher
   target_entropy   mean prediction entropy on target                 lower
@@ -362,6 +368,17 @@ def importance_weights(source_features: jax.Array,
   fitted rows lean towards their own domain), negligible for a linear
   classifier on thousands of rows.
 
+  Args:
+    source_features: `(n_s, d)` features of the rows to weight.
+    target_features: `(n_t, d)` target features.
+    fit_source_features: `(m_s, d)` source rows to fit on instead of
+      `source_features`.
+    fit_target_features: `(m_t, d)` target rows to fit on instead of
+      `target_features`.
+    source_mask, target_mask, fit_source_mask, fit_target_mask: real rows of
+      each array (a default fitting set takes the mask of its array).
+    l2, max_iterations: see `fit_domain_classifier`.
+
   Returns:
     `(n_s,)` weights (0 on masked rows).
   """
@@ -376,7 +393,9 @@ def importance_weights(source_features: jax.Array,
   return jnp.where(_row_mask(weights.shape[0], source_mask), weights, 0.0)
 
 
-def per_example_loss(logits: jax.Array, labels: jax.Array, loss: str = "cross_entropy"):
+@functools.partial(jax.jit, static_argnames="loss")
+def per_example_loss(logits: jax.Array, labels: jax.Array,
+                     loss: str = "cross_entropy") -> jax.Array:
   """`(n,)` cross-entropy `-log softmax(logits)_y` or 0-1 error `1[argmax != y]`."""
   logits = as_float_matrix(logits)
   if loss == "cross_entropy":
@@ -639,7 +658,13 @@ def _average_ranks(x: jax.Array) -> jax.Array:
 def spearman(x: jax.Array, y: jax.Array) -> jax.Array:
   """Spearman's rank correlation: Pearson's correlation of the average ranks.
 
-  nan when either input is constant (as scipy's `spearmanr`).
+  Ties share the mean of their positions (scipy's `rankdata` default). nan
+  when either input is constant, as scipy's `spearmanr`. Inputs must be
+  finite (`rank_correlations` drops the records with gaps).
+
+  Args:
+    x: `(m,)` values.
+    y: `(m,)` values.
   """
   x, y = as_float(x), as_float(y)
   rank_x = _average_ranks(x)
@@ -653,7 +678,8 @@ Records = Mapping[int, Mapping[str, Any]] | Iterable[tuple[int, Mapping[str, Any
 
 def _sorted_records(records: Records) -> list[tuple[int, dict[str, float]]]:
   items = records.items() if isinstance(records, Mapping) else records
-  rows = [(int(step), {name: float(value) for name, value in values.items()})
+  rows = [(int(step), {name: float(value) for name, value in values.items()
+                       if value is not None})
           for step, values in items]
   steps = [step for step, _ in rows]
   if len(set(steps)) != len(steps):
@@ -675,8 +701,8 @@ def select_steps(records: Records, *,
 
   Args:
     records: `step -> {validator: value}` (a mapping or `(step, values)`
-      pairs); a validator may be missing from some records. nan values are
-      skipped (a score that could not be computed selects nothing).
+      pairs); a validator may be missing from some records. None and nan
+      values are skipped (a score that could not be computed selects nothing).
     directions: `name -> higher_is_better` for names outside `VALIDATORS`
       (or to override them).
 
