@@ -32,6 +32,9 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config.target_split = "train"
   config.eval_source_split = "test"
   config.eval_target_split = "test"
+  # Held-out labelled source data for the source-based validators (source
+  # accuracy, DEV, IWCV); "" computes only the target-only ones.
+  config.source_val_split = "test"
   config.data_dir = ml_collections.config_dict.placeholder(str)  # None: TFDS default dir
   config.manual_dir = ml_collections.config_dict.placeholder(str)  # user-provided files
 
@@ -81,7 +84,14 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config.log_every = 50
   config.eval_every = 500
   config.checkpoint_every = 500
-  config.keep_checkpoints = 2
+  config.keep_checkpoints = 2  # the latest N; steps a validator selects are kept too
+
+  # Unsupervised model selection (tljax/validators.py), computed at every
+  # evaluation on `source_val_split` and the unlabelled target training split.
+  config.validation = ml_collections.ConfigDict()
+  config.validation.validators = ("source_accuracy", "target_entropy", "snd", "bnm", "dev",
+                                  "iwcv")
+  config.validation.max_examples = 4000  # validators read at most this many examples per domain
 
   # Optimizer: TLlib's SGD + nesterov and its inverse decay schedule (TLlib's
   # DANN/CDAN setting, shared by every method on the digits task so that
@@ -168,6 +178,9 @@ def _office31(config: ml_collections.ConfigDict) -> None:
   config.target = "office31/webcam"
   config.eval_source_split = "train"
   config.eval_target_split = "train"
+  # Office-31 domains have one split; for source-based validators hold part out:
+  # --config.source_split='train[:90%]' --config.source_val_split='train[90%:]'.
+  config.source_val_split = ""
   config.data.image_size = 224
   # crop: "random_resized" (scale 0.08-1, TLlib's default) or "random" (TLlib's 'ran.crop').
   config.data.train_preprocess = ml_collections.ConfigDict({"name": "imagenet_train",

@@ -35,8 +35,19 @@ def test_end_to_end_run_writes_its_files(make_config, tmp_path, caplog):
   with open(os.path.join(workdir, "results.json")) as f:
     on_disk = json.load(f)
   for key in ("target_accuracy", "source_accuracy", "step", "config", "versions",
-              "target_per_class_accuracy"):
+              "target_per_class_accuracy", "oracle_best", "selected"):
     assert key in on_disk
+  # Three ways: final (step 6), oracle-best (the eval with the best target
+  # accuracy) and each validator's pick, with that step's target accuracy.
+  evals = {l["step"]: l for l in _jsonl(workdir) if l["kind"] == "validators"}
+  assert sorted(evals) == [3, 6]
+  best = max(evals, key=lambda k: (evals[k]["oracle"], -k))
+  assert on_disk["oracle_best"]["step"] == best
+  assert on_disk["oracle_best"]["target_accuracy"] == evals[best]["target_accuracy"]
+  assert set(on_disk["selected"]) == {"source_accuracy", "target_entropy", "snd", "bnm", "dev",
+                                      "iwcv"}
+  for name, pick in on_disk["selected"].items():
+    assert pick["target_accuracy"] == evals[pick["step"]]["target_accuracy"], name
   assert on_disk["step"] == 6 and on_disk["target_accuracy"] == results["target_accuracy"]
   assert 0.0 <= on_disk["target_accuracy"] <= 1.0 and len(on_disk["target_per_class_accuracy"]) == 10
   assert on_disk["config"]["source"] == "digits" and on_disk["versions"]["jax"] == jax.__version__
@@ -69,8 +80,8 @@ def test_one_device_and_eight_devices_agree(make_config, tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_clear_message(make_config, tmp_path):
-  config = make_config(**{"optimizer.learning_rate": float("nan")})
-  with pytest.raises(train.NonFiniteError, match=r"step 2: .*not finite.*learning_rate"):
+  config = make_config(**{"optimizer.learning_rate": 1e30})
+  with pytest.raises(train.NonFiniteError, match=r"step \d: .*loss=nan.*not finite.*learning_rate"):
     train.train_and_evaluate(config, str(tmp_path / "nan"), devices=jax.devices()[:1])
 
 
@@ -89,7 +100,8 @@ def test_unknown_dataset(make_config, tmp_path):
 
 def test_uncovered_param_groups_in_a_run(make_config, tmp_path):
   with pytest.raises(ValueError, match="covers no group for"):
-    train.train_and_evaluate(make_config(param_groups=[("head/.*", 1.0)]), str(tmp_path / "x"),
+    train.train_and_evaluate(make_config(param_groups=(("classifier/head/.*", 1.0),)),
+                             str(tmp_path / "x"),
                              devices=jax.devices()[:1])
 
 

@@ -48,6 +48,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import tljax
 from tljax import config_checks
+from tljax import evaluation
 from tljax import features as features_lib
 from tljax import models, optim
 from tljax import workdir as workdir_lib
@@ -73,17 +74,6 @@ def guarded_step(state: TrainState, batch: dict, *, method, ctx) -> tuple[TrainS
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
   metrics = {**metrics, "learning_rate": ctx.schedule(state.step), "finite": finite}
   return new_state.replace(step=state.step + 1), metrics
-
-
-def eval_step(variables: dict, batch: dict, *, classifier, num_classes: int) -> dict:
-  """Masked per-class counts of correct predictions, and the summed loss."""
-  _, logits = classifier.apply(variables, batch["image"], train=False)
-  mask = batch["mask"]
-  labels = batch["label"]
-  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32) * mask
-  onehot = jax.nn.one_hot(labels, num_classes)
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels) * mask
-  return {"correct": onehot.T @ correct, "count": onehot.T @ mask, "loss": loss.sum()}
 
 
 def _predict(variables: dict, images: jax.Array, *, classifier) -> tuple[jax.Array, jax.Array]:
@@ -113,7 +103,6 @@ class Setup:
   state: TrainState
   frozen_norm: str
   train_step: Any  # jitted: (state, batch) -> (state, metrics); donates state
-  eval_step: Any  # jitted: (classifier variables, batch) -> counts
   predict: Any  # jitted: (classifier variables, images) -> (features, logits)
   batch_statistics: Any  # jitted: (classifier variables, images) -> scaled batch stats
   source_of_init: str = ""
@@ -201,13 +190,12 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
     state = jax.jit(init_state, out_shardings=replicated)(train_rng, params, model_state)
   step_fn = jax.jit(functools.partial(guarded_step, method=method, ctx=ctx),
                     donate_argnums=(0,), out_shardings=(replicated, replicated))
-  eval_fn = jax.jit(functools.partial(eval_step, classifier=classifier, num_classes=num_classes),
-                    out_shardings=replicated)
-  predict_fn = jax.jit(functools.partial(_predict, classifier=classifier))
+  predict_fn = jax.jit(functools.partial(_predict, classifier=classifier),
+                       out_shardings=replicated)
   statistics_fn = jax.jit(functools.partial(_batch_statistics, classifier=classifier),
                           out_shardings=replicated)
   return Setup(method=method, ctx=ctx, state=state, frozen_norm=frozen_norm, train_step=step_fn,
-               eval_step=eval_fn, predict=predict_fn, batch_statistics=statistics_fn,
+               predict=predict_fn, batch_statistics=statistics_fn,
                source_of_init=source_of_init)
 
 
@@ -240,10 +228,14 @@ def _load_pretrained(params: dict, model_state: dict, config) -> tuple[dict, dic
 
 @dataclasses.dataclass(frozen=True)
 class Domains:
+  """The splits a run reads. `source_val` (held-out labelled source, for the
+  validators) is None when `config.source_val_split` is empty."""
+
   source_train: Any
   target_train: Any
   source_eval: Any
   target_eval: Any
+  source_val: Any
   num_classes: int
   input_shape: tuple[int, ...]
 
@@ -280,6 +272,10 @@ def _open_data(config: ml_collections.ConfigDict, workdir: str) -> Domains:
                                  "eval_source_split", open_kwargs)
   target_eval = _open_eval_split(config.target, config.eval_target_split, config.target_split,
                                  "eval_target_split", open_kwargs)
+  source_val = None
+  if config.source_val_split:
+    source_val = (source_eval if config.source_val_split == config.eval_source_split
+                  else open_domain(config.source, config.source_val_split, **open_kwargs))
   if source_train.class_names != target_train.class_names:
     raise ValueError(
         f"source {config.source!r} and target {config.target!r} have different classes: "
@@ -295,9 +291,13 @@ def _open_data(config: ml_collections.ConfigDict, workdir: str) -> Domains:
     source_train, target_train, source_eval, target_eval = (
         features_lib.feature_domain(extractor, d, cache_dir, num_threads=config.data.num_threads)
         for d in (source_train, target_train, source_eval, target_eval))
+    if source_val is not None:
+      source_val = (source_eval if config.source_val_split == config.eval_source_split
+                    else features_lib.feature_domain(extractor, source_val, cache_dir,
+                                                     num_threads=config.data.num_threads))
   input_shape = preprocess.get_preprocess(**config.data.eval_preprocess)(
       source_train.source[0], np.random.default_rng(0))["image"].shape
-  return Domains(source_train, target_train, source_eval, target_eval,
+  return Domains(source_train, target_train, source_eval, target_eval, source_val,
                  source_train.num_classes, tuple(input_shape))
 
 
@@ -364,24 +364,6 @@ def _eval_batches(config, domain, sharding: NamedSharding) -> Iterator[dict]:
                          sharding)
 
 
-def evaluate(eval_fn, variables, domain, config, sharding, num_classes) -> dict[str, Any]:
-  """Accuracy, mean per-class accuracy and loss of the model on one domain split."""
-  correct = np.zeros(num_classes)
-  count = np.zeros(num_classes)
-  loss = 0.0
-  for batch in _eval_batches(config, domain, sharding):
-    out = jax.device_get(eval_fn(variables, batch))
-    correct += out["correct"]
-    count += out["count"]
-    loss += float(out["loss"])
-  total = count.sum()
-  per_class = np.where(count > 0, correct / np.maximum(count, 1), np.nan)
-  return {"accuracy": float(correct.sum() / total), "loss": loss / total,
-          "mean_class_accuracy": float(np.nanmean(per_class)),
-          "per_class_accuracy": [None if np.isnan(a) else float(a) for a in per_class],
-          "num_examples": int(total)}
-
-
 def recompute_batch_statistics(setup: Setup, variables: dict, domain, config,
                                sharding: NamedSharding) -> dict:
   """`variables` with BatchNorm statistics averaged over `domain` (AdaBN): the
@@ -403,15 +385,9 @@ def recompute_batch_statistics(setup: Setup, variables: dict, domain, config,
 
 
 def predict_all(setup: Setup, variables: dict, domain, config,
-                sharding: NamedSharding) -> tuple[np.ndarray, np.ndarray]:
-  """Features and logits of every example of `domain`, in order."""
-  features, logits = [], []
-  for batch in _eval_batches(config, domain, sharding):
-    f, l = jax.device_get(setup.predict(variables, batch["image"]))
-    keep = np.asarray(jax.device_get(batch["mask"])) > 0
-    features.append(np.asarray(f)[keep])
-    logits.append(np.asarray(l)[keep])
-  return np.concatenate(features), np.concatenate(logits)
+                sharding: NamedSharding) -> evaluation.Predictions:
+  """Features, logits and labels of every example of `domain`, in order."""
+  return evaluation.predictions(setup.predict, variables, _eval_batches(config, domain, sharding))
 
 
 # ----------------------------------------------------------------------------
@@ -636,23 +612,42 @@ def _restore(run: Run, setup: Setup) -> TrainState:
   return state
 
 
-def _checkpoint_manager(run: Run) -> ocp.CheckpointManager:
+def _checkpoint_manager(run: Run, selection: evaluation.Selection | None = None
+                        ) -> ocp.CheckpointManager:
+  """The run's checkpoints: the latest `keep_checkpoints`, and every step a
+  validator (or the oracle) selects."""
+  policy = evaluation.KeepSelected(run.config.keep_checkpoints,
+                                   selection or evaluation.Selection())
   return ocp.CheckpointManager(
       os.path.abspath(os.path.join(run.workdir, "checkpoints")),
-      options=ocp.CheckpointManagerOptions(max_to_keep=run.config.keep_checkpoints, create=True))
+      options=ocp.CheckpointManagerOptions(preservation_policy=policy, create=True))
 
 
-def _evaluate_both(run: Run, setup: Setup, domains: Domains, state: TrainState) -> dict:
+def _evaluate(run: Run, setup: Setup, domains: Domains, state: TrainState) -> dict:
+  """One evaluation: accuracies on the evaluation splits and the validators."""
+  config = run.config
   variables = setup.method.eval_variables(
       setup.ctx, state,
-      lambda v: recompute_batch_statistics(setup, v, domains.target_train, run.config,
+      lambda v: recompute_batch_statistics(setup, v, domains.target_train, config,
                                            run.batch_sharding))
-  return {
-      "source": evaluate(setup.eval_step, variables, domains.source_eval, run.config,
-                         run.batch_sharding, domains.num_classes),
-      "target": evaluate(setup.eval_step, variables, domains.target_eval, run.config,
-                         run.batch_sharding, domains.num_classes),
-  }
+  predict = lambda domain: predict_all(setup, variables, domain, config, run.batch_sharding)
+  source, target = predict(domains.source_eval), predict(domains.target_eval)
+  source_val = None
+  if domains.source_val is not None:
+    source_val = source if domains.source_val is domains.source_eval else predict(domains.source_val)
+  same_target = (config.target_split == config.eval_target_split
+                 or len(domains.target_train) == len(domains.target_eval) and
+                 domains.target_eval.split == domains.target_train.split)
+  unlabelled = target if same_target else predict(domains.target_train)
+  source_report = evaluation.accuracy_report(source, domains.num_classes)
+  target_report = evaluation.accuracy_report(target, domains.num_classes)
+  values = evaluation.validator_values(source_val, unlabelled,
+                                       names=tuple(config.validation.validators),
+                                       max_examples=config.validation.max_examples)
+  record = {**values, evaluation.ORACLE: target_report["accuracy"],
+            "target_accuracy": target_report["accuracy"],
+            "source_accuracy": source_report["accuracy"]}
+  return {"source": source_report, "target": target_report, "record": record}
 
 
 def _eval_scalars(result: dict) -> dict[str, float]:
@@ -668,14 +663,15 @@ def _refresh(run: Run, setup: Setup, domains: Domains, state: TrainState) -> Tra
   return setup.method.refresh(setup.ctx, state, predict)
 
 
-def _train(run: Run, setup: Setup, domains: Domains, state: TrainState,
-           writer) -> tuple[TrainState, dict | None, float, int]:
-  """The loop: steps, evaluation every `eval_every`, checkpoints every
-  `checkpoint_every`, and a checkpoint before exiting on SIGTERM/SIGINT."""
+def _train(run: Run, setup: Setup, domains: Domains, state: TrainState, writer,
+           selection: evaluation.Selection) -> tuple[TrainState, dict | None, float, int]:
+  """The loop: steps, evaluation every `eval_every` (recorded in `selection`),
+  checkpoints every `checkpoint_every` and at every step a validator selects,
+  and a checkpoint before exiting on SIGTERM/SIGINT."""
   config, method = run.config, setup.method
   first_step, total = int(state.step), config.total_steps
   batches = _train_batches(config, domains, method, first_step, run.batch_sharding)
-  manager = _checkpoint_manager(run)
+  manager = _checkpoint_manager(run, selection)
   stop = _StopRequest().install()
   window = TrainWindow(total)
   pending = None  # (step, metrics) of the step dispatched last: read one step late
@@ -719,11 +715,14 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState,
       pending = (step, metrics)
       preempted = stop.signal is not None or (
           jax.process_count() > 1 and manager.reached_preemption(step))
+      selected = False
       if step % config.eval_every == 0 or step == total:
         flush()
-        last_eval = _evaluate_both(run, setup, domains, state)
+        last_eval = _evaluate(run, setup, domains, state)
+        selection.add(step, last_eval["record"])
         _log_eval(writer, step, last_eval)
-      if step % config.checkpoint_every == 0 or step == total or preempted:
+        selected = step in selection.steps_to_keep()
+      if step % config.checkpoint_every == 0 or step == total or preempted or selected:
         flush()
         manager.save(step, args=ocp.args.StandardSave(state), force=preempted)
       if preempted:
@@ -746,16 +745,24 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState,
 def _log_eval(writer, step: int, result: dict) -> None:
   scalars = _eval_scalars(result)
   writer.write_scalars(step, {f"eval/{k}": v for k, v in scalars.items()})
-  logging.info("eval @ %d: source accuracy %.2f%%, target accuracy %.2f%%", step,
-               100 * scalars["source_accuracy"], 100 * scalars["target_accuracy"])
+  writer.write_scalars(step, {f"validators/{k}": v for k, v in result["record"].items()})
+  shown = ", ".join(f"{k} {v:.4g}" for k, v in result["record"].items()
+                    if k not in ("oracle", "target_accuracy", "source_accuracy"))
+  logging.info("eval @ %d: source accuracy %.2f%%, target accuracy %.2f%% | %s", step,
+               100 * scalars["source_accuracy"], 100 * scalars["target_accuracy"], shown)
 
 
 def _write_results(run: Run, setup: Setup, state: TrainState, last_eval: dict,
-                   train_time: float, first_step: int) -> dict[str, Any]:
+                   selection: evaluation.Selection, train_time: float,
+                   first_step: int) -> dict[str, Any]:
+  """results.json: the final numbers, the oracle-best step, and each validator's pick."""
   config = run.config
   source, target = last_eval["source"], last_eval["target"]
   steps_timed = config.total_steps - first_step - 1
+  picks = selection.report()
+  oracle = picks.pop(evaluation.ORACLE, None)
   results = {
+      # Final: the last step, what a run without any selection reports.
       "target_accuracy": target["accuracy"],
       "source_accuracy": source["accuracy"],
       "target_mean_class_accuracy": target["mean_class_accuracy"],
@@ -764,6 +771,15 @@ def _write_results(run: Run, setup: Setup, state: TrainState, last_eval: dict,
       "target_eval": f"{config.target}:{config.eval_target_split}",
       "source_eval": f"{config.source}:{config.eval_source_split}",
       "step": int(state.step),
+      # Oracle-best: the evaluation with the highest target accuracy, chosen
+      # with target labels (TLlib's protocol; unavailable in practice).
+      "oracle_best": oracle,
+      # What each unsupervised validator picks, and that step's target accuracy.
+      "selected": picks,
+      "validators_final": {k: v for k, v in last_eval["record"].items()
+                           if k not in ("oracle", "target_accuracy", "source_accuracy")},
+      "validator_rank_correlation": selection.rank_correlations(),
+      "selected_checkpoints": sorted(selection.steps_to_keep()),
       "method": config.method.name,
       "initialised_from": setup.source_of_init or None,
       "config_changes_allowed_on_resume": run.allowed_changes,
@@ -808,12 +824,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                  optim.describe_groups(setup.state.params, config.param_groups),
                  setup.frozen_norm or "(none)")
     state = _restore(run, setup)
+    selection = evaluation.Selection.from_metrics(os.path.join(workdir, "metrics.jsonl"),
+                                                  int(state.step))
     writer = _create_writer(workdir, int(state.step))
     try:
-      state, last_eval, train_time, first_step = _train(run, setup, domains, state, writer)
+      state, last_eval, train_time, first_step = _train(run, setup, domains, state, writer,
+                                                        selection)
       if last_eval is None:  # nothing left to train: the run had already finished
-        last_eval = _evaluate_both(run, setup, domains, state)
-      results = _write_results(run, setup, state, last_eval, train_time, first_step)
+        last_eval = _evaluate(run, setup, domains, state)
+      results = _write_results(run, setup, state, last_eval, selection, train_time, first_step)
     finally:
       writer.close()
   finally:

@@ -1,0 +1,175 @@
+"""Evaluation passes, unsupervised validators, and checkpoint selection.
+
+Every evaluation of a run (`train._evaluate`) runs the classifier over the
+evaluation splits once, keeps each example's features and logits, and from
+those computes
+
+  * accuracies on the labelled evaluation splits; the target one is the
+    *oracle* (it reads target labels, which a practitioner does not have);
+  * the unsupervised validators of `tljax.validators` on held-out labelled
+    source data (`config.source_val_split`) and unlabelled target data (the
+    target training split): source accuracy, target entropy, SND, BNM, DEV,
+    IWCV.
+
+`Selection` keeps every evaluation's record, says which step each validator
+(and the oracle) would pick, and tells the checkpoint manager to keep those
+steps whatever `keep_checkpoints` says (`KeepSelected`). Records also go to
+`metrics.jsonl` (kind `validators`), from which a resumed run rebuilds the
+history, so its selections are those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
+
+from tljax import validators as validators_lib
+
+ORACLE = "oracle"
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+  """One split's outputs, in order: `(n, D)` features, `(n, C)` logits, `(n,)` labels."""
+
+  features: np.ndarray
+  logits: np.ndarray
+  labels: np.ndarray
+
+
+def predictions(predict_fn: Callable, variables: Any, batches: Iterator[dict]) -> Predictions:
+  """Runs `predict_fn(variables, images) -> (features, logits)` over padded
+  evaluation batches and keeps the real (mask 1) examples."""
+  features, logits, labels = [], [], []
+  for batch in batches:
+    f, l = jax.device_get(predict_fn(variables, batch["image"]))
+    keep = np.asarray(jax.device_get(batch["mask"])) > 0
+    features.append(np.asarray(f, np.float32)[keep])
+    logits.append(np.asarray(l, np.float32)[keep])
+    labels.append(np.asarray(jax.device_get(batch["label"]))[keep])
+  return Predictions(np.concatenate(features), np.concatenate(logits), np.concatenate(labels))
+
+
+def accuracy_report(pred: Predictions, num_classes: int) -> dict[str, Any]:
+  """Accuracy, mean per-class accuracy, per-class accuracies and mean loss."""
+  logits = pred.logits.astype(np.float64)
+  correct = np.argmax(logits, -1) == pred.labels
+  log_norm = np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1)) + logits.max(-1)
+  loss = log_norm - logits[np.arange(len(logits)), pred.labels]
+  count = np.bincount(pred.labels, minlength=num_classes)
+  hits = np.bincount(pred.labels, weights=correct, minlength=num_classes)
+  per_class = np.where(count > 0, hits / np.maximum(count, 1), np.nan)
+  return {"accuracy": float(correct.mean()), "loss": float(loss.mean()),
+          "mean_class_accuracy": float(np.nanmean(per_class)),
+          "per_class_accuracy": [None if np.isnan(a) else float(a) for a in per_class],
+          "num_examples": int(len(correct))}
+
+
+def _subsample(pred: Predictions, max_examples: int) -> Predictions:
+  """At most `max_examples` rows, evenly spaced (deterministic)."""
+  n = len(pred.labels)
+  if n <= max_examples:
+    return pred
+  index = np.linspace(0, n - 1, max_examples).round().astype(int)
+  return Predictions(pred.features[index], pred.logits[index], pred.labels[index])
+
+
+def validator_values(source_val: Predictions | None, target: Predictions, *,
+                     names: Sequence[str], max_examples: int) -> dict[str, float]:
+  """The validators `names` from held-out source predictions (None: only the
+  target-only validators) and unlabelled target predictions."""
+  target = _subsample(target, max_examples)
+  inputs = {"target_logits": jnp.asarray(target.logits),
+            "target_features": jnp.asarray(target.features)}
+  if source_val is not None:
+    source_val = _subsample(source_val, max_examples)
+    inputs.update(source_logits=jnp.asarray(source_val.logits),
+                  source_labels=jnp.asarray(source_val.labels),
+                  source_features=jnp.asarray(source_val.features))
+  unknown = sorted(set(names) - set(validators_lib.VALIDATORS))
+  if unknown:
+    raise ValueError(f"config.validation.validators names unknown validators {unknown}; "
+                     f"known: {sorted(n for n in validators_lib.VALIDATORS if n != ORACLE)}")
+  usable = [n for n in names if n != ORACLE and all(
+      k in inputs for k in validators_lib.VALIDATORS[n].inputs)]
+  values = validators_lib.evaluate(inputs, usable)
+  return {name: float(value) for name, value in values.items()}
+
+
+# ----------------------------------------------------------------------------
+# Selection over a run's evaluations.
+# ----------------------------------------------------------------------------
+
+
+class Selection:
+  """Every evaluation's record `{validator: value, 'oracle': target accuracy,
+  'target_accuracy': ..., 'source_accuracy': ...}` by step."""
+
+  def __init__(self):
+    self.records: dict[int, dict[str, float]] = {}
+
+  def add(self, step: int, record: Mapping[str, float]) -> None:
+    self.records[int(step)] = dict(record)
+
+  @classmethod
+  def from_metrics(cls, path: str, up_to_step: int) -> "Selection":
+    """The records a run wrote to metrics.jsonl up to `up_to_step`."""
+    selection = cls()
+    if os.path.exists(path):
+      with open(path) as f:
+        for line in f:
+          entry = json.loads(line)
+          if entry.get("kind") == "validators" and entry["step"] <= up_to_step:
+            selection.add(entry["step"], {k: v for k, v in entry.items()
+                                          if k not in ("step", "kind")})
+    return selection
+
+  def _scores(self) -> dict[int, dict[str, float]]:
+    names = set(validators_lib.VALIDATORS)
+    return {step: {k: v for k, v in record.items() if k in names}
+            for step, record in self.records.items()}
+
+  def selected(self) -> dict[str, int]:
+    """`validator -> step` it selects (the oracle included)."""
+    return validators_lib.select_steps(self._scores())
+
+  def steps_to_keep(self) -> set[int]:
+    return set(self.selected().values())
+
+  def report(self) -> dict[str, dict[str, Any]]:
+    """Per validator: the step it picks, its score there, and that step's accuracies."""
+    out = {}
+    for name, step in sorted(self.selected().items()):
+      record = self.records[step]
+      out[name] = {"step": step, "score": record[name],
+                   "target_accuracy": record.get("target_accuracy"),
+                   "source_accuracy": record.get("source_accuracy"),
+                   "higher_is_better": validators_lib.VALIDATORS[name].higher_is_better}
+    return out
+
+  def rank_correlations(self) -> dict[str, float]:
+    """Spearman correlation of each validator with target accuracy over this
+    run's evaluations, oriented so that +1 means 'ranks them as the oracle'
+    (None with fewer than two evaluations or a constant score)."""
+    correlations = validators_lib.rank_correlations(self._scores(), oriented=True)
+    return {k: None if np.isnan(v) else float(v) for k, v in correlations.items()}
+
+
+@dataclasses.dataclass
+class KeepSelected(preservation.PreservationPolicy):
+  """Keeps the latest `n` checkpoints and every step a validator selects."""
+
+  n: int
+  selection: Selection
+
+  def should_preserve(self, checkpoints, *, context):
+    latest = preservation.LatestN(self.n).should_preserve(checkpoints, context=context)
+    keep = self.selection.steps_to_keep()
+    return [bool(l) or info.step in keep for l, info in zip(latest, checkpoints)]
