@@ -8,6 +8,7 @@ the latest checkpoint in DIR.
 
 from __future__ import annotations
 
+import ast
 import logging as std_logging
 import os
 import re
@@ -54,6 +55,40 @@ def _should_initialize_distributed() -> bool:
 
 
 _started = False
+# Free-form keyword dicts: any key may be set on the command line, also one the
+# config file does not list (e.g. --config.model.backbone_kwargs.drop_path=0.1).
+_OPEN_DICTS = ("model.backbone_kwargs", "features.backbone_kwargs")
+_open_overrides: list[tuple[str, str, str]] = []
+
+
+def _take_open_overrides(argv: list[str]) -> list[str]:
+  """Removes `--config.<open dict>.<key>=<value>` flags from `argv` into
+  `_open_overrides`; `main` applies them after the config is parsed."""
+  kept = []
+  for arg in argv:
+    match = re.fullmatch(r"--config\.(%s)\.([A-Za-z_][A-Za-z0-9_]*)=(.*)" %
+                         "|".join(re.escape(d) for d in _OPEN_DICTS), arg, flags=re.S)
+    if match:
+      _open_overrides.append(match.groups())
+    else:
+      kept.append(arg)
+  return kept
+
+
+def _apply_open_overrides(config) -> None:
+  for dotted, key, text in _open_overrides:
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text  # a plain string
+    node = config
+    for part in dotted.split("."):
+      if part not in node:
+        raise ValueError(f"--config.{dotted}.{key}: the config has no {dotted}")
+      node = node[part]
+    with node.ignore_type():
+      node.unlock()
+      node[key] = value
 
 
 def main(argv):
@@ -77,6 +112,7 @@ def main(argv):
 
   from tljax import train, workdir  # pylint: disable=g-import-not-at-top
   try:
+    _apply_open_overrides(_CONFIG.value)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, allow_changes=_ALLOW_CHANGES.value)
   except (ValueError, PermissionError, FileNotFoundError, train.NonFiniteError,
           workdir.WorkdirInUseError) as e:
@@ -93,7 +129,7 @@ def _one_line(error: Exception) -> bool:
 def run() -> None:
   """`app.run(main)`, turning a bad `--config.*` override into a one-line error."""
   try:
-    app.run(main)
+    app.run(main, argv=_take_open_overrides(sys.argv))
   except (KeyError, AttributeError) as e:
     if _started:
       raise

@@ -1,11 +1,12 @@
 """Training and evaluation: the one path every tljax run takes.
 
 `train_and_evaluate(config, workdir)` reads top to bottom in phases, each a
-short function: `_open_run` (checks, workdir lock, run identity, logging),
-`_open_data` (the domains), `build` (mesh-replicated state, the method's step
-context, the jitted steps), `_restore` (the latest checkpoint that restores),
-`_train` (the loop: steps, periodic evaluation, checkpoints, preemption),
-`_final_evaluation` and `_write_results`.
+short function: `_open_run` (config checks, mesh), `_open_data` (the
+domains), `build` (mesh-replicated state, the method's step context, the
+jitted steps), `_claim_workdir` (lock, run identity, config.json: nothing is
+written before the config, data and model are known good), `_restore` (the
+latest checkpoint that restores), `_train` (the loop: steps, evaluations with
+validators, checkpoints, preemption) and `_write_results`.
 
 The train step is the method's own (`tljax/methods`):
 
@@ -295,7 +296,7 @@ def _open_data(config: ml_collections.ConfigDict, workdir: str) -> Domains:
       source_val = (source_eval if config.source_val_split == config.eval_source_split
                     else features_lib.feature_domain(extractor, source_val, cache_dir,
                                                      num_threads=config.data.num_threads))
-  input_shape = preprocess.get_preprocess(**config.data.eval_preprocess)(
+  input_shape = preprocess.from_config(config.data.eval_preprocess, config.data.image_size)(
       source_train.source[0], np.random.default_rng(0))["image"].shape
   return Domains(source_train, target_train, source_eval, target_eval, source_val,
                  source_train.num_classes, tuple(input_shape))
@@ -323,7 +324,7 @@ def _train_batches(config, domains: Domains, method, first_step: int,
   kwargs = dict(global_batch_size=config.batch_size, start_step=first_step,
                 process_index=jax.process_index(), process_count=jax.process_count(),
                 num_threads=config.data.num_threads, num_workers=config.data.num_workers)
-  train_pp = preprocess.get_preprocess(**config.data.train_preprocess)
+  train_pp = preprocess.from_config(config.data.train_preprocess, config.data.image_size)
   streams = {}
   if "source" in method.inputs:
     streams["source"] = pipeline.train_batches(domains.source_train, preprocess=train_pp,
@@ -332,7 +333,8 @@ def _train_batches(config, domains: Domains, method, first_step: int,
     target_pp = train_pp
     if method.target_views:
       views = {"image": train_pp}
-      views.update({v: preprocess.get_preprocess(**config.data[f"{v[len('image_'):]}_preprocess"])
+      views.update({v: preprocess.from_config(config.data[f"{v[len('image_'):]}_preprocess"],
+                                              config.data.image_size)
                     for v in method.target_views})
       target_pp = preprocess.multi_view(views)
     streams["target"] = pipeline.train_batches(domains.target_train, preprocess=target_pp,
@@ -357,7 +359,7 @@ def _train_batches(config, domains: Domains, method, first_step: int,
 def _eval_batches(config, domain, sharding: NamedSharding) -> Iterator[dict]:
   batches = pipeline.eval_batches(
       domain, global_batch_size=config.eval_batch_size,
-      preprocess=preprocess.get_preprocess(**config.data.eval_preprocess),
+      preprocess=preprocess.from_config(config.data.eval_preprocess, config.data.image_size),
       process_index=jax.process_index(), process_count=jax.process_count(),
       num_threads=config.data.num_threads, num_workers=config.data.num_workers)
   return _device_batches(({k: v for k, v in b.items() if k != "index"} for b in batches),
@@ -561,8 +563,8 @@ def _run_id() -> str:
   return bytes(own).decode().strip()
 
 
-def _open_run(config: ml_collections.ConfigDict, workdir: str, devices, allow_changes) -> Run:
-  """Checks the config, takes the workdir, checks the run identity, writes config.json."""
+def _open_run(config: ml_collections.ConfigDict, workdir: str, devices) -> Run:
+  """Checks the config and the workdir path, and makes the mesh. Writes nothing."""
   start_time = time.time()
   config_checks.validate(config)
   devices = list(devices) if devices is not None else jax.devices()
@@ -570,28 +572,35 @@ def _open_run(config: ml_collections.ConfigDict, workdir: str, devices, allow_ch
     if config[name] % len(devices):
       raise ValueError(f"config.{name}={config[name]} must be divisible by the number of "
                        f"devices ({len(devices)})")
-  is_main = jax.process_index() == 0
-  config_checks.check_workdir(workdir)
-  lock = workdir_lib.WorkdirLock(workdir, _run_id()).acquire() if is_main else None
-  try:
-    allowed = workdir_lib.check_run_identity(workdir, config, allow_changes=allow_changes,
-                                             write=is_main)
-    if is_main:
-      path = os.path.join(workdir, "config.json")
-      with open(path + ".tmp", "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
-      os.replace(path + ".tmp", path)
-  except BaseException:
-    if lock is not None:
-      lock.release()
-    raise
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir={workdir!r} is a file, not a directory; pass a directory")
   logging.info("tljax %s | %s", tljax.__version__, json.dumps(versions()))
   mesh = jax.make_mesh((len(devices),), ("data",),
                        axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
   logging.info("Mesh: %d devices over %d processes (%s).", len(devices), jax.process_count(),
                jax.default_backend())
   return Run(config, workdir, mesh, NamedSharding(mesh, P()), NamedSharding(mesh, P("data")),
-             lock, start_time, allowed)
+             None, start_time, [])
+
+
+def _claim_workdir(run: Run, allow_changes: Sequence[str]) -> None:
+  """Once the config, data and model are known good: takes the workdir's lock,
+  checks the run identity against a run already there, writes config.json."""
+  is_main = jax.process_index() == 0
+  config_checks.check_workdir(run.workdir)
+  run.lock = workdir_lib.WorkdirLock(run.workdir, _run_id()).acquire() if is_main else None
+  try:
+    run.allowed_changes = workdir_lib.check_run_identity(
+        run.workdir, run.config, allow_changes=allow_changes, write=is_main)
+    if is_main:
+      path = os.path.join(run.workdir, "config.json")
+      with open(path + ".tmp", "w") as f:
+        f.write(run.config.to_json_best_effort(indent=2))
+      os.replace(path + ".tmp", path)
+  except BaseException:
+    if run.lock is not None:
+      run.lock.release()
+    raise
 
 
 def _restore(run: Run, setup: Setup) -> TrainState:
@@ -814,11 +823,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     The contents of `results.json`.
   """
   config = ml_collections.ConfigDict(config)  # a copy
-  run = _open_run(config, workdir, devices, allow_changes)
+  run = _open_run(config, workdir, devices)
+  domains = _open_data(config, workdir)
+  setup = build(config, domains.num_classes, run.mesh, domains.input_shape,
+                num_target_examples=len(domains.target_train))
+  _claim_workdir(run, allow_changes)
   try:
-    domains = _open_data(config, workdir)
-    setup = build(config, domains.num_classes, run.mesh, domains.input_shape,
-                  num_target_examples=len(domains.target_train))
     logging.info("Method %s; parameters per group: %s; BatchNorm frozen where: %s",
                  config.method.name,
                  optim.describe_groups(setup.state.params, config.param_groups),

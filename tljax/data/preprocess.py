@@ -25,9 +25,10 @@ the rest are keyword arguments, e.g. `{"name": "imagenet_train", "crop": "random
 from __future__ import annotations
 
 import functools
+import inspect
 import io
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -49,7 +50,25 @@ def register(name: str):
 def get_preprocess(name: str, **kwargs) -> PreprocessFn:
   if name not in _PREPROCESS:
     raise ValueError(f"unknown preprocessing {name!r}; choose one of {sorted(_PREPROCESS)}")
-  return _PREPROCESS[name](**kwargs)
+  try:
+    return _PREPROCESS[name](**kwargs)
+  except TypeError as e:
+    accepted = sorted(inspect.signature(_PREPROCESS[name]).parameters)
+    raise ValueError(f"preprocessing {name!r} takes {accepted}, not {sorted(kwargs)}") from e
+
+
+def from_config(preprocess_config: Mapping[str, Any], image_size: int | None = None) -> PreprocessFn:
+  """The preset a config names (`{'name': ..., **kwargs}`), with `size` set to
+  `image_size` (`config.data.image_size`) when the preset takes a size and the
+  config does not give one: the one place a run's resolution is set."""
+  kwargs = dict(preprocess_config)
+  name = kwargs.pop("name")
+  if name not in _PREPROCESS:
+    raise ValueError(f"unknown preprocessing {name!r}; choose one of {sorted(_PREPROCESS)}")
+  if (image_size and "size" not in kwargs
+      and "size" in inspect.signature(_PREPROCESS[name]).parameters):
+    kwargs["size"] = image_size
+  return get_preprocess(name, **kwargs)
 
 
 def _output(image: np.ndarray, label) -> Example:
@@ -255,8 +274,17 @@ def _crop_and_resize(image, size: int, resize: int | None, resize_mode: str, cro
 # ----------------------------------------------------------------------------
 
 
+def _resize_for(size: int, resize: int | str | None) -> int | None:
+  """TLlib's resize-then-crop ratio (256 for 224) at any output size."""
+  if resize == "auto":
+    return round(size * 256 / 224)
+  if isinstance(resize, str):
+    raise ValueError(f"resize must be a size, 'auto' or None, not {resize!r}")
+  return resize
+
+
 @register("imagenet_train")
-def imagenet_train(size: int = 224, resize: int | None = 256, resize_mode: str = "square",
+def imagenet_train(size: int = 224, resize: int | str | None = "auto", resize_mode: str = "square",
                    crop: str = "random_resized", scale: tuple[float, float] = (0.08, 1.0),
                    ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True,
                    mean=IMAGENET_MEAN, std=IMAGENET_STD) -> PreprocessFn:
@@ -264,7 +292,8 @@ def imagenet_train(size: int = 224, resize: int | None = 256, resize_mode: str =
 
   Args:
     size: output side.
-    resize: side of the first resize (None: crop the image as it is).
+    resize: side of the first resize: "auto" is `round(size * 256 / 224)` (256
+      at TLlib's 224 px), None crops the image as it is.
     resize_mode: "square" (TLlib's ResizeImage, to resize x resize) or
       "shorter_side" (torchvision's Resize).
     crop: "random_resized" (TLlib's default: RandomResizedCrop(size, scale,
@@ -277,6 +306,7 @@ def imagenet_train(size: int = 224, resize: int | None = 256, resize_mode: str =
   """
   if crop not in ("random_resized", "random"):
     raise ValueError(f"crop must be 'random_resized' or 'random', not {crop!r}")
+  resize = _resize_for(size, resize)
   normalise = _normaliser(mean, std)
   scale, ratio = tuple(scale), tuple(ratio)
 
@@ -294,9 +324,10 @@ def imagenet_train(size: int = 224, resize: int | None = 256, resize_mode: str =
 
 
 @register("imagenet_eval")
-def imagenet_eval(size: int = 224, resize: int | None = 256, resize_mode: str = "square",
+def imagenet_eval(size: int = 224, resize: int | str | None = "auto", resize_mode: str = "square",
                   mean=IMAGENET_MEAN, std=IMAGENET_STD) -> PreprocessFn:
   """TLlib's evaluation transform: resize, centre crop, normalise (arguments: `imagenet_train`)."""
+  resize = _resize_for(size, resize)
   normalise = _normaliser(mean, std)
 
   def fn(example: Example, rng: np.random.Generator) -> Example:

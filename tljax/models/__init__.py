@@ -58,7 +58,22 @@ def get_backbone(name: str, **kwargs) -> Any:
     raise ValueError(
         f"unknown backbone {name!r}; config.model.name must be one of "
         f"{', '.join(backbone_names())}")
-  return _BACKBONES[name](**kwargs)
+  factory = _BACKBONES[name]
+  try:
+    return factory(**kwargs)
+  except TypeError as e:
+    if "keyword argument" not in str(e):
+      raise
+    import inspect  # pylint: disable=g-import-not-at-top
+    signature = inspect.signature(factory)
+    accepted = sorted(k for k, p in signature.parameters.items()
+                      if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+    if any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
+      fields = getattr(factory, "__dataclass_fields__", None) or {}
+      accepted = sorted(set(accepted) | set(fields) - {"parent", "name"})
+    raise ValueError(f"backbone {name!r} does not take {e}; config.model.backbone_kwargs may "
+                     f"set {', '.join(a for a in accepted if a not in ('dtype', 'frozen_norm'))}"
+                     ) from e
 
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
