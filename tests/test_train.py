@@ -159,7 +159,7 @@ def _assert_same_run(workdir, reference):
   assert evals(workdir) == evals(reference)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_interrupted_run_resumes_bit_identically(digits_data_dir, tmp_path, uninterrupted, sig):
   workdir = str(tmp_path / "interrupted")
   command = _command(digits_data_dir, workdir, *_RESUME_ARGS)
@@ -172,9 +172,10 @@ def test_interrupted_run_resumes_bit_identically(digits_data_dir, tmp_path, unin
   steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
   if sig == signal.SIGKILL:
     assert process.returncode == -signal.SIGKILL
-  else:  # SIGTERM saves the step it reached before exiting
-    assert process.returncode == 128 + signal.SIGTERM, stderr.decode()[-2000:]
-    assert b"SIGTERM: saved the checkpoint" in stderr
+  else:  # SIGTERM (preemption) and SIGINT (Ctrl-C) save the step they reached, then exit
+    assert process.returncode == 128 + sig, stderr.decode()[-2000:]
+    assert f"{signal.Signals(sig).name}: saved the checkpoint".encode() in stderr
+    assert b"Traceback" not in stderr
     assert steps[-1] >= 40 and steps[-1] < 400
   subprocess.run(command, cwd=REPO, env=_env(), check=True, capture_output=True)
   _assert_same_run(workdir, uninterrupted)

@@ -761,7 +761,7 @@ def _log_eval(writer, step: int, result: dict) -> None:
                100 * scalars["source_accuracy"], 100 * scalars["target_accuracy"], shown)
 
 
-def _write_results(run: Run, setup: Setup, state: TrainState, last_eval: dict,
+def _write_results(run: Run, setup: Setup, domains: Domains, state: TrainState, last_eval: dict,
                    selection: evaluation.Selection, train_time: float,
                    first_step: int) -> dict[str, Any]:
   """results.json: the final numbers, the oracle-best step, and each validator's pick."""
@@ -777,8 +777,8 @@ def _write_results(run: Run, setup: Setup, state: TrainState, last_eval: dict,
       "target_mean_class_accuracy": target["mean_class_accuracy"],
       "target_per_class_accuracy": target["per_class_accuracy"],
       "source_per_class_accuracy": source["per_class_accuracy"],
-      "target_eval": f"{config.target}:{config.eval_target_split}",
-      "source_eval": f"{config.source}:{config.eval_source_split}",
+      "target_eval": f"{config.target}:{domains.target_eval.split}",
+      "source_eval": f"{config.source}:{domains.source_eval.split}",
       "step": int(state.step),
       # Oracle-best: the evaluation with the highest target accuracy, chosen
       # with target labels (TLlib's protocol; unavailable in practice).
@@ -842,7 +842,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                                         selection)
       if last_eval is None:  # nothing left to train: the run had already finished
         last_eval = _evaluate(run, setup, domains, state)
-      results = _write_results(run, setup, state, last_eval, selection, train_time, first_step)
+      results = _write_results(run, setup, domains, state, last_eval, selection, train_time,
+                               first_step)
     finally:
       writer.close()
   finally:

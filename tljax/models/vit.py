@@ -146,9 +146,10 @@ class VisionTransformer(nn.Module):
     depth: number of encoder blocks.
     mlp_dim: hidden size of the MLP blocks.
     num_heads: attention heads.
-    image_size: side of the square input images; fixes the number of position
-      embeddings. Pretrained embeddings for another size are resampled by the
-      checkpoint loader.
+    image_size: side of the square input images, which fixes the number of
+      position embeddings; None takes it from the input (`config.data.image_size`
+      through the preprocessing). Pretrained embeddings for another size are
+      resampled by the checkpoint loader.
     dropout: dropout after the embeddings, attention output and MLP layers.
     attention_dropout: dropout on the attention weights.
     drop_path: stochastic depth rate, rising linearly from 0 in the first block
@@ -162,7 +163,7 @@ class VisionTransformer(nn.Module):
   depth: int
   mlp_dim: int
   num_heads: int
-  image_size: int = 224
+  image_size: int | None = None
   dropout: float = 0.0
   attention_dropout: float = 0.0
   drop_path: float = 0.0
@@ -173,26 +174,25 @@ class VisionTransformer(nn.Module):
   def features_dim(self) -> int:
     return self.width
 
-  @property
-  def grid_size(self) -> int:
-    return self.image_size // self.patch_size
-
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-    """Maps `(B, image_size, image_size, 3)` images to `(B, width)` features."""
+    """Maps `(B, H, W, 3)` images to `(B, width)` features."""
     batch, image_height, image_width, _ = images.shape
-    if image_height != self.image_size or image_width != self.image_size:
+    size = self.image_size or image_height
+    if image_height != size or image_width != size or size % self.patch_size:
       raise ValueError(
-          f"this ViT is built for {self.image_size}px images (image_size) but got "
-          f"{image_height}x{image_width}; build it with image_size={image_height} "
-          "and load the checkpoint again to resample its position embeddings")
+          f"this ViT takes square images whose side is a multiple of {self.patch_size}"
+          + (f" and is built for {self.image_size} px" if self.image_size else "")
+          + f", but got {image_height}x{image_width}; set config.data.image_size (the "
+          "checkpoint's position embeddings are resampled to it)")
+    grid_size = size // self.patch_size
     x = nn.Conv(self.width, (self.patch_size, self.patch_size),
                 strides=(self.patch_size, self.patch_size), padding="VALID",
                 dtype=self.dtype, param_dtype=jnp.float32, name="embedding")(images)
     x = jnp.reshape(x, (batch, -1, self.width))
     pos_embedding = self.param(
         "pos_embedding", nn.initializers.normal(stddev=1 / np.sqrt(self.width)),
-        (1, self.grid_size**2, self.width), jnp.float32)
+        (1, grid_size**2, self.width), jnp.float32)
     x = x + pos_embedding.astype(x.dtype)
     cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width), jnp.float32)
     x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (batch, 1, 1)), x], axis=1)
@@ -232,10 +232,10 @@ def resample_posemb(posemb: np.ndarray, grid_size: tuple[int, int]) -> np.ndarra
 def _factory(variant: str, patch_size: int):
   width, depth, mlp_dim, num_heads = VARIANTS[variant]
 
-  def create(*, dtype: Any = jnp.float32, frozen_norm: str = "", image_size: int = 224,
+  def create(*, dtype: Any = jnp.float32, frozen_norm: str = "", image_size: int | None = None,
              dropout: float = 0.0, attention_dropout: float = 0.0,
              drop_path: float = 0.0) -> VisionTransformer:
-    if image_size % patch_size:
+    if image_size and image_size % patch_size:
       raise ValueError(f"image_size {image_size} is not a multiple of the patch "
                        f"size {patch_size}")
     return VisionTransformer(
