@@ -86,7 +86,7 @@ BAD_INPUTS = [
      r"not a valid safetensors file"),
     ("truncated_pth", ["--config.model.init={pth}"], False, r"truncated or corrupt torch file"),
     ("unknown_backbone_keyword", ["--config.model.backbone_kwargs.bogus=1"], False,
-     r"backbone 'small_cnn' does not take .*bogus"),
+     r"backbone .small_cnn. does not take bogus; .*may set .*widths"),
     ("unknown_backbone_on_finished_run", ["--config.model.name=resnet9"], True,
      r"unknown backbone 'resnet9'"),
     ("changed_seed_on_finished_run", ["--config.seed=7"], True,

@@ -17,6 +17,31 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+# Free-form keyword dicts: any key may be set on the command line, also one the
+# config file does not list (e.g. --config.model.backbone_kwargs.drop_path=0.1).
+_OPEN_DICTS = ("model.backbone_kwargs", "features.backbone_kwargs")
+_open_overrides: list[tuple[str, str, str]] = []
+
+
+def _take_open_overrides(argv: list[str]) -> list[str]:
+  """Removes `--config.<open dict>.<key>=<value>` flags from `argv` into
+  `_open_overrides`; `main` applies them after the config is parsed. (Runs
+  before the config flag is defined: that flag reads its overrides from
+  `sys.argv` there.)"""
+  kept = []
+  for arg in argv:
+    match = re.fullmatch(r"--config\.(%s)\.([A-Za-z_][A-Za-z0-9_]*)=(.*)" %
+                         "|".join(re.escape(d) for d in _OPEN_DICTS), arg, flags=re.S)
+    if match:
+      _open_overrides.append(match.groups())
+    else:
+      kept.append(arg)
+  return kept
+
+
+if __name__ == "__main__":
+  sys.argv = _take_open_overrides(sys.argv)
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file, with an optional ':arg'.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
@@ -55,26 +80,6 @@ def _should_initialize_distributed() -> bool:
 
 
 _started = False
-# Free-form keyword dicts: any key may be set on the command line, also one the
-# config file does not list (e.g. --config.model.backbone_kwargs.drop_path=0.1).
-_OPEN_DICTS = ("model.backbone_kwargs", "features.backbone_kwargs")
-_open_overrides: list[tuple[str, str, str]] = []
-
-
-def _take_open_overrides(argv: list[str]) -> list[str]:
-  """Removes `--config.<open dict>.<key>=<value>` flags from `argv` into
-  `_open_overrides`; `main` applies them after the config is parsed."""
-  kept = []
-  for arg in argv:
-    match = re.fullmatch(r"--config\.(%s)\.([A-Za-z_][A-Za-z0-9_]*)=(.*)" %
-                         "|".join(re.escape(d) for d in _OPEN_DICTS), arg, flags=re.S)
-    if match:
-      _open_overrides.append(match.groups())
-    else:
-      kept.append(arg)
-  return kept
-
-
 def _apply_open_overrides(config) -> None:
   for dotted, key, text in _open_overrides:
     try:
@@ -129,7 +134,7 @@ def _one_line(error: Exception) -> bool:
 def run() -> None:
   """`app.run(main)`, turning a bad `--config.*` override into a one-line error."""
   try:
-    app.run(main, argv=_take_open_overrides(sys.argv))
+    app.run(main)
   except (KeyError, AttributeError) as e:
     if _started:
       raise

@@ -7,6 +7,7 @@ module mapping `(B, H, W, C)` images to pooled `(B, D)` features.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from typing import Any, Callable
 
@@ -64,16 +65,12 @@ def get_backbone(name: str, **kwargs) -> Any:
   except TypeError as e:
     if "keyword argument" not in str(e):
       raise
-    import inspect  # pylint: disable=g-import-not-at-top
-    signature = inspect.signature(factory)
-    accepted = sorted(k for k, p in signature.parameters.items()
-                      if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
-    if any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
-      fields = getattr(factory, "__dataclass_fields__", None) or {}
-      accepted = sorted(set(accepted) | set(fields) - {"parent", "name"})
-    raise ValueError(f"backbone {name!r} does not take {e}; config.model.backbone_kwargs may "
-                     f"set {', '.join(a for a in accepted if a not in ('dtype', 'frozen_norm'))}"
-                     ) from e
+    base = {k: kwargs[k] for k in ("dtype", "frozen_norm") if k in kwargs}
+    accepted = sorted({f.name for f in dataclasses.fields(factory(**base))}
+                      - {"parent", "name", "dtype", "frozen_norm"})
+    unknown = sorted(set(kwargs) - set(accepted) - {"dtype", "frozen_norm"})
+    raise ValueError(f"backbone {name!r} does not take {', '.join(unknown)}; "
+                     f"config.model.backbone_kwargs may set {', '.join(accepted)}") from e
 
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
