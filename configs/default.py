@@ -57,6 +57,7 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
       "widths": (16, 32, 64),
       "kernel_sizes": (3, 3, 3),
       "conv_impl": "xla",  # or "im2col" (see tljax/models/small_cnn.py)
+      "kernel_init": "flax",  # or "torch" (PyTorch's Conv2d default)
   })
   config.model.bottleneck_dim = 256  # 0: no bottleneck
   config.model.bottleneck_norm = True  # Linear -> [BatchNorm] -> ReLU -> [Dropout]

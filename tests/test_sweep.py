@@ -97,3 +97,56 @@ def test_collect_statistics_over_seeds(tmp_path):
   assert rows["source_only"]["seeds"] == 2 and table["methods"][0] == "source_only"
   text = sweep.render_markdown(table, "Office-31")
   assert "| dann | 82.0 ± 2.0 | 91.4 |" in text
+
+
+def _fake_run(out, method, task, seed, accuracy, validators_final):
+  workdir = os.path.join(out, method, task, f"seed{seed}")
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump({"target_accuracy": accuracy, "source_accuracy": 0.99, "wall_time_s": 1.0,
+               "validators_final": validators_final}, f)
+
+
+def test_intervals_and_comparisons_with_the_baselines(tmp_path):
+  import scipy.stats
+  out = str(tmp_path)
+  values = {"source_only": [0.50, 0.52, 0.51], "dann": [0.70, 0.72, 0.71],
+            "mcc": [0.40, 0.60, 0.55]}
+  for method, accuracies in values.items():
+    for seed, accuracy in enumerate(accuracies):
+      _fake_run(out, method, "T", seed, accuracy, {})
+  table = sweep.collect(out)
+  rows = {r["method"]: r for r in table["rows"]}
+  x = [100 * v for v in values["dann"]]
+  half = scipy.stats.t.ppf(0.975, 2) * statistics.stdev(x) / 3 ** 0.5
+  assert rows["dann"]["ci_low"] == pytest.approx(statistics.fmean(x) - half)
+  assert rows["dann"]["vs_source_only"] == "better"
+  assert rows["mcc"]["vs_source_only"] == "not distinguishable"
+  assert rows["source_only"]["vs_source_only"] == ""
+  text = sweep.render_markdown(table, "T")
+  assert "| dann | 71.0 | [" in text and "| better |" in text
+
+
+def test_select_picks_the_configuration_a_validator_prefers(tmp_path):
+  """SND (higher is better) and DEV (lower is better) choose among settings of
+  a method and among all rows; the oracle picks the best accuracy."""
+  out = str(tmp_path)
+  runs = {  # row: (accuracies over seeds, snd, dev)
+      "dann@0.1": ([0.60, 0.62], 5.0, 0.9),
+      "dann@1": ([0.70, 0.74], 4.0, 0.5),
+      "mcc@1": ([0.80, 0.82], 6.0, 0.7),
+  }
+  for method, (accuracies, snd, dev) in runs.items():
+    for seed, accuracy in enumerate(accuracies):
+      _fake_run(out, method, "T", seed, accuracy, {"snd": snd + seed * 0.01, "dev": dev})
+  table = sweep.collect(out)
+  snd = {s["group"]: s for s in sweep.select_configs(table, "snd", within_family=True)}
+  assert snd["dann"]["pick"] == "dann@0.1" and snd["dann"]["oracle_pick"] == "dann@1"
+  assert snd["dann"]["pick_accuracy"] == pytest.approx(61.0)
+  (overall,) = sweep.select_configs(table, "dev")
+  assert overall["pick"] == "dann@1" and overall["oracle_pick"] == "mcc@1"
+  assert overall["mean_accuracy"] == pytest.approx((61 + 72 + 81) / 3)
+  (oracle,) = sweep.select_configs(table, "oracle")
+  assert oracle["pick"] == "mcc@1"
+  with pytest.raises(ValueError, match="choose one of"):
+    sweep.select_configs(table, "accuracy")

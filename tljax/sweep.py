@@ -3,6 +3,7 @@
     python -m tljax.sweep launch --grid=experiments/grids/digits.py --out=DIR [--parallel=2]
     python -m tljax.sweep launch --grid=... --out=DIR --slurm=experiments/slurm/array.sbatch
     python -m tljax.sweep collect --out=DIR [--grid=...] [--to=PREFIX] [--reference=FILE.csv]
+        [--select=snd,dev | --select=all]
 
 A grid file defines `get_grid()` returning a dict:
 
@@ -20,7 +21,10 @@ writes a SLURM array job (one array task per run) from a template. `collect`
 gathers every `results.json` into `PREFIX.md` and `PREFIX.csv` (default
 `OUT/results`): target
 accuracy mean ± std over seeds per method and task, an average column, and wall
-time, beside reference numbers when given.
+time, beside reference numbers when given; a 95% interval per row and a verdict
+against the `source_only` / `adabn` rows (better / worse when the intervals do
+not overlap); and with `--select`, the configuration each unsupervised
+validator picks per task, beside the oracle's pick.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from absl import app, flags, logging
 
@@ -52,12 +56,13 @@ _ONLY = None
 _REFERENCE = None
 _TITLE = None
 _TO = None
+_SELECT = None
 
 
 def _define_flags() -> None:
   """Defines the command-line flags; called only when run as a program, so that
   importing this module for its functions defines no flags."""
-  global _COMMAND, _GRID, _OUT, _PARALLEL, _SLURM, _SUBMIT, _ONLY, _REFERENCE, _TITLE, _TO
+  global _COMMAND, _GRID, _OUT, _PARALLEL, _SLURM, _SUBMIT, _ONLY, _REFERENCE, _TITLE, _TO, _SELECT
   _COMMAND = flags.DEFINE_enum("command", None, ["launch", "collect", "list"],
                                "What to do (also accepted as the first argument).")
   _GRID = flags.DEFINE_string("grid", None, "Grid file defining get_grid().")
@@ -69,6 +74,10 @@ def _define_flags() -> None:
   _REFERENCE = flags.DEFINE_string("reference", None, "CSV of reference accuracies (method,task,accuracy).")
   _TITLE = flags.DEFINE_string("title", None, "Title of the collected table.")
   _TO = flags.DEFINE_string("to", None, "Write the tables to TO.md and TO.csv (default OUT/results).")
+  _SELECT = flags.DEFINE_list(
+      "select", [], "collect: also pick, per task, the configuration each named validator "
+      "(tljax/validators.py; 'all' for every one) would choose from unlabelled target data, "
+      "among all rows and among the settings of each method (rows named method@setting).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +213,27 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
   return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def confidence_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+  """Student-t interval of the mean of `values` (seeds): `mean -+ t * std / sqrt(n)`."""
+  import scipy.stats  # pylint: disable=g-import-not-at-top
+  mean, std = _mean_std(values)
+  if len(values) < 2:
+    return mean, mean
+  half = scipy.stats.t.ppf(0.5 + level / 2, len(values) - 1) * std / len(values) ** 0.5
+  return mean - half, mean + half
+
+
+def compare(row: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> str:
+  """'better' / 'worse' when the 95% intervals do not overlap, else 'not distinguishable'."""
+  if baseline is None or row is baseline:
+    return ""
+  if row["ci_low"] > baseline["ci_high"]:
+    return "better"
+  if row["ci_high"] < baseline["ci_low"]:
+    return "worse"
+  return "not distinguishable"
+
+
 def collect(out: str, grid: dict[str, Any] | None = None,
             reference: dict[tuple[str, str], float] | None = None) -> dict[str, Any]:
   """Gathers `results.json` files below `out` into per-(method, task) statistics.
@@ -239,11 +269,22 @@ def collect(out: str, grid: dict[str, Any] | None = None,
         continue
       accuracies = [100 * r["target_accuracy"] for r in results]
       mean, std = _mean_std(accuracies)
+      low, high = confidence_interval(accuracies)
       rows.append({"method": method, "task": names[task], "seeds": len(results), "mean": mean,
-                   "std": std, "source_mean": _mean_std([100 * r["source_accuracy"] for r in results])[0],
+                   "std": std, "ci_low": low, "ci_high": high,
+                   "source_mean": _mean_std([100 * r["source_accuracy"] for r in results])[0],
                    "wall_time_s": statistics.fmean(r.get("wall_time_s", float("nan")) for r in results),
-                   "reference": (reference or {}).get((method, names[task]))})
+                   "reference": (reference or {}).get((method, names[task])),
+                   "runs": results})
+  by_key = {(r["method"], r["task"]): r for r in rows}
+  for row in rows:
+    for baseline in BASELINES:
+      row[f"vs_{baseline}"] = compare(row, by_key.get((baseline, row["task"])))
   return {"rows": rows, "methods": methods, "tasks": [names[t] for t in tasks]}
+
+
+# Rows a collected table compares every method with (when the grid has them).
+BASELINES = ("source_only", "adabn")
 
 
 def read_reference(path: str) -> dict[tuple[str, str], float]:
@@ -279,6 +320,97 @@ def render_markdown(table: dict[str, Any], title: str) -> str:
   lines.append("")
   lines.append("Target accuracy (%) on the target evaluation split, mean ± std over seeds; "
                "`source acc.` is the source evaluation accuracy.")
+  comparisons = _render_comparisons(table)
+  if comparisons:
+    lines += ["", comparisons]
+  return "\n".join(lines) + "\n"
+
+
+def _render_comparisons(table: dict[str, Any]) -> str:
+  """Per task: the 95% interval of each method and its verdict against the baselines."""
+  present = [b for b in BASELINES if any(r["method"] == b for r in table["rows"])]
+  if not present:
+    return ""
+  out = []
+  for task in table["tasks"]:
+    rows = [r for r in table["rows"] if r["task"] == task]
+    header = ["method", "mean", "95% interval", "seeds"] + [f"vs {b}" for b in present]
+    out += [f"### {task}: 95% intervals and comparisons", "",
+            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+      out.append("| " + " | ".join(
+          [r["method"], f"{r['mean']:.1f}", f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}]",
+           str(r["seeds"])] + [r[f"vs_{b}"] or "–" for b in present]) + " |")
+    out.append("")
+  out.append("Intervals: Student-t over seeds. A method is `better` or `worse` than a "
+             "baseline only when the two intervals do not overlap; otherwise the data "
+             "cannot tell them apart (`not distinguishable`).")
+  return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------
+# Selection across runs.
+# ----------------------------------------------------------------------------
+
+
+def family(method: str) -> str:
+  """Rows `<method>@<setting>` (e.g. `dann@0.3`) are settings of one method."""
+  return method.split("@")[0]
+
+
+def config_scores(row: Mapping[str, Any], validator: str) -> float | None:
+  """A row's (configuration's) score: the mean over seeds of each run's final
+  value of `validator` (`oracle`: its target accuracy)."""
+  values = []
+  for run in row["runs"]:
+    if validator == "oracle":
+      values.append(run["target_accuracy"])
+    else:
+      value = (run.get("validators_final") or {}).get(validator)
+      if value is None or value != value:
+        return None
+      values.append(value)
+  return statistics.fmean(values) if values else None
+
+
+def select_configs(table: dict[str, Any], validator: str, *, within_family: bool = False
+                   ) -> list[dict[str, Any]]:
+  """Per task (and per method family with `within_family`): the configuration
+  `validator` picks, next to the oracle's pick and the mean over configurations."""
+  from tljax import validators  # pylint: disable=g-import-not-at-top
+  if validator not in validators.VALIDATORS:
+    raise ValueError(f"--select={validator!r}: choose one of {sorted(validators.VALIDATORS)}")
+  higher = validators.VALIDATORS[validator].higher_is_better
+  out = []
+  for task in table["tasks"]:
+    rows = [r for r in table["rows"] if r["task"] == task]
+    groups = collections.defaultdict(list)
+    for r in rows:
+      groups[family(r["method"]) if within_family else "all"].append(r)
+    for group, members in groups.items():
+      scored = [(config_scores(r, validator), r) for r in members]
+      scored = [(v, r) for v, r in scored if v is not None]
+      if not scored:
+        continue
+      pick = (max if higher else min)(scored, key=lambda vr: vr[0])[1]
+      oracle = max(members, key=lambda r: r["mean"])
+      out.append({"task": task, "group": group, "validator": validator,
+                  "pick": pick["method"], "pick_accuracy": pick["mean"],
+                  "oracle_pick": oracle["method"], "oracle_accuracy": oracle["mean"],
+                  "mean_accuracy": statistics.fmean(r["mean"] for r in members),
+                  "configs": len(members)})
+  return out
+
+
+def render_selection(selections: list[dict[str, Any]]) -> str:
+  header = ["task", "among", "validator", "picks", "its accuracy", "oracle picks",
+            "oracle accuracy", "mean of configs"]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for s in selections:
+    lines.append("| " + " | ".join([
+        s["task"], f"{s['group']} ({s['configs']})", s["validator"], s["pick"],
+        f"{s['pick_accuracy']:.1f}", s["oracle_pick"], f"{s['oracle_accuracy']:.1f}",
+        f"{s['mean_accuracy']:.1f}"]) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -289,8 +421,9 @@ def write_tables(prefix: str, table: dict[str, Any], title: str) -> tuple[str, s
   with open(md_path, "w") as f:
     f.write(render_markdown(table, title))
   with open(csv_path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=["method", "task", "seeds", "mean", "std", "source_mean",
-                                           "wall_time_s", "reference"])
+    fields = ["method", "task", "seeds", "mean", "std", "ci_low", "ci_high", "source_mean",
+              "wall_time_s", "reference"] + [f"vs_{b}" for b in BASELINES]
+    writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(table["rows"])
   return md_path, csv_path
@@ -329,6 +462,17 @@ def main(argv):
   table = collect(_OUT.value, grid, reference)
   prefix = _TO.value or os.path.join(_OUT.value, "results")
   md_path, csv_path = write_tables(prefix, table, _TITLE.value or os.path.basename(os.path.abspath(_OUT.value)))
+  if _SELECT.value:
+    from tljax import validators  # pylint: disable=g-import-not-at-top
+    names = (sorted(validators.VALIDATORS) if _SELECT.value == ["all"] else _SELECT.value)
+    selections = [s for within in (False, True) for name in names
+                  for s in select_configs(table, name, within_family=within)]
+    with open(md_path, "a") as f:
+      f.write("\n### Configurations chosen without target labels\n\n"
+              "Each validator's pick (the configuration with its best mean final score over "
+              "seeds) and that configuration's target accuracy, beside the oracle's pick "
+              "(best target accuracy) and the mean over the configurations.\n\n"
+              + render_selection(selections))
   print(open(md_path).read())
   print(f"wrote {md_path} and {csv_path}")
 

@@ -21,6 +21,20 @@ from tljax.models import register
 from tljax.models.layers import BatchNorm
 
 
+# Convolution kernels: flax's default (LeCun normal, variance 1/fan_in) or
+# PyTorch's nn.Conv2d default (kaiming_uniform with a=sqrt(5), i.e.
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)), variance 1/(3 fan_in)).
+def _torch_conv_init(fan_in: int):
+  bound = fan_in**-0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+_KERNEL_INITS = {
+    "flax": lambda fan_in: nn.initializers.lecun_normal(),
+    "torch": _torch_conv_init,
+}
+
+
 class Conv(nn.Module):
   """'SAME'-padded, stride-1 2D convolution with `nn.Conv`'s parameters."""
 
@@ -28,13 +42,14 @@ class Conv(nn.Module):
   kernel_size: int
   impl: str = "auto"
   use_bias: bool = True
+  kernel_init: str = "flax"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     k = self.kernel_size
     in_features = x.shape[-1]
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+    kernel = self.param("kernel", _KERNEL_INITS[self.kernel_init](k * k * in_features),
                         (k, k, in_features, self.features), jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     impl = self.impl
@@ -84,6 +99,7 @@ class SmallCNN(nn.Module):
     widths: output channels of the three blocks.
     kernel_sizes: kernel size of each block.
     conv_impl: 'auto', 'xla' or 'im2col' (see module docstring).
+    kernel_init: 'flax' (LeCun normal) or 'torch' (PyTorch's Conv2d default).
     frozen_norm: regex of BatchNorm paths that keep running statistics.
     dtype: compute dtype.
   """
@@ -91,6 +107,7 @@ class SmallCNN(nn.Module):
   widths: Sequence[int] = (32, 64, 128)
   kernel_sizes: Sequence[int] = (5, 5, 3)
   conv_impl: str = "auto"
+  kernel_init: str = "flax"
   frozen_norm: str = ""
   dtype: Any = jnp.float32
 
@@ -99,8 +116,8 @@ class SmallCNN(nn.Module):
     x = images.astype(self.dtype)
     for i, (width, size) in enumerate(zip(self.widths, self.kernel_sizes)):
       # No bias: the BatchNorm after it removes any (its gradient is only rounding noise).
-      x = Conv(width, size, impl=self.conv_impl, use_bias=False, dtype=self.dtype,
-               name=f"conv{i + 1}")(x)
+      x = Conv(width, size, impl=self.conv_impl, use_bias=False, kernel_init=self.kernel_init,
+               dtype=self.dtype, name=f"conv{i + 1}")(x)
       x = BatchNorm(frozen=self.frozen_norm, momentum=0.9, epsilon=1e-5,
                     dtype=self.dtype, name=f"bn{i + 1}")(x, train)
       x = nn.relu(x)
