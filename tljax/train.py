@@ -674,6 +674,7 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState,
   `checkpoint_every`, and a checkpoint before exiting on SIGTERM/SIGINT."""
   config, method = run.config, setup.method
   first_step, total = int(state.step), config.total_steps
+  refresh_every = method.refresh_interval(-(-len(domains.target_train) // config.batch_size))
   batches = _train_batches(config, domains, method, first_step, run.batch_sharding)
   manager = _checkpoint_manager(run)
   stop = _StopRequest().install()
@@ -706,7 +707,7 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState,
 
   try:
     for step in range(first_step + 1, total + 1):
-      if method.refresh_every and (step - 1) % method.refresh_every == 0:
+      if refresh_every and (step - 1) % refresh_every == 0:
         flush()
         state = _refresh(run, setup, domains, state)
       state, metrics = setup.train_step(state, next(batches))
