@@ -295,8 +295,9 @@ def _open_data(config: ml_collections.ConfigDict, workdir: str) -> Domains:
     source_train, target_train, source_eval, target_eval = (
         features_lib.feature_domain(extractor, d, cache_dir, num_threads=config.data.num_threads)
         for d in (source_train, target_train, source_eval, target_eval))
+  # From the target split: source-free methods never read the source training split.
   input_shape = preprocess.get_preprocess(**config.data.eval_preprocess)(
-      source_train.source[0], np.random.default_rng(0))["image"].shape
+      target_train.source[0], np.random.default_rng(0))["image"].shape
   return Domains(source_train, target_train, source_eval, target_eval,
                  source_train.num_classes, tuple(input_shape))
 
