@@ -114,8 +114,10 @@ class SHOT(base.Method):
     changed = np.mean(labels != np.argmax(logits, axis=1))
     logging.info("SHOT pseudo-labels at step %d: %d classes, %.1f%% differ from the "
                  "predictions.", int(state.step), len(np.unique(labels)), 100 * changed)
+    labels = labels.astype(np.int32)
     old = state.method_state["pseudo_labels"]
-    new = jax.device_put(labels.astype(np.int32), old.sharding)
+    # Every process computed the same labels; each places its own shards.
+    new = jax.make_array_from_callback(labels.shape, old.sharding, lambda index: labels[index])
     return state.replace(method_state={**state.method_state, "pseudo_labels": new})
 
   def loss(self, ctx, variables, batch, step, rng):
