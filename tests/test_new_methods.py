@@ -16,9 +16,9 @@ import importlib
 import json
 import os
 import shutil
+import sys
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -29,8 +29,10 @@ from conftest import REPO, tiny_config
 from tljax import train
 from tljax.data import pipeline, preprocess, registry
 from tljax.methods import TrainState, create_method, method_names
-from tljax.methods.shot import cluster_pseudo_labels
+from tljax.methods.shot import SHOT, cluster_pseudo_labels
 from tljax.workdir import state_at
+
+sys.path.insert(0, str(REPO))  # the configs package
 
 NEW_METHODS = ["adda", "mcd", "bnm", "dsan", "pseudo_label", "mean_teacher", "fixmatch", "shot"]
 
@@ -371,14 +373,28 @@ class Runs:
 
   def __init__(self, data_dir, root):
     self.data_dir, self.root = data_dir, root
+    self.refreshes = {}  # SHOT's workdirs: (steps_per_target_epoch, [steps refreshed at])
 
   def _train(self, name, workdir, devices, **overrides):
     config = run_config(name, self.data_dir, **overrides)
     if name != "shot":
       return train.train_and_evaluate(config, workdir, devices=jax.devices()[:devices])
     config.model.init = self.source_model()
+    record = self.refreshes[workdir] = [None, []]
+    interval, refresh = SHOT.refresh_interval, SHOT.refresh
+
+    def recorded_interval(method, steps_per_target_epoch):
+      record[0] = steps_per_target_epoch
+      return interval(method, steps_per_target_epoch)
+
+    def recorded_refresh(method, ctx, state, predict):
+      record[1].append(int(state.step))
+      return refresh(method, ctx, state, predict)
+
     with pytest.MonkeyPatch.context() as patch:
       patch.setattr(train, "open_domain", self._without_source_reads(config))
+      patch.setattr(SHOT, "refresh_interval", recorded_interval)
+      patch.setattr(SHOT, "refresh", recorded_refresh)
       return train.train_and_evaluate(config, workdir, devices=jax.devices()[:devices])
 
   def _without_source_reads(self, config):
@@ -418,7 +434,7 @@ class Runs:
   @functools.cache
   def one_device(self, name) -> str:
     workdir = os.path.join(self.root, name, "one_device")
-    self._train(name, workdir, 1)
+    self._train(name, workdir, 1, checkpoint_every=4)
     return workdir
 
 
@@ -582,5 +598,9 @@ def test_shot_never_reads_the_source_and_keeps_its_head(runs):
              for k, v in backbone.items())
   labels = state["method_state"]["pseudo_labels"]  # one per target example
   assert labels.shape == (598,) and labels.min() >= 0 and labels.max() < 10
+  # Pseudo-labels are made before the first step of each pass over the 598 target
+  # images (38 steps of 16); the resumed run (from step 2) keeps the checkpointed ones.
+  assert runs.refreshes[workdir] == [38, [0]]
+  assert runs.refreshes[runs.resumed("shot")] == [38, []]
   with open(os.path.join(workdir, "results.json")) as f:
     assert json.load(f)["initialised_from"].endswith("source_only@2")
