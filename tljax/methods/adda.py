@@ -191,7 +191,8 @@ class ADDA(base.Method):
     def encoder_loss(variables):
       target_features, variables = self._target_features(ctx, variables, target_images, keys[2])
       features = jnp.concatenate([source_features, target_features])
-      # The discriminator judges with the statistics of its own phase, which it keeps.
+      # Batch statistics over [source; target], as in its own phase; its running
+      # averages are not updated here.
       logits, _ = ctx.apply_network("discriminator", variables, features, train=True,
                                     rng=keys[3])
       loss = losses.inverted_label_loss(logits[n:])
