@@ -187,6 +187,7 @@ def _office31(config: ml_collections.ConfigDict) -> None:
   config.data.train_preprocess = ml_collections.ConfigDict({"name": "imagenet_train",
                                                             "crop": "random_resized"})
   config.data.eval_preprocess = ml_collections.ConfigDict({"name": "imagenet_eval"})
+  config.data.strong_preprocess = ml_collections.ConfigDict({"name": "imagenet_strong"})
   config.data.cache = False
   config.data.num_threads = 8
   config.model.name = "resnet50"

@@ -296,8 +296,9 @@ def _open_data(config: ml_collections.ConfigDict, workdir: str) -> Domains:
       source_val = (source_eval if config.source_val_split == config.eval_source_split
                     else features_lib.feature_domain(extractor, source_val, cache_dir,
                                                      num_threads=config.data.num_threads))
+  # From the target split: source-free methods never read the source training split.
   input_shape = preprocess.from_config(config.data.eval_preprocess, config.data.image_size)(
-      source_train.source[0], np.random.default_rng(0))["image"].shape
+      target_train.source[0], np.random.default_rng(0))["image"].shape
   return Domains(source_train, target_train, source_eval, target_eval, source_val,
                  source_train.num_classes, tuple(input_shape))
 
@@ -667,8 +668,10 @@ def _eval_scalars(result: dict) -> dict[str, float]:
 
 
 def _refresh(run: Run, setup: Setup, domains: Domains, state: TrainState) -> TrainState:
-  predict = lambda variables: predict_all(setup, variables, domains.target_train, run.config,
-                                          run.batch_sharding)
+  def predict(variables):
+    outputs = predict_all(setup, variables, domains.target_train, run.config, run.batch_sharding)
+    return outputs.features, outputs.logits
+
   return setup.method.refresh(setup.ctx, state, predict)
 
 
@@ -679,6 +682,7 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState, writer,
   and a checkpoint before exiting on SIGTERM/SIGINT."""
   config, method = run.config, setup.method
   first_step, total = int(state.step), config.total_steps
+  refresh_every = method.refresh_interval(-(-len(domains.target_train) // config.batch_size))
   batches = _train_batches(config, domains, method, first_step, run.batch_sharding)
   manager = _checkpoint_manager(run, selection)
   stop = _StopRequest().install()
@@ -711,7 +715,7 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState, writer,
 
   try:
     for step in range(first_step + 1, total + 1):
-      if method.refresh_every and (step - 1) % method.refresh_every == 0:
+      if refresh_every and (step - 1) % refresh_every == 0:
         flush()
         state = _refresh(run, setup, domains, state)
       state, metrics = setup.train_step(state, next(batches))

@@ -18,8 +18,12 @@ and resample only the crop, once, straight to the output size.
 Presets: `none`, `digits` (at the stored size), `digits28` / `digits32` (small
 digit datasets resized, grey made RGB; `digits_resized` takes any size),
 `imagenet_train` / `imagenet_eval` (TLlib's 224-px recipe, ImageNet
-mean/std), `vit_train` / `vit_eval` (the same, scaled to [-1, 1]). Sizes and
-the rest are keyword arguments, e.g. `{"name": "imagenet_train", "crop": "random"}`.
+mean/std), `vit_train` / `vit_eval` (the same, scaled to [-1, 1]), and the
+strong augmentations of FixMatch-style methods: `digits_strong` (numpy
+RandAugment-like affine, brightness/contrast and cutout for small digits) and
+`imagenet_strong` (`imagenet_train` followed by timm's RandAugment
+`rand-m10-n2-mstd2`, TLlib's FixMatch). Sizes and the rest are keyword
+arguments, e.g. `{"name": "imagenet_train", "crop": "random"}`.
 """
 
 from __future__ import annotations
@@ -304,23 +308,34 @@ def imagenet_train(size: int = 224, resize: int | str | None = "auto", resize_mo
     mean: per-channel normalisation mean (of x / 255).
     std: per-channel normalisation standard deviation.
   """
-  if crop not in ("random_resized", "random"):
-    raise ValueError(f"crop must be 'random_resized' or 'random', not {crop!r}")
-  resize = _resize_for(size, resize)
   normalise = _normaliser(mean, std)
-  scale, ratio = tuple(scale), tuple(ratio)
+  crop_and_flip = _train_crop(size, resize, resize_mode, crop, scale, ratio, flip)
 
   def fn(example: Example, rng: np.random.Generator) -> Example:
+    return {"image": normalise(crop_and_flip(example["image"], rng)),
+            "label": np.int32(example["label"])}
+
+  return fn
+
+
+def _train_crop(size, resize, resize_mode, crop, scale, ratio, flip):
+  """`(image, rng) -> uint8 pixels`: `imagenet_train`'s crop and flip."""
+  if crop not in ("random_resized", "random"):
+    raise ValueError(f"crop must be 'random_resized' or 'random', not {crop!r}")
+  scale, ratio = tuple(scale), tuple(ratio)
+  resize = _resize_for(size, resize)
+
+  def pixels_of(image, rng: np.random.Generator) -> np.ndarray:
     if crop == "random_resized":
       crop_in_frame = lambda w, h: _random_resized_crop(rng, w, h, scale, ratio)
     else:
       crop_in_frame = lambda w, h: _random_crop(rng, w, h, size)
-    pixels = _crop_and_resize(example["image"], size, resize, resize_mode, crop_in_frame)
+    pixels = _crop_and_resize(image, size, resize, resize_mode, crop_in_frame)
     if flip and rng.random() < 0.5:
       pixels = pixels[:, ::-1]
-    return {"image": normalise(pixels), "label": np.int32(example["label"])}
+    return pixels
 
-  return fn
+  return pixels_of
 
 
 @register("imagenet_eval")
@@ -377,6 +392,223 @@ def digits_resized(size: int = 32, channels: int = 3, mean: float = 0.5, std: fl
 
 register("digits28")(functools.partial(digits_resized, size=28))
 register("digits32")(functools.partial(digits_resized, size=32))
+
+
+# ----------------------------------------------------------------------------
+# Strong augmentations (FixMatch's second view).
+# ----------------------------------------------------------------------------
+
+DIGITS_STRONG_OPS = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y", "scale",
+                     "brightness", "contrast")
+
+
+def _affine_warp(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+  """`image` (H, W, C) resampled bilinearly at `matrix @ (x, y, 1)` for every output
+  pixel `(x, y)`; coordinates outside the image take the nearest edge pixel."""
+  h, w = image.shape[:2]
+  ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+  src_x = matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2]
+  src_y = matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2]
+  x0 = np.floor(src_x)
+  y0 = np.floor(src_y)
+  fx, fy = (src_x - x0)[..., None], (src_y - y0)[..., None]
+  x0c, x1c = np.clip(x0, 0, w - 1).astype(int), np.clip(x0 + 1, 0, w - 1).astype(int)
+  y0c, y1c = np.clip(y0, 0, h - 1).astype(int), np.clip(y0 + 1, 0, h - 1).astype(int)
+  top = image[y0c, x0c] * (1 - fx) + image[y0c, x1c] * fx
+  bottom = image[y1c, x0c] * (1 - fx) + image[y1c, x1c] * fx
+  return top * (1 - fy) + bottom * fy
+
+
+@register("digits_strong")
+def digits_strong(num_ops: int = 2, rotate: float = 30.0, shear: float = 0.3,
+                  translate: float = 0.3, scale: float = 0.3, brightness: float = 0.9,
+                  contrast: float = 0.9, cutout: float = 0.5, mean: float = 0.5,
+                  std: float = 0.5) -> PreprocessFn:
+  """A RandAugment-like strong augmentation for small digit images, in numpy.
+
+  As RandAugment, `num_ops` operations are drawn (with replacement) from
+  `DIGITS_STRONG_OPS`, each with a strength drawn uniformly in [0, 1] (as
+  FixMatch's RandAugment) times its maximum below and a random sign; then, as
+  FixMatch's, a grey square of side `cutout` x the image side is cut out at a
+  random place. The geometric operations compose into one affine map about
+  the image centre, resampled once (bilinear, edge pixels outside); the
+  photometric ones act on 0..255 values as PIL's `ImageEnhance` (brightness:
+  `x f`; contrast: `mean + f (x - mean)`, `f` in `1 +- max`). Then the image
+  is normalised as `digits`. Everything random comes from the generator given.
+
+  Args:
+    num_ops: operations per image.
+    rotate: largest rotation, degrees.
+    shear: largest shear factor.
+    translate: largest shift, as a fraction of the side.
+    scale: largest zoom `1 +- scale`.
+    brightness: largest brightness change of the factor `1 +- brightness`.
+    contrast: largest contrast change of the factor `1 +- contrast`.
+    cutout: side of the cut-out square as a fraction of the image side (0: none).
+    mean: normalisation mean.
+    std: normalisation standard deviation.
+  """
+
+  def fn(example: Example, rng: np.random.Generator) -> Example:
+    image = _array(example["image"]).astype(np.float64)
+    if image.ndim == 2:
+      image = image[..., None]
+    h, w = image.shape[:2]
+    ops = rng.choice(len(DIGITS_STRONG_OPS), size=num_ops, replace=True)
+    forward = np.eye(3)  # output <- input, about the centre
+    factors = []
+    for op in (DIGITS_STRONG_OPS[i] for i in ops):
+      strength = rng.uniform() * (1.0 if rng.uniform() < 0.5 else -1.0)
+      step = np.eye(3)
+      if op == "rotate":
+        angle = math.radians(rotate * strength)
+        step[:2, :2] = [[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]
+      elif op == "shear_x":
+        step[0, 1] = shear * strength
+      elif op == "shear_y":
+        step[1, 0] = shear * strength
+      elif op == "translate_x":
+        step[0, 2] = translate * strength * w
+      elif op == "translate_y":
+        step[1, 2] = translate * strength * h
+      elif op == "scale":
+        step[0, 0] = step[1, 1] = 1.0 + scale * strength
+      else:
+        factors.append((op, 1.0 + (brightness if op == "brightness" else contrast) * strength))
+        continue
+      forward = step @ forward
+    if not np.allclose(forward, np.eye(3)):
+      centre = np.array([[1, 0, (w - 1) / 2], [0, 1, (h - 1) / 2], [0, 0, 1]])
+      uncentre = np.array([[1, 0, -(w - 1) / 2], [0, 1, -(h - 1) / 2], [0, 0, 1]])
+      image = _affine_warp(image, np.linalg.inv(centre @ forward @ uncentre))
+    for op, factor in factors:
+      if op == "brightness":
+        image = image * factor
+      else:
+        grey = image.mean()
+        image = grey + factor * (image - grey)
+      image = np.clip(image, 0.0, 255.0)
+    if cutout > 0:
+      side = max(1, int(round(cutout * min(h, w))))
+      cy, cx = rng.integers(0, h), rng.integers(0, w)
+      y0, x0 = max(cy - side // 2, 0), max(cx - side // 2, 0)
+      image[y0:y0 + side, x0:x0 + side] = 127.5
+    return _output((image / 255.0 - mean) / std, example["label"])
+
+  return fn
+
+
+# timm's RandAugment operations ('rand-*' policies), in its order.
+RAND_AUGMENT_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize",
+                    "SolarizeAdd", "Color", "Contrast", "Brightness", "Sharpness", "ShearX",
+                    "ShearY", "TranslateXRel", "TranslateYRel")
+
+
+def rand_augment_op(pil, op: str, level: float, *, negate: bool, fill: tuple[int, int, int],
+                    translate_pct: float = 0.45):
+  """One of timm's RandAugment operations at `level` in [0, 1] (magnitude / 10),
+  with its arguments mapped as timm's `LEVEL_TO_ARG` (rotation up to 30
+  degrees, shear 0.3, translation `translate_pct` of the side, enhancement
+  factors 0.1..1.9, posterize to 0..4 bits, solarize threshold 0..256,
+  solarize-add 0..110); `negate` flips the sign of the geometric ones.
+  Bilinear resampling, `fill` outside the image."""
+  from PIL import Image, ImageEnhance, ImageOps  # pylint: disable=g-import-not-at-top
+
+  bilinear = Image.Resampling.BILINEAR
+  sign = -1.0 if negate else 1.0
+
+  def affine(coefficients):
+    return pil.transform(pil.size, Image.Transform.AFFINE, coefficients, resample=bilinear,
+                         fillcolor=fill)
+
+  if op == "AutoContrast":
+    return ImageOps.autocontrast(pil)
+  if op == "Equalize":
+    return ImageOps.equalize(pil)
+  if op == "Invert":
+    return ImageOps.invert(pil)
+  if op == "Rotate":
+    return pil.rotate(sign * level * 30.0, resample=bilinear, fillcolor=fill)
+  if op == "Posterize":
+    return ImageOps.posterize(pil, int(level * 4))
+  if op == "Solarize":
+    return ImageOps.solarize(pil, min(256, int(level * 256)))
+  if op == "SolarizeAdd":
+    add = min(128, int(level * 110))
+    table = [min(255, i + add) if i < 128 else i for i in range(256)]
+    return pil.point(table * len(pil.getbands()))
+  if op in ("Color", "Contrast", "Brightness", "Sharpness"):
+    return getattr(ImageEnhance, op)(pil).enhance(level * 1.8 + 0.1)
+  if op == "ShearX":
+    return affine((1, sign * level * 0.3, 0, 0, 1, 0))
+  if op == "ShearY":
+    return affine((1, 0, 0, sign * level * 0.3, 1, 0))
+  if op == "TranslateXRel":
+    return affine((1, 0, sign * level * translate_pct * pil.size[0], 0, 1, 0))
+  if op == "TranslateYRel":
+    return affine((1, 0, 0, 0, 1, sign * level * translate_pct * pil.size[1]))
+  raise ValueError(f"unknown RandAugment operation {op!r}; choose from {RAND_AUGMENT_OPS}")
+
+
+_SIGNED_OPS = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+
+
+def rand_augment(pil, rng: np.random.Generator, *, num_ops: int, magnitude: float,
+                 magnitude_std: float, prob: float, fill: tuple[int, int, int]):
+  """timm's `RandAugment` (the 'rand-m{magnitude}-n{num_ops}-mstd{magnitude_std}'
+  policy, TLlib's FixMatch) on an RGB PIL image, drawing from `rng`.
+
+  `num_ops` operations are drawn with replacement from `RAND_AUGMENT_OPS`;
+  each applies with probability `prob`, at a magnitude drawn from
+  `N(magnitude, magnitude_std)` clipped to [0, 10] (`rand_augment_op`), the
+  geometric ones with a random sign.
+  """
+  for op in (RAND_AUGMENT_OPS[i] for i in rng.choice(len(RAND_AUGMENT_OPS), size=num_ops)):
+    if prob < 1.0 and rng.random() > prob:
+      continue
+    level = magnitude if magnitude_std <= 0 else rng.normal(magnitude, magnitude_std)
+    level = min(max(level, 0.0), 10.0) / 10.0
+    negate = op in _SIGNED_OPS and rng.random() > 0.5
+    pil = rand_augment_op(pil, op, level, negate=negate, fill=fill)
+  return pil
+
+
+@register("imagenet_strong")
+def imagenet_strong(size: int = 224, resize: int | str | None = "auto", resize_mode: str = "square",
+                    scale: tuple[float, float] = (0.08, 1.0),
+                    ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True,
+                    num_ops: int = 2, magnitude: float = 10.0, magnitude_std: float = 2.0,
+                    prob: float = 0.5, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> PreprocessFn:
+  """TLlib's FixMatch strong view: `imagenet_train`'s random resized crop and flip,
+  then RandAugment `rand-m10-n2-mstd2` (`rand_augment`) before normalising.
+
+  TLlib builds it with timm's `rand_augment_transform` (fill: the ImageNet mean
+  in 0..255, bilinear resampling, as here). Differences: the random numbers
+  come from the example's numpy generator (reproducible per seed and stream
+  position) instead of Python's and numpy's global generators, and the
+  crop's arguments are `imagenet_train`'s (TLlib's FixMatch passes scale
+  (0.5, 1) for both target views: `configs/fixmatch.py` sets it).
+
+  Args:
+    size, resize, resize_mode, scale, ratio, flip, mean, std: as `imagenet_train`.
+    num_ops: RandAugment operations per image (`n`).
+    magnitude: their magnitude, 0..10 (`m`).
+    magnitude_std: standard deviation of the magnitude per operation (`mstd`).
+    prob: probability of applying each drawn operation (timm's 0.5).
+  """
+  import PIL.Image  # pylint: disable=g-import-not-at-top
+
+  crop_and_flip = _train_crop(size, resize, resize_mode, "random_resized", scale, ratio, flip)
+  normalise = _normaliser(mean, std)
+  fill = tuple(min(255, round(255 * m)) for m in mean)
+
+  def fn(example: Example, rng: np.random.Generator) -> Example:
+    pixels = np.ascontiguousarray(crop_and_flip(example["image"], rng))
+    pil = rand_augment(PIL.Image.fromarray(pixels), rng, num_ops=num_ops, magnitude=magnitude,
+                       magnitude_std=magnitude_std, prob=prob, fill=fill)
+    return {"image": normalise(np.asarray(pil)), "label": np.int32(example["label"])}
+
+  return fn
 
 
 def multi_view(views: dict[str, PreprocessFn]) -> PreprocessFn:

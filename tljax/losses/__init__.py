@@ -6,19 +6,26 @@ documented where they are defined. Training code composes them (see
 """
 
 from tljax.losses.adversarial import (domain_accuracy, domain_adversarial_loss,
-                                      gradient_reversal, scale_gradient, warm_start_coeff)
+                                      gradient_reversal, inverted_label_loss, scale_gradient,
+                                      warm_start_coeff)
 from tljax.losses.afn import adaptive_feature_norm
+from tljax.losses.bnm import bnm
 from tljax.losses.bsp import bsp
 from tljax.losses.cdan import (entropy_weights, init_randomized_map, multilinear_map,
                                randomized_multilinear_map)
 from tljax.losses.coral import cmd, coral
 from tljax.losses.entropy import entropy, entropy_loss
+from tljax.losses.information_maximization import information_maximization
 from tljax.losses.jmmd import jmmd
 from tljax.losses.kernels import GaussianKernel, gaussian_kernel_matrices, kernel_bank
+from tljax.losses.lmmd import lmmd, lmmd_weights
 from tljax.losses.mcc import mcc
+from tljax.losses.mcd import classifier_discrepancy, mcd_entropy
 from tljax.losses.mdd import mdd, shift_log
 from tljax.losses.mmd import (dan_kernel_weights, kernel_mmd, max_test_power_weights, mk_mmd,
                               mmd)
+from tljax.losses.self_training import (class_balance_loss, confidence_self_training_loss,
+                                        l2_consistency_loss)
 
 __all__ = [
     "GaussianKernel", "kernel_bank", "gaussian_kernel_matrices",
@@ -26,7 +33,10 @@ __all__ = [
     "jmmd",
     "coral", "cmd",
     "scale_gradient", "gradient_reversal", "warm_start_coeff",
-    "domain_adversarial_loss", "domain_accuracy",
+    "domain_adversarial_loss", "domain_accuracy", "inverted_label_loss",
     "multilinear_map", "randomized_multilinear_map", "init_randomized_map", "entropy_weights",
     "mcc", "mdd", "shift_log", "bsp", "adaptive_feature_norm", "entropy", "entropy_loss",
+    "bnm", "lmmd", "lmmd_weights", "classifier_discrepancy", "mcd_entropy",
+    "confidence_self_training_loss", "l2_consistency_loss", "class_balance_loss",
+    "information_maximization",
 ]

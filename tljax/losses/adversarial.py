@@ -111,6 +111,24 @@ def domain_adversarial_loss(d_source: jax.Array,
   return 0.5 * (jnp.mean(source_losses) + jnp.mean(target_losses))
 
 
+def inverted_label_loss(d_target: jax.Array) -> jax.Array:
+  """ADDA's encoder loss: the target features labelled as source.
+
+      mean_j BCE(d^t_j, 1) = mean_j softplus(-d^t_j)
+
+  The GAN loss with inverted labels (Tzeng et al., "Adversarial
+  Discriminative Domain Adaptation", CVPR 2017, Eq. 9; TLlib's ADDA
+  `DomainAdversarialLoss(d, 'source')`): the target encoder is trained to
+  make the discriminator, which keeps its own loss, call target features
+  source. Its gradient does not vanish when the discriminator is confident,
+  unlike minus the discriminator's loss.
+
+  Args:
+    d_target: `(n_t,)` or `(n_t, 1)` discriminator logits on target features.
+  """
+  return jnp.mean(jax.nn.softplus(-_as_logit_vector(d_target)))
+
+
 def domain_accuracy(d_source: jax.Array, d_target: jax.Array) -> jax.Array:
   """Discriminator accuracy, `0.5 * (acc_source + acc_target)`, as a fraction.
 
@@ -125,5 +143,5 @@ def domain_accuracy(d_source: jax.Array, d_target: jax.Array) -> jax.Array:
 
 __all__ = [
     "scale_gradient", "gradient_reversal", "warm_start_coeff",
-    "domain_adversarial_loss", "domain_accuracy",
+    "domain_adversarial_loss", "domain_accuracy", "inverted_label_loss",
 ]

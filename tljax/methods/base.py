@@ -309,7 +309,8 @@ class Method:
     target_views: preprocessed views of each target example besides
       `image`, e.g. `('image_strong',)` (`config.data.strong_preprocess`).
     refresh_every: > 0 calls `refresh` before the steps `0, N, 2N, ...`
-      (e.g. pseudo-labels recomputed over the whole target split).
+      (e.g. pseudo-labels recomputed over the whole target split); a method
+      whose period depends on the data overrides `refresh_interval` instead.
   """
 
   inputs: ClassVar[tuple[str, ...]] = ("source", "target")
@@ -350,6 +351,14 @@ class Method:
                  rng: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
     """One step on a global batch `{'source': {...}, 'target': {...}}`."""
     return ctx.update(state, "main", lambda v: self.loss(ctx, v, batch, state.step, rng))
+
+  def refresh_interval(self, steps_per_target_epoch: int) -> int:
+    """Steps `N` between `refresh` calls (0: never), given how many steps one
+    pass over the target training split takes (`ceil(examples / batch_size)`).
+    `refresh_every` by default; once per target epoch returns
+    `steps_per_target_epoch`."""
+    del steps_per_target_epoch
+    return self.refresh_every
 
   def refresh(self, ctx: StepContext, state: TrainState, predict: Callable) -> TrainState:
     """Host-side work between steps (see `refresh_every`). `predict(variables)`
