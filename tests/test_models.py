@@ -15,6 +15,7 @@ are additionally compared in fp64 (JAX x64 against torch `.double()`), which
 is exact up to the final fp32 cast of the classifier's outputs.
 """
 
+import copy
 import os
 import pathlib
 import subprocess
@@ -210,6 +211,212 @@ def test_vgg_adaptive_pool_matches_torch():
     want = torch.nn.functional.adaptive_avg_pool2d(
         torch.from_numpy(x.transpose(0, 3, 1, 2)), 7).numpy().transpose(0, 2, 3, 1)
     np.testing.assert_allclose(got, want, atol=1e-6, err_msg=f"size {size}")
+
+
+# ----------------------------------------------------------------------------
+# Inception-v3 against torchvision.
+# ----------------------------------------------------------------------------
+
+# 107 px gives 5x5 maps in Mixed_6* and 2x2 in Mixed_7*, where every pixel of
+# the padded average pools is a border pixel: small, and still telling.
+INCEPTION_SIZE = 107
+
+
+def _calibrate_batch_norm_in_eval(model, images):
+  """Sets every BatchNorm's running statistics from what it sees in one
+  eval-mode pass over `images`, perturbed (mean by 0.1 std, variance by a
+  factor in [0.8, 1.25]).
+
+  Unlike calibrating in train mode and perturbing afterwards, each layer is
+  calibrated on its input as the eval network computes it, i.e. after the
+  perturbations upstream. Otherwise the mismatches compound over Inception's
+  ~50 layers and pooled features reach the hundreds, where fp32 rounding alone
+  exceeds any useful tolerance.
+  """
+  torch = _torch()
+
+  def set_statistics(bn, inputs):
+    x = inputs[0]
+    mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3))
+    bn.running_mean.copy_(mean + 0.1 * var.sqrt() * torch.randn_like(mean))
+    bn.running_var.copy_(var * torch.empty_like(var).uniform_(0.8, 1.25))
+
+  hooks = [module.register_forward_pre_hook(set_statistics) for module in model.modules()
+           if isinstance(module, torch.nn.BatchNorm2d)]
+  model.eval()
+  with torch.no_grad():
+    model(images)
+  for hook in hooks:
+    hook.remove()
+
+
+@pytest.fixture(scope="module")
+def inception_files(tmp_path_factory):
+  """torchvision Inception-v3 with its auxiliary head and `transform_input`,
+  random BatchNorm, saved as .safetensors and .pth."""
+  torch = _torch()
+  torchvision = pytest.importorskip("torchvision", reason="needs torchvision")
+  torch.manual_seed(0)
+  # torch's default initialisation: torchvision's own (init_weights=True)
+  # draws the same kind of random weights ten times slower.
+  model = torchvision.models.inception_v3(weights=None, init_weights=False, aux_logits=True,
+                                          transform_input=True)
+  for module in model.modules():
+    if isinstance(module, torch.nn.BatchNorm2d):
+      torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+      torch.nn.init.normal_(module.bias, 0.0, 0.2)
+      # The eval pass below leaves the auxiliary head (training only) as is.
+      torch.nn.init.normal_(module.running_mean, 0.0, 0.1)
+      torch.nn.init.uniform_(module.running_var, 0.8, 1.25)
+  _calibrate_batch_norm_in_eval(model, torch.randn(4, 3, INCEPTION_SIZE, INCEPTION_SIZE))
+  directory = tmp_path_factory.mktemp("inception_v3")
+  safetensors.numpy.save_file(_state_dict_numpy(model), directory / "model.safetensors")
+  torch.save(model.state_dict(), directory / "model.pth")
+  return model, directory / "model.safetensors", directory / "model.pth"
+
+
+def _inception_config(**backbone_kwargs):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  return ml_collections.ConfigDict({"name": "inception_v3", "backbone_kwargs": backbone_kwargs})
+
+
+def test_inception_v3_parity_with_torchvision(inception_files):
+  """Eval mode at 107 px, built by `create_classifier` with the auxiliary head
+  (idle in eval) and `transform_input=True`, loaded from both formats."""
+  torch = _torch()
+  reference, safetensors_path, pth_path = inception_files
+  size = INCEPTION_SIZE
+  images = np.random.default_rng(1).normal(size=(BATCH, 3, size, size)).astype(np.float32)
+  want_features, want_logits = _torch_outputs(reference, torch.from_numpy(images))
+
+  model = models.create_classifier(_inception_config(aux_logits=True, transform_input=True),
+                                   num_classes=1000)
+  target = _shapes(model, size)
+  variables = checkpoints.load(target, safetensors_path, backbone="inception_v3", load_head=True)
+  from_pth = checkpoints.load(target, pth_path, backbone="inception_v3", load_head=True)
+  for key, value in _flat(variables).items():
+    np.testing.assert_array_equal(value, _flat(from_pth)[key], err_msg=key)
+
+  features, logits = jax.jit(model.apply)(variables, jnp.asarray(images.transpose(0, 2, 3, 1)))
+  assert features.shape == (BATCH, 2048) and logits.shape == (BATCH, 1000)
+  feature_scale, logit_scale = np.abs(want_features).max(), np.abs(want_logits).max()
+  feature_diff, logit_diff = _max_diff(features, want_features), _max_diff(logits, want_logits)
+  print(f"inception_v3@{size}px fp32: features max|diff| {feature_diff:.2e} "
+        f"(scale {feature_scale:.2f}), logits {logit_diff:.2e} (scale {logit_scale:.2f})")
+  # Relative to the scale, as above, with twice the room: this random network
+  # amplifies rounding block by block, and torch's own fp32 features are already
+  # 4e-5 (relative) away from its fp64 ones, so two fp32 implementations can
+  # differ by ~1e-4. In fp64 the two agree to ~4e-7 (not run here: ~10 s).
+  assert feature_diff <= 2e-4 * max(1.0, feature_scale)
+  assert logit_diff <= 2e-4 * max(1.0, logit_scale)
+
+
+@pytest.mark.parametrize("map_size", [17, 20])
+def test_inception_v3_aux_head_in_training_matches_torchvision(inception_files, map_size):
+  """`AuxLogits` in train mode (batch statistics in both) on `Mixed_6e`-shaped
+  input: 17x17 is its map at 299 px (1x1 after the 5x5 convolution), 20x20
+  exercises the global pooling that follows at larger sizes."""
+  from tljax.models import inception  # pylint: disable=g-import-not-at-top
+  torch = _torch()
+  reference, safetensors_path, _ = inception_files
+  aux_reference = copy.deepcopy(reference.AuxLogits).train()
+  inputs = np.abs(np.random.default_rng(3).normal(size=(BATCH, 768, map_size, map_size)))
+  inputs = inputs.astype(np.float32)
+  with torch.no_grad():
+    want = aux_reference(torch.from_numpy(inputs)).double().numpy()
+
+  prefix = "backbone/AuxLogits/"
+  arrays = checkpoints.read(safetensors_path, backbone="inception_v3").arrays
+  variables = flax.traverse_util.unflatten_dict(
+      {key.replace(prefix, ""): jnp.asarray(value) for key, value in arrays.items()
+       if prefix in key}, sep="/")
+  got, updates = jax.jit(
+      lambda v, x: inception.InceptionAux(num_classes=1000).apply(
+          v, x, train=True, mutable=["batch_stats"]))(variables, inputs.transpose(0, 2, 3, 1))
+  print(f"AuxLogits on {map_size}x{map_size}, train: max|diff| {_max_diff(got, want):.2e} "
+        f"(scale {np.abs(want).max():.3f})")
+  assert _max_diff(got, want) <= 1e-4 * max(1.0, np.abs(want).max())
+  # torch's momentum 0.1 is flax's 0.9. (Running variances differ by design:
+  # torch averages the unbiased batch variance.)
+  for conv in ("conv0", "conv1"):
+    np.testing.assert_allclose(updates["batch_stats"][conv]["bn"]["mean"],
+                               getattr(aux_reference, conv).bn.running_mean.numpy(),
+                               rtol=1e-5, atol=1e-5, err_msg=conv)
+
+
+def test_inception_v3_classifier_and_image_sizes():
+  """`create_classifier` gives the auxiliary head the task's classes and the
+  train step finds its logits in `intermediates`; models with the head
+  initialise on small images, but train only from 299 px."""
+  model = models.create_classifier(_inception_config(aux_logits=True), num_classes=5)
+  small = jax.ShapeDtypeStruct((BATCH, 75, 75, 3), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), small)
+  assert variables["params"]["backbone"]["AuxLogits"]["fc"]["kernel"].shape == (768, 5)
+  assert variables["params"]["head"]["kernel"].shape == (2048, 5)
+
+  def train_forward(images):
+    return jax.eval_shape(
+        lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats", "intermediates"]),
+        variables, images)
+
+  (features, logits), updates = train_forward(
+      jax.ShapeDtypeStruct((BATCH, 299, 299, 3), jnp.float32))
+  assert features.shape == (BATCH, 2048) and logits.shape == (BATCH, 5)
+  aux_logits = updates["intermediates"]["backbone"]["aux_logits"][0]
+  assert aux_logits.shape == (BATCH, 5) and aux_logits.dtype == jnp.float32
+  with pytest.raises(ValueError, match="at least 299 px"):
+    train_forward(small)
+  with pytest.raises(ValueError, match="at least 75x75"):
+    jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct((BATCH, 74, 80, 3), jnp.float32))
+
+
+def test_inception_v3_loading_errors(inception_files, resnet18_files):
+  """Without the auxiliary head, its weights are reported until `dont_load`
+  skips them; a ResNet checkpoint fails with one error saying so."""
+  _, safetensors_path, _ = inception_files
+  target = _shapes(_classifier("inception_v3", INCEPTION_SIZE), INCEPTION_SIZE)
+  assert "AuxLogits" not in target["params"]["backbone"]
+  with pytest.raises(ValueError) as error:
+    checkpoints.load(target, safetensors_path, backbone="inception_v3")
+  message = str(error.value)
+  assert "12 unexpected in the checkpoint" in message  # conv0/conv1 (conv + 4 BN), fc (2)
+  assert "params/backbone/AuxLogits/conv1/conv/kernel" in message
+  assert "aux_logits=True" in message and "missing" not in message
+
+  loaded = checkpoints.load(target, safetensors_path, backbone="inception_v3",
+                            dont_load=["backbone/AuxLogits/.*"])
+  state = safetensors.numpy.load_file(safetensors_path)
+  np.testing.assert_array_equal(
+      loaded["params"]["backbone"]["Mixed_6e"]["branch7x7dbl_3"]["conv"]["kernel"],
+      state["Mixed_6e.branch7x7dbl_3.conv.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+      loaded["batch_stats"]["backbone"]["Mixed_7c"]["branch_pool"]["bn"]["var"],
+      state["Mixed_7c.branch_pool.bn.running_var"])
+
+  _, resnet_path, _ = resnet18_files
+  num_backbone = sum(1 for key in _flat(target) if _flat_inner(key).startswith("backbone/"))
+  with pytest.raises(ValueError) as error:
+    checkpoints.load(target, resnet_path, backbone="inception_v3")
+  message = str(error.value)
+  assert "no checkpoint entry matches a model variable" in message
+  assert f"{num_backbone} missing from the checkpoint" in message
+  assert "batch_stats/backbone/Conv2d_1a_3x3/bn/mean" in message
+  assert "layer1.0.conv1.weight (untranslated)" in message
+
+
+def _flat_inner(key: str) -> str:
+  return key.split("/", 1)[1]
+
+
+def test_inception_v3_convert_keeps_the_aux_head(inception_files):
+  """`tljax.models.convert` builds the auxiliary head when the checkpoint has it."""
+  _, safetensors_path, _ = inception_files
+  arrays = convert.convert("inception_v3", str(safetensors_path))
+  state = safetensors.numpy.load_file(safetensors_path)
+  assert len(arrays) == sum(1 for key in state if not key.endswith("num_batches_tracked"))
+  np.testing.assert_array_equal(arrays["params/backbone/AuxLogits/fc/kernel"],
+                                state["AuxLogits.fc.weight"].T)
+  np.testing.assert_array_equal(arrays["params/head/bias"], state["fc.bias"])
 
 
 # ----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ _BACKBONE_MODULES = (
     "tljax.models.resnet",
     "tljax.models.vit",
     "tljax.models.vgg",
+    "tljax.models.inception",
 )
 
 
@@ -92,6 +93,9 @@ def create_classifier(model_config: ml_collections.ConfigDict, num_classes: int,
                      f"got {model_config.dtype!r}")
   dtype = _DTYPES[model_config.get("dtype", "float32")]
   kwargs = dict(model_config.get("backbone_kwargs", {}) or {})
+  if kwargs.get("aux_logits"):
+    # An auxiliary classifier (Inception-v3's) predicts the task's classes too.
+    kwargs.setdefault("num_classes", num_classes)
   backbone = get_backbone(model_config.name, dtype=dtype, frozen_norm=frozen_norm, **kwargs)
   return Classifier(
       backbone=backbone,

@@ -9,7 +9,8 @@ initialisation where `dont_load` says so:
                                  backbone="resnet50", dont_load=["head/.*"])
 
 Readable files:
-  * PyTorch state dicts with torchvision (ResNet, VGG) or timm (ViT) key names,
+  * PyTorch state dicts with torchvision (ResNet, VGG, Inception-v3) or timm
+    (ViT) key names,
     as `.safetensors` (read with numpy; no torch needed) or `.pth`/`.pt`/`.bin`
     (read only with `torch.load(..., weights_only=True)`, which refuses pickles
     that would run code).
@@ -29,6 +30,11 @@ Translation from torch (module path, then parameter):
   * VGG: `features.{i}` -> `block{b}/conv{c}`, `classifier.0`/`.3` ->
     `fc6`/`fc7` (rows of `fc6` permuted from NCHW to NHWC flattening),
     `classifier.6` -> head.
+  * Inception-v3: the module path with '/' for '.' (`Mixed_5b.branch1x1.conv`
+    -> `Mixed_5b/branch1x1/conv`, `AuxLogits.fc` -> `AuxLogits/fc`), `fc` ->
+    head. The auxiliary classifier's weights need a model built with
+    `aux_logits=True`; for one without, skip them with
+    `dont_load=["backbone/AuxLogits/.*"]`.
   * ViT (timm): `patch_embed.proj` -> `embedding`, `blocks.{i}` ->
     `Transformer/encoderblock_{i}` with `norm1`/`norm2` -> `LayerNorm_0`/`_1`,
     `attn.qkv` split into `MultiHeadDotProductAttention_0/{query,key,value}`
@@ -55,9 +61,10 @@ become), is a `ValueError` naming the file and the problem, on one line.
 
 Strictness: every backbone variable must come from the checkpoint unless a
 `dont_load` regex matches it, every checkpoint entry must find a variable
-(except the skipped ones above), and shapes must agree, except ViT position
-embeddings, which are resampled bilinearly to the model's grid. All problems
-are reported together in one `ValueError`.
+(except the skipped ones above and those a `dont_load` regex matches), and
+shapes must agree, except ViT position embeddings, which are resampled
+bilinearly to the model's grid. All problems are reported together in one
+`ValueError`.
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tljax.models import inception as inception_lib
 from tljax.models import vgg as vgg_lib
 from tljax.models import vit as vit_lib
 
@@ -129,7 +137,9 @@ def load(init_variables: Variables, path: str, *, backbone: str,
       `vit_base_patch16`); picks the translation of torch and npz names.
     dont_load: regexes (`re.fullmatch`) over '/'-joined variable paths without
       the collection, e.g. `head/.*` or `backbone/layer4_2/.*`; matching
-      variables keep their initialisation.
+      variables keep their initialisation, and matching checkpoint entries
+      that the model lacks are skipped (e.g. `backbone/AuxLogits/.*` for an
+      Inception-v3 built without its auxiliary classifier).
     load_head: also load the checkpoint's classification layer into `head`.
 
   Returns:
@@ -242,22 +252,37 @@ def match(target: Mapping[str, Any], checkpoint: Checkpoint, *,
                         f"{tuple(want.shape)}")
       continue
     loaded[key] = np.asarray(value).astype(want.dtype)
-  unexpected = ([key for key in arrays if key not in target]
-                + [f"{name} (untranslated)" for name in checkpoint.unknown])
+  unexpected, ignored = [], []
+  for key in arrays:
+    if key not in target:
+      ignored_by_pattern = any(pattern.fullmatch(_inner(key)) for pattern in patterns)
+      (ignored if ignored_by_pattern else unexpected).append(key)
+  unexpected += [f"{name} (untranslated)" for name in checkpoint.unknown]
 
   if missing or unexpected or mismatched:
     problems = []
+    if not loaded and missing and unexpected:
+      problems.append("no checkpoint entry matches a model variable: is it a checkpoint of "
+                      "this backbone?")
     for title, names in (("shape mismatches", mismatched),
                          ("missing from the checkpoint", missing),
                          ("unexpected in the checkpoint", unexpected)):
       if names:
         problems.append(f"{len(names)} {title}:\n  " + "\n  ".join(_clip(names)))
+    if any("/AuxLogits/" in key for key in unexpected):
+      problems.append("(the checkpoint has Inception-v3's auxiliary classifier: build the "
+                      "model with aux_logits=True, or skip it with "
+                      "dont_load=['backbone/AuxLogits/.*'])")
     raise ValueError(
         f"cannot load {source} into the model:\n" + "\n".join(problems)
-        + "\n(use dont_load=[regex, ...] to keep initialised variables)")
+        + "\n(use dont_load=[regex, ...] to keep initialised variables or to skip "
+        "checkpoint entries)")
   if kept:
     logging.info("Kept %d initialised variables (dont_load): %s", len(kept),
                  ", ".join(_clip(kept)))
+  if ignored:
+    logging.info("Ignored %d checkpoint entries the model lacks (dont_load): %s",
+                 len(ignored), ", ".join(_clip(ignored)))
   if checkpoint.skipped:
     logging.info("Skipped %d checkpoint entries: %s", len(checkpoint.skipped),
                  ", ".join(_clip(checkpoint.skipped)))
@@ -390,7 +415,8 @@ def convert_torch_state_dict(state: Mapping[str, np.ndarray], backbone: str) -> 
   family = _family(backbone)
   if family == "vit":
     return _convert_timm_vit(state, _vit_num_heads(backbone))
-  rename = {"resnet": _torchvision_resnet_module, "vgg": _torchvision_vgg_module}[family]
+  rename = {"resnet": _torchvision_resnet_module, "vgg": _torchvision_vgg_module,
+            "inception": _torchvision_inception_module}[family]
   checkpoint = Checkpoint({})
   for key, value in state.items():
     module, _, name = key.rpartition(".")
@@ -460,6 +486,15 @@ def _torchvision_vgg_module(module: str) -> str | None:
   if (len(parts) == 2 and parts[0] == "features" and parts[1].isdigit()
       and int(parts[1]) in _VGG_FEATURES):
     return f"backbone/{_VGG_FEATURES[int(parts[1])]}"
+  return None
+
+
+def _torchvision_inception_module(module: str) -> str | None:
+  """`Mixed_5b.branch1x1.conv` -> `backbone/Mixed_5b/branch1x1/conv`; `fc` -> head."""
+  if module == "fc":
+    return "head"
+  if module.split(".")[0] in inception_lib.TORCHVISION_MODULES:
+    return "backbone/" + module.replace(".", "/")
   return None
 
 
@@ -608,11 +643,12 @@ def convert_big_vision_vit(arrays: Mapping[str, np.ndarray]) -> Checkpoint:
 
 
 def _family(backbone: str) -> str:
-  for prefix, family in (("resnet", "resnet"), ("vgg", "vgg"), ("vit_", "vit")):
+  for prefix, family in (("resnet", "resnet"), ("vgg", "vgg"), ("vit_", "vit"),
+                         ("inception", "inception")):
     if backbone.startswith(prefix):
       return family
   raise ValueError(f"no checkpoint translation for backbone {backbone!r}; "
-                   "known families: resnet*, vgg*, vit_*")
+                   "known families: resnet*, vgg*, vit_*, inception*")
 
 
 def _inner(key: str) -> str:

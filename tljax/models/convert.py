@@ -63,6 +63,11 @@ def convert(model: str, path: str, *, image_size: int | None = None) -> dict[str
   """
   checkpoint = checkpoints.read(path, backbone=model)
   backbone_kwargs = {"image_size": image_size} if image_size else {}
+  aux_bias = checkpoint.arrays.get("params/backbone/AuxLogits/fc/bias")
+  if aux_bias is not None:
+    # Inception-v3's auxiliary classifier: build the model with it, so that
+    # its weights are checked and kept like the rest.
+    backbone_kwargs.update(aux_logits=True, num_classes=aux_bias.shape[-1])
   backbone = models.get_backbone(model, **backbone_kwargs)
   num_classes = 1
   if checkpoint.has_head:
