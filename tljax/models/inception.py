@@ -45,6 +45,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tljax.models import register
 from tljax.models.layers import BatchNorm, torch_linear_init
@@ -76,8 +77,54 @@ def _pair(value: int | Sequence[int]) -> tuple[int, int]:
   return (value, value) if isinstance(value, int) else tuple(value)
 
 
+class _Kernel(nn.Module):
+  """A convolution kernel `kernel` (HWIO, fp32), named and shaped as `nn.Conv`'s."""
+
+  features: int
+  kernel_size: tuple[int, int]
+  kernel_init: Any
+
+  @nn.compact
+  def __call__(self, in_features: int) -> jax.Array:
+    return self.param("kernel", self.kernel_init, (*self.kernel_size, in_features, self.features),
+                      jnp.float32)
+
+
+def _convolve(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+              padding: tuple[int, int], dtype: Any) -> jax.Array:
+  """Convolution with torch's symmetric padding, in `dtype`; 1x1 kernels as
+  matrix products (see `pointwise_conv_as_dot`).
+
+  On CPUs, an unpadded stride-1 convolution runs as a "same"-padded one with
+  the border cropped, the same sums: XLA:CPU (jax 0.10) computes the unpadded
+  3x3 convolutions of the stem 2-4x slower than padded ones of the same size
+  (Conv2d_4a_3x3 alone took 40% of a 299-px forward pass). Only where the
+  border adds little work; not for the auxiliary head's 5x5 on a 5x5 map.
+  """
+  x, kernel = x.astype(dtype), kernel.astype(dtype)
+  kernel_h, kernel_w = kernel.shape[:2]
+  crop = None
+  if (tuple(strides) == (1, 1) and tuple(padding) == (0, 0) and (kernel_h, kernel_w) != (1, 1)
+      and kernel_h % 2 == 1 and kernel_w % 2 == 1 and jax.default_backend() == "cpu"):
+    height, width = x.shape[1:3]
+    valid_outputs = (height - kernel_h + 1) * (width - kernel_w + 1)
+    if valid_outputs > 0 and height * width <= 1.25 * valid_outputs:
+      crop = padding = (kernel_h // 2, kernel_w // 2)
+  numbers = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
+  y = pointwise_conv_as_dot(x, kernel, strides, [(pad, pad) for pad in padding],
+                            dimension_numbers=numbers)
+  if crop is not None:
+    y = y[:, crop[0]:y.shape[1] - crop[0], crop[1]:y.shape[2] - crop[1]]
+  return y
+
+
 class BasicConv2d(nn.Module):
   """Convolution without bias, BatchNorm (eps 1e-3), ReLU: torchvision's unit.
+
+  Besides `__call__`, the two halves are separate methods, so that a block can
+  compute several 1x1 units that read the same input as one matrix product
+  (`_pointwise`): `kernel` gives the convolution kernel, `activate` normalises
+  and rectifies its output.
 
   Attributes:
     features: output channels.
@@ -97,17 +144,43 @@ class BasicConv2d(nn.Module):
   frozen_norm: str = ""
   dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    pad_h, pad_w = _pair(self.padding)
-    x = nn.Conv(self.features, _pair(self.kernel_size), strides=_pair(self.strides),
-                padding=((pad_h, pad_h), (pad_w, pad_w)), use_bias=False,
-                kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=jnp.float32,
-                conv_general_dilated=pointwise_conv_as_dot, name="conv")(x)
+  def setup(self):
+    self.conv = _Kernel(self.features, _pair(self.kernel_size), self.kernel_init)
     # torch's momentum 0.1 weights the new batch; flax's weights the old average.
-    x = BatchNorm(frozen=self.frozen_norm, momentum=0.9, epsilon=1e-3, dtype=self.dtype,
-                  param_dtype=jnp.float32, name="bn")(x, train)
-    return nn.relu(x)
+    self.bn = BatchNorm(frozen=self.frozen_norm, momentum=0.9, epsilon=1e-3, dtype=self.dtype,
+                        param_dtype=jnp.float32)
+
+  def kernel(self, in_features: int) -> jax.Array:
+    return self.conv(in_features)
+
+  def activate(self, y: jax.Array, train: bool = False) -> jax.Array:
+    return nn.relu(self.bn(y, train))
+
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    y = _convolve(x, self.kernel(x.shape[-1]), _pair(self.strides), _pair(self.padding),
+                  self.dtype)
+    return self.activate(y, train)
+
+
+def _pointwise(x: jax.Array, units: Sequence[BasicConv2d], train: bool, *,
+               pooled: BasicConv2d | None = None) -> list[jax.Array]:
+  """The 1x1 `units` (and `pooled`, the pooling branch) of a block on its input.
+
+  Their convolutions run as one matrix product with the kernels side by side,
+  which makes one large product of several small ones and reads `x` once.
+  The pooling branch is torchvision's `pooled(avg_pool(x))`; average pooling
+  (zero padding counted) and a 1x1 convolution without bias are both linear
+  and act on different axes, so they commute, and pooling the branch's few
+  output channels instead of all of `x`'s is cheaper.
+  """
+  units = list(units) + ([pooled] if pooled is not None else [])
+  kernels = [unit.kernel(x.shape[-1]) for unit in units]
+  y = _convolve(x, jnp.concatenate(kernels, axis=-1), (1, 1), (0, 0), units[0].dtype)
+  splits = np.cumsum([kernel.shape[-1] for kernel in kernels])[:-1]
+  outputs = jnp.split(y, splits, axis=-1)
+  if pooled is not None:
+    outputs[-1] = _branch_avg_pool(outputs[-1])
+  return [unit.activate(output, train) for unit, output in zip(units, outputs)]
 
 
 def _branch_avg_pool(x: jax.Array) -> jax.Array:
@@ -140,13 +213,13 @@ class InceptionA(_Block):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    branch1x1 = self.conv(64, 1, "branch1x1")(x, train)
-    branch5x5 = self.conv(48, 1, "branch5x5_1")(x, train)
+    branch1x1, branch5x5, branch3x3dbl, branch_pool = _pointwise(
+        x, [self.conv(64, 1, "branch1x1"), self.conv(48, 1, "branch5x5_1"),
+            self.conv(64, 1, "branch3x3dbl_1")], train,
+        pooled=self.conv(self.pool_features, 1, "branch_pool"))
     branch5x5 = self.conv(64, 5, "branch5x5_2", padding=2)(branch5x5, train)
-    branch3x3dbl = self.conv(64, 1, "branch3x3dbl_1")(x, train)
     branch3x3dbl = self.conv(96, 3, "branch3x3dbl_2", padding=1)(branch3x3dbl, train)
     branch3x3dbl = self.conv(96, 3, "branch3x3dbl_3", padding=1)(branch3x3dbl, train)
-    branch_pool = self.conv(self.pool_features, 1, "branch_pool")(_branch_avg_pool(x), train)
     return jnp.concatenate([branch1x1, branch5x5, branch3x3dbl, branch_pool], axis=-1)
 
 
@@ -170,16 +243,16 @@ class InceptionC(_Block):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     c7 = self.channels_7x7
-    branch1x1 = self.conv(192, 1, "branch1x1")(x, train)
-    branch7x7 = self.conv(c7, 1, "branch7x7_1")(x, train)
+    branch1x1, branch7x7, branch7x7dbl, branch_pool = _pointwise(
+        x, [self.conv(192, 1, "branch1x1"), self.conv(c7, 1, "branch7x7_1"),
+            self.conv(c7, 1, "branch7x7dbl_1")], train,
+        pooled=self.conv(192, 1, "branch_pool"))
     branch7x7 = self.conv(c7, (1, 7), "branch7x7_2", padding=(0, 3))(branch7x7, train)
     branch7x7 = self.conv(192, (7, 1), "branch7x7_3", padding=(3, 0))(branch7x7, train)
-    branch7x7dbl = self.conv(c7, 1, "branch7x7dbl_1")(x, train)
     branch7x7dbl = self.conv(c7, (7, 1), "branch7x7dbl_2", padding=(3, 0))(branch7x7dbl, train)
     branch7x7dbl = self.conv(c7, (1, 7), "branch7x7dbl_3", padding=(0, 3))(branch7x7dbl, train)
     branch7x7dbl = self.conv(c7, (7, 1), "branch7x7dbl_4", padding=(3, 0))(branch7x7dbl, train)
     branch7x7dbl = self.conv(192, (1, 7), "branch7x7dbl_5", padding=(0, 3))(branch7x7dbl, train)
-    branch_pool = self.conv(192, 1, "branch_pool")(_branch_avg_pool(x), train)
     return jnp.concatenate([branch1x1, branch7x7, branch7x7dbl, branch_pool], axis=-1)
 
 
@@ -188,9 +261,9 @@ class InceptionD(_Block):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    branch3x3 = self.conv(192, 1, "branch3x3_1")(x, train)
+    branch3x3, branch7x7x3 = _pointwise(
+        x, [self.conv(192, 1, "branch3x3_1"), self.conv(192, 1, "branch7x7x3_1")], train)
     branch3x3 = self.conv(320, 3, "branch3x3_2", strides=2)(branch3x3, train)
-    branch7x7x3 = self.conv(192, 1, "branch7x7x3_1")(x, train)
     branch7x7x3 = self.conv(192, (1, 7), "branch7x7x3_2", padding=(0, 3))(branch7x7x3, train)
     branch7x7x3 = self.conv(192, (7, 1), "branch7x7x3_3", padding=(3, 0))(branch7x7x3, train)
     branch7x7x3 = self.conv(192, 3, "branch7x7x3_4", strides=2)(branch7x7x3, train)
@@ -202,19 +275,19 @@ class InceptionE(_Block):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    branch1x1 = self.conv(320, 1, "branch1x1")(x, train)
-    branch3x3 = self.conv(384, 1, "branch3x3_1")(x, train)
+    branch1x1, branch3x3, branch3x3dbl, branch_pool = _pointwise(
+        x, [self.conv(320, 1, "branch1x1"), self.conv(384, 1, "branch3x3_1"),
+            self.conv(448, 1, "branch3x3dbl_1")], train,
+        pooled=self.conv(192, 1, "branch_pool"))
     branch3x3 = jnp.concatenate([
         self.conv(384, (1, 3), "branch3x3_2a", padding=(0, 1))(branch3x3, train),
         self.conv(384, (3, 1), "branch3x3_2b", padding=(1, 0))(branch3x3, train),
     ], axis=-1)
-    branch3x3dbl = self.conv(448, 1, "branch3x3dbl_1")(x, train)
     branch3x3dbl = self.conv(384, 3, "branch3x3dbl_2", padding=1)(branch3x3dbl, train)
     branch3x3dbl = jnp.concatenate([
         self.conv(384, (1, 3), "branch3x3dbl_3a", padding=(0, 1))(branch3x3dbl, train),
         self.conv(384, (3, 1), "branch3x3dbl_3b", padding=(1, 0))(branch3x3dbl, train),
     ], axis=-1)
-    branch_pool = self.conv(192, 1, "branch_pool")(_branch_avg_pool(x), train)
     return jnp.concatenate([branch1x1, branch3x3, branch3x3dbl, branch_pool], axis=-1)
 
 
