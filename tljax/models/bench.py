@@ -180,6 +180,9 @@ def _torch_model(model: str, size: int):
 
   if model.startswith(("resnet", "vgg")):
     return getattr(torchvision.models, model)(num_classes=NUM_CLASSES)
+  if model == "inception_v3":  # as the Flax backbone's default: no auxiliary head
+    return torchvision.models.inception_v3(num_classes=NUM_CLASSES, aux_logits=False,
+                                           init_weights=False)
   if model.startswith("vit_"):
     return timm.create_model(f"{model}_224", pretrained=False, img_size=size,
                              num_classes=NUM_CLASSES)

@@ -190,6 +190,12 @@ def _branch_avg_pool(x: jax.Array) -> jax.Array:
                      count_include_pad=True)
 
 
+def _global_avg_pool(x: jax.Array, dtype: Any) -> jax.Array:
+  """`(B, H, W, C)` -> `(B, C)` in `dtype`, summed in at least fp32 so that
+  bf16 runs do not lose precision in the sum (and fp64 runs stay fp64)."""
+  return jnp.mean(x.astype(jnp.promote_types(dtype, jnp.float32)), axis=(1, 2)).astype(dtype)
+
+
 def _max_pool(x: jax.Array) -> jax.Array:
   """torch's `max_pool2d(x, 3, stride=2)`: unpadded, floor of the output size."""
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
@@ -305,7 +311,7 @@ class InceptionAux(_Block):
     x = nn.avg_pool(x, (5, 5), strides=(3, 3), padding="VALID")
     x = self.conv(128, 1, "conv0")(x, train)
     x = self.conv(768, 5, "conv1", kernel_init=nn.initializers.normal(0.01))(x, train)
-    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
+    x = _global_avg_pool(x, self.dtype)
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.001),
                     bias_init=torch_linear_init(768), dtype=self.dtype,
                     param_dtype=jnp.float32, name="fc")(x)
@@ -370,8 +376,7 @@ class InceptionV3(nn.Module):
     x = InceptionD(name="Mixed_7a", **common)(x, train)
     x = InceptionE(name="Mixed_7b", **common)(x, train)
     x = InceptionE(name="Mixed_7c", **common)(x, train)
-    # Pool in fp32 so that bf16 runs do not lose precision in the sum.
-    return jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
+    return _global_avg_pool(x, self.dtype)
 
   def _auxiliary(self, x: jax.Array, train: bool, common: dict) -> None:
     """Runs `AuxLogits` in training (and at initialisation, to create its
