@@ -27,37 +27,145 @@ from tljax.models.layers import BatchNorm
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def pointwise_conv_as_dot(inputs: jax.Array, kernel: jax.Array, window_strides: Sequence[int],
-                          padding: Any, *, lhs_dilation=None, rhs_dilation=None,
-                          dimension_numbers=None, feature_group_count: int = 1,
-                          precision=None) -> jax.Array:
-  """`lax.conv_general_dilated` for `nn.Conv`, with 1x1 kernels as matmuls.
+def _pointwise_dot(inputs: jax.Array, matrix: jax.Array, strides: Sequence[int]) -> jax.Array:
+  """A 1x1 convolution without padding: `inputs[:, ::s, ::s] @ matrix`."""
+  stride_h, stride_w = strides
+  if (stride_h, stride_w) != (1, 1):
+    inputs = inputs[:, ::stride_h, ::stride_w, :]
+  return jax.lax.dot_general(inputs, matrix, (((3,), (0,)), ((), ())))
 
-  A 1x1 convolution (stride s, no padding) is `inputs[:, ::s, ::s] @ kernel`,
-  the same sums. Written as a dot, its gradients are dots too; as a convolution,
-  XLA:CPU expresses the kernel gradient as a convolution over the batch axis
-  and transposes both activations and gradients into that layout first. On a
-  CPU that cut the ResNet-50 train step's compute time by about a quarter
-  (see `tljax.models.bench`). Other kernels go to `lax.conv_general_dilated`.
+
+def _is_pointwise(kernel_shape: Sequence[int], padding: Any) -> bool:
+  return (tuple(kernel_shape[:2]) == (1, 1)
+          and all(tuple(pad) == (0, 0) for pad in padding))
+
+
+def _xla_conv(inputs: jax.Array, kernel: jax.Array, strides: Sequence[int],
+              padding: Any) -> jax.Array:
+  return jax.lax.conv_general_dilated(inputs, kernel, tuple(strides), tuple(padding),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _patches(inputs: jax.Array, kernel_size: Sequence[int], strides: Sequence[int],
+             padding: Any, output_size: Sequence[int]) -> jax.Array:
+  """im2col: `(B, Ho, Wo, kh*kw*C)`, taps in the kernel's (kh, kw, C) order."""
+  (pad_top, pad_bottom), (pad_left, pad_right) = padding
+  padded = jnp.pad(inputs, ((0, 0), (pad_top, pad_bottom), (pad_left, pad_right), (0, 0)))
+  (stride_h, stride_w), (out_h, out_w) = strides, output_size
+  return jnp.concatenate(
+      [padded[:, i:i + stride_h * (out_h - 1) + 1:stride_h,
+              j:j + stride_w * (out_w - 1) + 1:stride_w, :]
+       for i in range(kernel_size[0]) for j in range(kernel_size[1])], axis=-1)
+
+
+def _transposed_copy(matrix: jax.Array) -> jax.Array:
+  """`matrix.T`, materialised.
+
+  The barrier keeps XLA from folding the transpose back into the dot that
+  reads it: XLA:CPU's fast (YNNPACK) matmul takes its left operand only with
+  the contracted axis last, and a plain copy costs far less than the slower
+  matmul XLA picks for a transposed operand.
   """
-  pointwise = (kernel.shape[:2] == (1, 1) and feature_group_count == 1
-               and not isinstance(padding, str)
-               and all(tuple(pad) == (0, 0) for pad in padding)
+  return jax.lax.optimization_barrier(jnp.transpose(matrix))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def cpu_conv(inputs: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+             padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+  """NHWC x HWIO convolution whose gradients are written for XLA:CPU.
+
+  Same function as `lax.conv_general_dilated` (explicit padding, no dilation,
+  one group). Forward: 1x1 kernels as matmuls, others as XLA's convolution.
+  Backward:
+  - input gradient: a matmul (1x1) or XLA's transposed convolution;
+  - kernel gradient: `dy^T @ im2col(x)`, one large matmul. XLA's own kernel
+    gradient is a convolution over the batch axis after transposing both
+    activations and gradients; on a CPU it ran 2-7x slower than the forward
+    convolution of the same size (and grows worse with the batch).
+  Both gradients start from materialised activations and output gradients,
+  so that XLA does not recompute the BatchNorm/ReLU producers inside the
+  transposes it needs.
+  """
+  if _is_pointwise(kernel.shape, padding):
+    return _pointwise_dot(inputs, kernel[0, 0], strides)
+  return _xla_conv(inputs, kernel, strides, padding)
+
+
+def _cpu_conv_fwd(inputs, kernel, strides, padding):
+  return cpu_conv(inputs, kernel, strides, padding), (inputs, kernel)
+
+
+def _cpu_conv_bwd(strides, padding, residuals, d_out):
+  inputs, kernel = residuals
+  inputs, d_out = jax.lax.optimization_barrier((inputs, d_out))
+  kernel_h, kernel_w, in_features, out_features = kernel.shape
+  batch, out_h, out_w, _ = d_out.shape
+  rows = batch * out_h * out_w
+  d_out_matrix = d_out.reshape(rows, out_features)
+  if _is_pointwise(kernel.shape, padding):
+    d_strided = jax.lax.dot_general(d_out, kernel[0, 0], (((3,), (1,)), ((), ())))
+    # Scatter back onto the strided grid by interior padding with zeros.
+    config = [(0, 0, 0)] + [
+        (0, inputs.shape[axis] - (d_strided.shape[axis] - 1) * stride - 1, stride - 1)
+        for axis, stride in ((1, strides[0]), (2, strides[1]))] + [(0, 0, 0)]
+    d_inputs = jax.lax.pad(d_strided, jnp.zeros((), d_strided.dtype), config)
+    strided = inputs[:, ::strides[0], ::strides[1], :].reshape(rows, in_features)
+    # Transpose whichever operand has fewer channels.
+    if in_features <= out_features:
+      d_matrix = _transposed_copy(strided) @ d_out_matrix
+    else:
+      d_matrix = jnp.transpose(_transposed_copy(d_out_matrix) @ strided)
+    return d_inputs, d_matrix.reshape(kernel.shape).astype(kernel.dtype)
+  d_inputs = jax.vjp(lambda x: _xla_conv(x, kernel, strides, padding), inputs)[1](d_out)[0]
+  patches = _patches(inputs, (kernel_h, kernel_w), strides, padding, (out_h, out_w))
+  d_kernel_t = _transposed_copy(d_out_matrix) @ patches.reshape(rows, -1)
+  d_kernel = jnp.transpose(d_kernel_t).reshape(kernel.shape)
+  return d_inputs, d_kernel.astype(kernel.dtype)
+
+
+cpu_conv.defvjp(_cpu_conv_fwd, _cpu_conv_bwd)
+
+
+def conv_general_dilated(inputs: jax.Array, kernel: jax.Array, window_strides: Sequence[int],
+                         padding: Any, *, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count: int = 1,
+                         precision=None, impl: str = "auto") -> jax.Array:
+  """`lax.conv_general_dilated` for `nn.Conv`, choosing the implementation.
+
+  `impl`: 'xla' is XLA's convolution; 'cpu' is `cpu_conv`; 'auto' picks
+  'cpu' on the CPU backend and 'xla' on accelerators (whose convolution
+  libraries need no help). Cases `cpu_conv` does not cover (dilation, groups,
+  string padding, layouts other than NHWC/HWIO) always go to XLA.
+  """
+  if impl == "auto":
+    impl = "cpu" if jax.default_backend() == "cpu" else "xla"
+  if impl not in ("cpu", "xla"):
+    raise ValueError(f"conv_impl must be 'auto', 'cpu' or 'xla', got {impl!r}")
+  nhwc = dimension_numbers is None or (
+      tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2)
+      and tuple(dimension_numbers.rhs_spec) == (3, 2, 0, 1)
+      and tuple(dimension_numbers.out_spec) == (0, 3, 1, 2))
+  supported = (impl == "cpu" and nhwc and inputs.ndim == 4 and feature_group_count == 1
+               and not isinstance(padding, str) and precision is None
                and all(d == 1 for d in (lhs_dilation or (1, 1)))
                and all(d == 1 for d in (rhs_dilation or (1, 1))))
-  if not pointwise:
+  if not supported:
     return jax.lax.conv_general_dilated(
         inputs, kernel, window_strides, padding, lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
         feature_group_count=feature_group_count, precision=precision)
-  stride_h, stride_w = window_strides
-  if (stride_h, stride_w) != (1, 1):
-    inputs = inputs[:, ::stride_h, ::stride_w, :]
-  return jax.lax.dot_general(inputs, kernel[0, 0], (((3,), (0,)), ((), ())),
-                             precision=precision)
+  padding = tuple(tuple(int(p) for p in pad) for pad in padding)
+  return cpu_conv(inputs, kernel, tuple(int(s) for s in window_strides), padding)
 
 
-def _conv(features: int, kernel: int, strides: int, dtype: Any, name: str) -> nn.Conv:
+def pointwise_conv_as_dot(inputs: jax.Array, kernel: jax.Array, window_strides: Sequence[int],
+                          padding: Any, **kwargs) -> jax.Array:
+  """`conv_general_dilated` with `impl='cpu'`: 1x1 kernels run as matmuls."""
+  return conv_general_dilated(inputs, kernel, window_strides, padding, impl="cpu", **kwargs)
+
+
+def _conv(features: int, kernel: int, strides: int, dtype: Any, name: str,
+          impl: str = "auto") -> nn.Conv:
   """A bias-free convolution with torch's symmetric `padding=kernel // 2`.
 
   Explicit padding rather than "SAME": for stride 2 on an even input, "SAME"
@@ -68,7 +176,8 @@ def _conv(features: int, kernel: int, strides: int, dtype: Any, name: str) -> nn
   return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
                  padding=((pad, pad), (pad, pad)), use_bias=False,
                  kernel_init=_conv_init, dtype=dtype, param_dtype=jnp.float32,
-                 conv_general_dilated=pointwise_conv_as_dot, name=name)
+                 conv_general_dilated=functools.partial(conv_general_dilated, impl=impl),
+                 name=name)
 
 
 def _batch_norm(frozen_norm: str, dtype: Any, name: str) -> BatchNorm:
@@ -85,6 +194,7 @@ class BasicBlock(nn.Module):
     strides: stride of the first convolution and of the shortcut.
     frozen_norm: regex of BatchNorm paths that keep running statistics.
     dtype: compute dtype.
+    conv_impl: see `conv_general_dilated`.
   """
 
   expansion: ClassVar[int] = 1
@@ -92,18 +202,20 @@ class BasicBlock(nn.Module):
   strides: int = 1
   frozen_norm: str = ""
   dtype: Any = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     norm = functools.partial(_batch_norm, self.frozen_norm, self.dtype)
+    conv = functools.partial(_conv, dtype=self.dtype, impl=self.conv_impl)
     shortcut = x
-    y = _conv(self.planes, 3, self.strides, self.dtype, "conv1")(x)
+    y = conv(self.planes, 3, self.strides, name="conv1")(x)
     y = nn.relu(norm("bn1")(y, train))
-    y = _conv(self.planes, 3, 1, self.dtype, "conv2")(y)
+    y = conv(self.planes, 3, 1, name="conv2")(y)
     y = norm("bn2")(y, train)
     if self.strides != 1 or x.shape[-1] != self.planes * self.expansion:
-      shortcut = _conv(self.planes * self.expansion, 1, self.strides, self.dtype,
-                       "downsample_conv")(x)
+      shortcut = conv(self.planes * self.expansion, 1, self.strides,
+                      name="downsample_conv")(x)
       shortcut = norm("downsample_bn")(shortcut, train)
     return nn.relu(y + shortcut)
 
@@ -116,6 +228,7 @@ class BottleneckBlock(nn.Module):
     strides: stride of the 3x3 convolution and of the shortcut.
     frozen_norm: regex of BatchNorm paths that keep running statistics.
     dtype: compute dtype.
+    conv_impl: see `conv_general_dilated`.
   """
 
   expansion: ClassVar[int] = 4
@@ -123,20 +236,22 @@ class BottleneckBlock(nn.Module):
   strides: int = 1
   frozen_norm: str = ""
   dtype: Any = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     norm = functools.partial(_batch_norm, self.frozen_norm, self.dtype)
+    conv = functools.partial(_conv, dtype=self.dtype, impl=self.conv_impl)
     shortcut = x
-    y = _conv(self.planes, 1, 1, self.dtype, "conv1")(x)
+    y = conv(self.planes, 1, 1, name="conv1")(x)
     y = nn.relu(norm("bn1")(y, train))
-    y = _conv(self.planes, 3, self.strides, self.dtype, "conv2")(y)
+    y = conv(self.planes, 3, self.strides, name="conv2")(y)
     y = nn.relu(norm("bn2")(y, train))
-    y = _conv(self.planes * self.expansion, 1, 1, self.dtype, "conv3")(y)
+    y = conv(self.planes * self.expansion, 1, 1, name="conv3")(y)
     y = norm("bn3")(y, train)
     if self.strides != 1 or x.shape[-1] != self.planes * self.expansion:
-      shortcut = _conv(self.planes * self.expansion, 1, self.strides, self.dtype,
-                       "downsample_conv")(x)
+      shortcut = conv(self.planes * self.expansion, 1, self.strides,
+                      name="downsample_conv")(x)
       shortcut = norm("downsample_bn")(shortcut, train)
     return nn.relu(y + shortcut)
 
@@ -150,12 +265,19 @@ class ResNet(nn.Module):
     frozen_norm: regex of BatchNorm paths (e.g. `backbone/.*`) that normalise
       with their running statistics even when `train=True`.
     dtype: compute dtype (parameters are always fp32).
+    conv_impl: 'auto' (CPU: `cpu_conv`; accelerators: XLA's), 'cpu' or 'xla';
+      see `conv_general_dilated`.
+    remat: recompute each block's activations in the backward pass
+      (`nn.remat`) instead of keeping them: less memory for large batches,
+      about one more forward pass of compute.
   """
 
   block: type[nn.Module]
   stage_sizes: Sequence[int]
   frozen_norm: str = ""
   dtype: Any = jnp.float32
+  conv_impl: str = "auto"
+  remat: bool = False
 
   @property
   def features_dim(self) -> int:
@@ -164,17 +286,20 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
     """Maps `(B, H, W, 3)` images to `(B, features_dim)` pooled features."""
-    x = _conv(64, 7, 2, self.dtype, "conv1")(images)
+    x = _conv(64, 7, 2, self.dtype, "conv1", self.conv_impl)(images)
     x = nn.relu(_batch_norm(self.frozen_norm, self.dtype, "bn1")(x, train))
     # Padding for max pooling is -inf in flax, as in torch.
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    # `train` is a Python bool that selects code paths: static under remat.
+    block = nn.remat(self.block, static_argnums=(2,)) if self.remat else self.block
     for stage, num_blocks in enumerate(self.stage_sizes):
       for index in range(num_blocks):
-        x = self.block(
+        x = block(
             planes=64 * 2**stage,
             strides=2 if stage > 0 and index == 0 else 1,
             frozen_norm=self.frozen_norm,
             dtype=self.dtype,
+            conv_impl=self.conv_impl,
             name=f"layer{stage + 1}_{index}",
         )(x, train)
     # Pool in fp32 so that bf16 runs do not lose precision in the sum.
@@ -183,9 +308,10 @@ class ResNet(nn.Module):
 
 def _factory(block: type[nn.Module], stage_sizes: Sequence[int]):
 
-  def create(*, dtype: Any = jnp.float32, frozen_norm: str = "") -> ResNet:
-    return ResNet(block=block, stage_sizes=tuple(stage_sizes),
-                  frozen_norm=frozen_norm, dtype=dtype)
+  def create(*, dtype: Any = jnp.float32, frozen_norm: str = "", conv_impl: str = "auto",
+             remat: bool = False) -> ResNet:
+    return ResNet(block=block, stage_sizes=tuple(stage_sizes), frozen_norm=frozen_norm,
+                  dtype=dtype, conv_impl=conv_impl, remat=remat)
 
   return create
 
