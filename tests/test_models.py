@@ -16,6 +16,7 @@ is exact up to the final fp32 cast of the classifier's outputs.
 """
 
 import copy
+import json
 import os
 import pathlib
 import subprocess
@@ -788,7 +789,157 @@ def test_parameter_overview_counts():
 
 def test_bench_flax_step_runs():
   from tljax.models import bench  # pylint: disable=g-import-not-at-top
-  result = bench.time_flax("resnet18", size=32, batch=2, steps=1, warmup=0)
+  result = bench.time_flax(bench.Case("backbone", "resnet18", 32, 2), steps=1, warmup=0)
   assert result["step_s"] > 0 and result["compile_s"] > 0 and result["peak_bytes"] > 0
-  table = bench._format_table([{"model": "resnet18", "size": 32, "batch": 2, "flax": result}])
-  assert "resnet18" in table
+  assert result["flops"] > 0 and result["gflops_per_s"] > 0
+  matmul = {"flax": {"gflops_per_s": 100.0, "size": 8, "seconds": 1.0}}
+  table = bench.format_table([{"case": "resnet18", "size": 32, "batch": 2, "flax": result}],
+                             matmul)
+  assert "| resnet18 | 32 | 2 |" in table and "%" in table
+
+
+def test_bench_frozen_case_differentiates_only_trainable_parameters():
+  from tljax.models import bench  # pylint: disable=g-import-not-at-top
+  case = bench.Case("backbone", "resnet18", 32, 2, frozen=bench.FROZEN_STAGES_REGEX)
+  step, state, images, labels = bench.build_flax_step(case)
+  assert state["frozen"] and all(not key.startswith(("backbone/layer4", "head"))
+                                 for key in state["frozen"])
+  assert {key.split("/")[1] for key in state["trainable"] if key.startswith("backbone/")} == {
+      "layer4_0", "layer4_1"}
+  # The step donates its state: keep host copies.
+  frozen_before = {key: np.array(value) for key, value in state["frozen"].items()}
+  stats_before = jax.tree.map(np.array, state["batch_stats"])
+  new_state, loss = step(state, images, labels)
+  assert np.isfinite(float(loss))
+  for key, value in new_state["frozen"].items():
+    np.testing.assert_array_equal(value, frozen_before[key], err_msg=key)
+  # Frozen BatchNorm layers keep their statistics; trainable ones move.
+  np.testing.assert_array_equal(new_state["batch_stats"]["backbone"]["layer1_0"]["bn1"]["mean"],
+                                stats_before["backbone"]["layer1_0"]["bn1"]["mean"])
+  assert _max_diff(new_state["batch_stats"]["backbone"]["layer4_0"]["bn1"]["mean"],
+                   stats_before["backbone"]["layer4_0"]["bn1"]["mean"]) > 0
+
+
+def test_gpu_bench_script_runs_tiny_on_cpu(tmp_path):
+  """experiments/gpu_bench.sh end to end at smoke-test sizes (any backend)."""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  result = subprocess.run(
+      ["bash", str(root / "experiments" / "gpu_bench.sh")], capture_output=True, text=True,
+      timeout=600, env={**os.environ, "GPU_BENCH_TINY": "1", "GPU_BENCH_OUT": str(tmp_path),
+                        "PYTHONPATH": str(root)})
+  assert result.returncode == 0, result.stderr[-3000:]
+  text = (tmp_path / "gpu_bench.md").read_text()
+  assert "### float32" in text and "### bfloat16" in text and "| small_cnn | 32 | 2 |" in text
+  for dtype in ("float32", "bfloat16"):
+    report = json.loads((tmp_path / f"gpu_bench_{dtype}.json").read_text())
+    assert report["rows"][0]["flax"]["dtype"] == dtype and report["rows"][0]["flax"]["flops"] > 0
+
+
+# ----------------------------------------------------------------------------
+# CPU implementations: same functions and gradients as XLA's, bf16, remat.
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kernel,strides,size", [(1, 1, 6), (1, 2, 7), (3, 1, 6), (3, 2, 7),
+                                                 (7, 2, 8)])
+def test_cpu_conv_matches_xla_convolution_and_gradients(kernel, strides, size):
+  from tljax.models import resnet  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  inputs = jnp.asarray(rng.normal(size=(2, size, size, 3)), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 5)), jnp.float32)
+  padding = ((kernel // 2, kernel // 2),) * 2
+  cotangent = jnp.asarray(rng.normal(size=(2, -(-size // strides), -(-size // strides), 5)),
+                          jnp.float32)
+
+  def pullback(conv):
+    out, vjp = jax.vjp(lambda x, w: conv(x, w), inputs, weights)
+    return (out,) + vjp(cotangent)
+
+  got = jax.jit(lambda: pullback(
+      lambda x, w: resnet.cpu_conv(x, w, (strides, strides), padding)))()
+  want = jax.jit(lambda: pullback(lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (strides, strides), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))))()
+  for name, a, b in zip(("output", "d_inputs", "d_kernel"), got, want):
+    assert a.shape == b.shape, name
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_batch_norm_train_gradients_match_autodiff():
+  from tljax.models import layers  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, 4, 4, 5)) * 2 + 1, jnp.float32)
+  scale = jnp.asarray(rng.uniform(0.5, 1.5, 5), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=5), jnp.float32)
+
+  def reference(x, scale, bias, epsilon):
+    mean = jnp.mean(x, (0, 1, 2))
+    var = jnp.maximum(jnp.mean(x * x, (0, 1, 2)) - mean**2, 0.0)
+    return (x - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias, mean, var
+
+  def loss(norm, x, scale, bias):
+    # Cotangents on all three outputs, including the statistics.
+    y, mean, var = norm(x, scale, bias, 1e-5)
+    return jnp.sum(jnp.sin(y)) + jnp.sum(mean * jnp.arange(5)) + jnp.sum(jnp.cos(var))
+
+  got = jax.grad(lambda *a: loss(layers.batch_norm_train, *a), (0, 1, 2))(x, scale, bias)
+  want = jax.grad(lambda *a: loss(reference, *a), (0, 1, 2))(x, scale, bias)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _train_losses(name, size, dtype, steps, **kwargs):
+  """Losses of a few SGD steps from the same fp32 weights, in `dtype`."""
+  import optax  # pylint: disable=g-import-not-at-top
+  model = _classifier(name, size, num_classes=4, dtype=dtype, **kwargs)
+  variables = _random_variables(_classifier(name, size, num_classes=4), size)
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.normal(size=(8, size, size, 3)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 4, 8))
+  optimizer = optax.sgd(0.002, momentum=0.9)
+
+  @jax.jit
+  def step(params, opt, stats):
+    def loss_fn(params):
+      (_, logits), updates = model.apply({"params": params, "batch_stats": stats}, images,
+                                         train=True, mutable=["batch_stats"])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), updates
+    (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    grad_updates, opt = optimizer.update(grads, opt, params)
+    return optax.apply_updates(params, grad_updates), opt, updates.get("batch_stats", {}), loss
+
+  params, stats = variables["params"], variables.get("batch_stats", {})
+  opt, losses = optimizer.init(params), []
+  for _ in range(steps):
+    params, opt, stats, loss = step(params, opt, stats)
+    losses.append(float(loss))
+  return np.array(losses), params
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vit_tiny_patch16"])
+def test_bfloat16_training_tracks_float32(name):
+  """bf16 compute, fp32 parameters: the same descent, each loss within 5% of
+  the initial one."""
+  losses32, _ = _train_losses(name, 32, jnp.float32, steps=4)
+  losses16, params16 = _train_losses(name, 32, jnp.bfloat16, steps=4)
+  print(f"{name}: fp32 losses {np.round(losses32, 4)}, bf16 {np.round(losses16, 4)}")
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params16))
+  np.testing.assert_allclose(losses16, losses32, atol=0.05 * losses32[0])
+  assert losses16[-1] < losses16[0]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vit_tiny_patch16"])
+def test_remat_gives_the_same_training(name):
+  losses, params = _train_losses(name, 32, jnp.float32, steps=2)
+  losses_remat, params_remat = _train_losses(name, 32, jnp.float32, steps=2, remat=True)
+  np.testing.assert_allclose(losses_remat, losses, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(params_remat), jax.tree.leaves(params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_resnet_conv_impls_agree():
+  """'cpu' (hand-written gradients) and 'xla' train the same network."""
+  losses_cpu, params_cpu = _train_losses("resnet18", 32, jnp.float32, steps=2, conv_impl="cpu")
+  losses_xla, params_xla = _train_losses("resnet18", 32, jnp.float32, steps=2, conv_impl="xla")
+  np.testing.assert_allclose(losses_cpu, losses_xla, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(params_cpu), jax.tree.leaves(params_xla)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

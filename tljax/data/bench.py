@@ -206,10 +206,11 @@ def time_model_step(model: str, size: int, batch: int, work_dir: str) -> float:
   """Seconds per train step of `model`, from `tljax.models.bench` in a process of its own."""
   out = os.path.join(work_dir, "model_bench.json")
   command = [sys.executable, "-m", "tljax.models.bench", f"--models={model}", f"--sizes={size}",
-             f"--batch={batch}", "--steps=3", "--warmup=1", "--torch=false", f"--out={out}"]
+             f"--batch={batch}", "--steps=3", "--warmup=1", "--torch=false", "--frozen=false",
+             f"--out={out}"]
   subprocess.run(command, check=True, capture_output=True)
   with open(out) as f:
-    return json.load(f)[0]["flax"]["step_s"]
+    return json.load(f)["rows"][0]["flax"]["step_s"]
 
 
 def run(work_dir: str) -> dict[str, Any]:

@@ -1,38 +1,66 @@
-r"""Train-step benchmark of the backbones: Flax next to PyTorch.
+r"""Train-step benchmark of the backbones: Flax next to PyTorch, in one table.
 
 One step is forward, backward and an SGD-momentum update of a 1000-class
-classifier on random images, as in ImageNet training:
+classifier on random images, as in ImageNet training. The command that writes
+`experiments/results/backbone_bench.{md,json}`:
 
-  python -m tljax.models.bench --models=resnet50,vit_base_patch16 \
-      --batch=32 --sizes=112,224 --steps=5 --out=/tmp/bench.json
+  python -m tljax.models.bench --models=resnet50,vit_base_patch16 --sizes=112,224 \
+      --batch=32 --steps=3 --out=experiments/results/backbone_bench
 
-Every (framework, model, size) runs in a child process of its own, so that
-thread pools do not compete and the peak memory of one does not hide in the
-other's: the peak is the device's `peak_bytes_in_use` where the backend reports
-it (GPU/TPU), else the process's resident-set high-water mark (CPU; it includes
-the framework's own ~0.5-1 GB). XLA options come from the XLA_FLAGS environment
-variable as usual; `--xla_flags` appends to it for the Flax children only, which
-is how flag variants are compared.
+What it prints, in this order:
+1. The machine's matmul rate: a jitted 4096x4096 fp32 matmul (and PyTorch's),
+   timed first; every "% mm" column is a fraction of the jitted rate.
+2. One row per case: seconds per step (median), process CPU seconds per step,
+   GFLOP/s and % of the matmul rate, for Flax and for PyTorch, and their ratio.
+   Flax FLOPs are XLA's cost analysis of the compiled step (every op, matmuls
+   and convolutions dominating). PyTorch FLOPs are counted by
+   `torch.utils.flop_counter.FlopCounterMode` over one step (matmuls,
+   convolutions and attention, forward and backward: what the model does,
+   including what freezing saves).
+3. The frozen-backbone case (`--frozen`, default on): ResNet-50 with its stem
+   and stages 1-3 frozen. Flax differentiates a function of the trainable
+   subtree only (the frozen parameters are closed over) and its frozen
+   BatchNorm layers use running statistics (`frozen_norm`); PyTorch sets
+   `requires_grad=False` on the same layers and puts their BatchNorm layers in
+   eval mode.
 
-Timings on a shared CPU are noisy: compare runs made back to back, look at the
-min as well as the median, and prefer more steps over more runs. `cpu s` is the
-process CPU time per step, which other processes on the machine disturb much
-less than wall time; pinned to one core (`taskset -c 0 python -m ...`, which
-both frameworks honour when sizing their thread pools) it measures the work
-each framework does per step, without PyTorch's OpenMP threads spinning or
-XLA's pool waiting on a descheduled sibling.
+Every (framework, case) runs in a child process of its own, so that thread
+pools do not compete and one's peak memory does not hide in the other's: the
+peak is the device's `peak_bytes_in_use` where the backend reports it
+(GPU/TPU), else the process's resident-set high-water mark (CPU; it includes
+the framework's own ~0.5-1 GB).
+
+Environment of the children (`--hugepages`, default on): glibc's malloc is
+told to back its large allocations with transparent huge pages
+(`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`), for both frameworks. XLA:CPU
+allocates a step's temporaries afresh on every call; with 4 KiB pages the
+kernel faults and zeroes each page again every step (a ResNet-50 step at 112
+px, batch 16, refaulted 570 MiB: ~15% of the step in system time). XLA
+options come from XLA_FLAGS as usual; `--xla_flags` appends to it for the Flax
+children only.
+
+More rows: a case is a `Case`; `ROW_KINDS` maps its `kind` to the functions
+that time it in each framework (PyTorch optional), so another kind of step
+(e.g. a method's digits step) is one more entry and one more `Case` in
+`default_cases`.
+
+Timings on a shared CPU are noisy: look at `cpu s` (process CPU time per step)
+as well as wall time, and compare runs made back to back.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import app
 from absl import flags
@@ -44,35 +72,78 @@ _STEPS = None
 _WARMUP = None
 _DTYPE = None
 _TORCH = None
-_TORCH_CHANNELS_LAST = None
+_FROZEN = None
+_HUGEPAGES = None
 _XLA_FLAGS = None
 _OUT = None
 _WORKER = None
+_CASE = None
+_MATMUL_SIZE = None
 
 
 def _define_flags() -> None:
   """Defines the command-line flags; called only when run as a program, so that
   importing this module for its functions defines no flags."""
-  global _MODELS, _BATCH, _SIZES, _STEPS, _WARMUP, _DTYPE, _TORCH, _TORCH_CHANNELS_LAST, _XLA_FLAGS, _OUT, _WORKER
+  global _MODELS, _BATCH, _SIZES, _STEPS, _WARMUP, _DTYPE, _TORCH, _FROZEN, _HUGEPAGES
+  global _XLA_FLAGS, _OUT, _WORKER, _CASE, _MATMUL_SIZE
   _MODELS = flags.DEFINE_list("models", ["resnet50", "vit_base_patch16"],
                               "Backbone registry names.")
   _BATCH = flags.DEFINE_integer("batch", 32, "Images per step.")
   _SIZES = flags.DEFINE_list("sizes", ["112", "224"], "Square image sizes.")
-  _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after the warm-up).")
+  _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps (after the warm-up).")
   _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps after compilation.")
   _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
-                             "Flax compute dtype (PyTorch always runs fp32).")
+                             "Flax compute dtype (parameters stay fp32; PyTorch runs fp32 "
+                             "on CPU, autocast bf16 on CUDA).")
   _TORCH = flags.DEFINE_bool("torch", True, "Also time PyTorch when installed.")
-  _TORCH_CHANNELS_LAST = flags.DEFINE_bool(
-      "torch_channels_last", False, "Run PyTorch in channels_last (NHWC) memory format.")
+  _FROZEN = flags.DEFINE_bool("frozen", True,
+                              "Add the ResNet-50 case with stem and stages 1-3 frozen.")
+  _HUGEPAGES = flags.DEFINE_bool(
+      "hugepages", True, "Run the children with GLIBC_TUNABLES=glibc.malloc.hugetlb=1.")
   _XLA_FLAGS = flags.DEFINE_string("xla_flags", "", "Appended to XLA_FLAGS for Flax runs.")
-  _OUT = flags.DEFINE_string("out", None, "Write the results as JSON here.")
-  _WORKER = flags.DEFINE_enum("worker", None, ["flax", "torch"],
-                              "Internal: measure one configuration in this process.")
+  _OUT = flags.DEFINE_string("out", None,
+                             "Write OUT.json and OUT.md (a path ending in .json writes the "
+                             "JSON only).")
+  _WORKER = flags.DEFINE_enum("worker", None, ["flax", "torch", "flax_matmul", "torch_matmul"],
+                              "Internal: measure one case in this process.")
+  _CASE = flags.DEFINE_string("case", None, "Internal: the case to measure, as JSON.")
+  _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", MATMUL_SIZE,
+                                      "Side of the square fp32 matmul timed first.")
 
 
 NUM_CLASSES = 1000
+MATMUL_SIZE = 4096
 _RESULT_PREFIX = "BENCH_RESULT "
+# PyTorch module prefixes frozen in the frozen-backbone case, and the matching
+# Flax parameter paths: torchvision's stem and stages 1-3.
+FROZEN_STAGES_TORCH = ("conv1", "bn1", "layer1", "layer2", "layer3")
+FROZEN_STAGES_REGEX = r"backbone/(conv1|bn1|layer[1-3]_\d+)(/.*)?"
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One row of the table.
+
+  Attributes:
+    kind: key of `ROW_KINDS` (how to build and time the step).
+    model: backbone registry name.
+    size: square image size.
+    batch: images per step.
+    frozen: regex over '/'-joined Flax parameter paths that are frozen (and
+      whose BatchNorm layers use running statistics); empty for none.
+    label: the row's name in the table.
+  """
+
+  kind: str
+  model: str
+  size: int
+  batch: int
+  frozen: str = ""
+  label: str = ""
+
+  @property
+  def name(self) -> str:
+    return self.label or self.model
 
 
 def _peak_rss_bytes() -> int:
@@ -112,9 +183,27 @@ def _random_variables(classifier, size: int):
   return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-def time_flax(model: str, size: int, batch: int, steps: int, warmup: int,
-              dtype: str = "float32") -> dict[str, Any]:
-  """Compiles and times the Flax train step; returns timings and peak memory."""
+def split_frozen(params: Any, frozen: str) -> tuple[Any, Any]:
+  """`(trainable, frozen)` flat dicts of '/'-joined parameter paths."""
+  import re  # pylint: disable=g-import-not-at-top
+
+  import flax.traverse_util  # pylint: disable=g-import-not-at-top
+
+  flat = flax.traverse_util.flatten_dict(params, sep="/")
+  is_frozen = {key: bool(frozen) and re.fullmatch(frozen, key) is not None for key in flat}
+  return ({key: value for key, value in flat.items() if not is_frozen[key]},
+          {key: value for key, value in flat.items() if is_frozen[key]})
+
+
+def build_flax_step(case: Case, dtype: str = "float32"):
+  """The jitted backbone train step of `case` and its arguments.
+
+  Returns `(step, state, images, labels)`; `step(state, images, labels)`
+  returns `(state, loss)` and donates `state`. With `case.frozen`, the
+  gradient is taken w.r.t. the trainable parameters only, the frozen ones
+  being constants of the loss, so XLA never builds their backward pass.
+  """
+  import flax.traverse_util  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -122,55 +211,72 @@ def time_flax(model: str, size: int, batch: int, steps: int, warmup: int,
 
   from tljax import models  # pylint: disable=g-import-not-at-top
 
-  kwargs = {"image_size": size} if model.startswith("vit_") else {}
+  kwargs = {"image_size": case.size} if case.model.startswith("vit_") else {}
   compute_dtype = jnp.dtype(dtype)
+  frozen_norm = case.frozen
   classifier = models.Classifier(
-      models.get_backbone(model, dtype=compute_dtype, **kwargs), num_classes=NUM_CLASSES,
-      dtype=compute_dtype)
+      models.get_backbone(case.model, dtype=compute_dtype, frozen_norm=frozen_norm, **kwargs),
+      num_classes=NUM_CLASSES, dtype=compute_dtype)
   rng = np.random.default_rng(0)
-  images = jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32)
-  labels = jnp.asarray(rng.integers(0, NUM_CLASSES, size=(batch,)))
-  variables = _random_variables(classifier, size)
+  images = jnp.asarray(rng.normal(size=(case.batch, case.size, case.size, 3)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, NUM_CLASSES, size=(case.batch,)))
+  variables = _random_variables(classifier, case.size)
+  trainable, frozen = split_frozen(variables["params"], case.frozen)
   optimizer = optax.sgd(0.01, momentum=0.9)
-  state = {"params": variables["params"],
+  state = {"trainable": trainable, "frozen": frozen,
            "batch_stats": variables.get("batch_stats", {}),
-           "opt": optimizer.init(variables["params"]),
-           "rng": jax.random.key(1)}
+           "opt": optimizer.init(trainable), "rng": jax.random.key(1)}
 
   def train_step(state, images, labels):
     rng, dropout_rng = jax.random.split(state["rng"])
 
-    def loss_fn(params):
+    def loss_fn(trainable):
+      params = flax.traverse_util.unflatten_dict({**trainable, **state["frozen"]}, sep="/")
       (_, logits), updates = classifier.apply(
           {"params": params, "batch_stats": state["batch_stats"]}, images, train=True,
           mutable=["batch_stats"], rngs={"dropout": dropout_rng})
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
       return loss, updates.get("batch_stats", {})
 
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt = optimizer.update(grads, state["opt"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    return {"params": params, "batch_stats": batch_stats, "opt": opt, "rng": rng}, loss
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["trainable"])
+    updates, opt = optimizer.update(grads, state["opt"], state["trainable"])
+    trainable = optax.apply_updates(state["trainable"], updates)
+    return {"trainable": trainable, "frozen": state["frozen"], "batch_stats": batch_stats,
+            "opt": opt, "rng": rng}, loss
 
+  return jax.jit(train_step, donate_argnums=(0,)), state, images, labels
+
+
+def time_flax(case: Case, steps: int, warmup: int, dtype: str = "float32") -> dict[str, Any]:
+  """Compiles and times the Flax train step; returns timings, FLOPs and peak memory."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  step, state, images, labels = build_flax_step(case, dtype)
   start = time.perf_counter()
-  compiled = jax.jit(train_step, donate_argnums=(0,)).lower(state, images, labels).compile()
+  compiled = step.lower(state, images, labels).compile()
   compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis() or {}
+  if isinstance(cost, (list, tuple)):  # older JAX: one dict per computation
+    cost = cost[0] if cost else {}
   step_seconds, cpu_seconds = [], []
-  for step in range(warmup + steps):
+  for index in range(warmup + steps):
     start, cpu_start = time.perf_counter(), time.process_time()
     state, loss = compiled(state, images, labels)
     loss.block_until_ready()
-    if step >= warmup:
+    if index >= warmup:
       step_seconds.append(time.perf_counter() - start)
       cpu_seconds.append(time.process_time() - cpu_start)
   if not np.isfinite(float(loss)):
-    raise FloatingPointError(f"{model}: non-finite loss {float(loss)}")
+    raise FloatingPointError(f"{case.name}: non-finite loss {float(loss)}")
   stats = jax.devices()[0].memory_stats() or {}
-  return {"framework": "flax", "model": model, "size": size, "batch": batch,
-          "dtype": dtype, "compile_s": compile_s, **_summary(step_seconds, cpu_seconds, batch),
+  summary = _summary(step_seconds, cpu_seconds, case.batch)
+  flops = float(cost.get("flops", 0.0))
+  return {"framework": "flax", "dtype": dtype, "compile_s": compile_s, **summary,
+          "flops": flops, "gflops_per_s": flops / summary["step_s"] / 1e9,
           "peak_bytes": stats.get("peak_bytes_in_use", _peak_rss_bytes()),
           "peak_source": "device" if "peak_bytes_in_use" in stats else "rss",
-          "device": str(jax.devices()[0]),
+          "device": str(jax.devices()[0]), "backend": jax.default_backend(),
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
@@ -189,91 +295,221 @@ def _torch_model(model: str, size: int):
   raise ValueError(f"no PyTorch counterpart for {model!r}")
 
 
-def time_torch(model: str, size: int, batch: int, steps: int, warmup: int,
-               channels_last: bool = False) -> dict[str, Any]:
-  """Times the same train step in PyTorch (eager, fp32)."""
+def time_torch(case: Case, steps: int, warmup: int, dtype: str = "float32") -> dict[str, Any]:
+  """Times the same train step in PyTorch (eager); counts its FLOPs once."""
   import torch  # pylint: disable=g-import-not-at-top
+  from torch.utils.flop_counter import FlopCounterMode  # pylint: disable=g-import-not-at-top
 
   torch.manual_seed(0)
-  network = _torch_model(model, size).train()
-  images = torch.randn(batch, 3, size, size)
-  labels = torch.randint(0, NUM_CLASSES, (batch,))
-  if channels_last:
-    network = network.to(memory_format=torch.channels_last)
-    images = images.contiguous(memory_format=torch.channels_last)
-  optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9)
-  step_seconds, cpu_seconds, first_step_s = [], [], 0.0
-  for step in range(warmup + steps):
-    start, cpu_start = time.perf_counter(), time.process_time()
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  network = _torch_model(case.model, case.size).to(device).train()
+  if case.frozen:
+    for name, module in network.named_children():
+      if name in FROZEN_STAGES_TORCH:
+        module.eval()  # running statistics in the frozen BatchNorm layers
+        for parameter in module.parameters():
+          parameter.requires_grad_(False)
+  images = torch.randn(case.batch, 3, case.size, case.size, device=device)
+  labels = torch.randint(0, NUM_CLASSES, (case.batch,), device=device)
+  optimizer = torch.optim.SGD([p for p in network.parameters() if p.requires_grad], lr=0.01,
+                              momentum=0.9)
+  autocast = torch.autocast(device, dtype=torch.bfloat16,
+                            enabled=dtype == "bfloat16" and device == "cuda")
+  synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+  def train_step():
     optimizer.zero_grad(set_to_none=True)
-    loss = torch.nn.functional.cross_entropy(network(images), labels)
+    with autocast:
+      loss = torch.nn.functional.cross_entropy(network(images), labels)
     loss.backward()
     optimizer.step()
-    elapsed = time.perf_counter() - start
-    if step == 0:
-      first_step_s = elapsed
-    if step >= warmup:
-      step_seconds.append(elapsed)
+
+  with FlopCounterMode(display=False) as counter:
+    train_step()  # untimed: the counter slows the step down
+  flops = float(counter.get_total_flops())
+  step_seconds, cpu_seconds = [], []
+  for index in range(warmup + steps):
+    synchronize()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    train_step()
+    synchronize()
+    if index >= warmup:
+      step_seconds.append(time.perf_counter() - start)
       cpu_seconds.append(time.process_time() - cpu_start)
-  return {"framework": "torch", "model": model, "size": size, "batch": batch,
-          "dtype": "float32", "first_step_s": first_step_s,
-          **_summary(step_seconds, cpu_seconds, batch), "peak_bytes": _peak_rss_bytes(),
-          "peak_source": "rss", "threads": torch.get_num_threads(),
-          "channels_last": channels_last}
+  summary = _summary(step_seconds, cpu_seconds, case.batch)
+  peak = (torch.cuda.max_memory_allocated() if device == "cuda" else _peak_rss_bytes())
+  return {"framework": "torch",
+          "dtype": "bfloat16" if dtype == "bfloat16" and device == "cuda" else "float32",
+          **summary,
+          "flops": flops, "gflops_per_s": flops / summary["step_s"] / 1e9,
+          "peak_bytes": peak, "peak_source": "device" if device == "cuda" else "rss",
+          "threads": torch.get_num_threads(), "device": device}
 
 
-def _run_worker(framework: str, model: str, size: int) -> dict[str, Any]:
-  """Measures one configuration in a fresh interpreter."""
-  command = [sys.executable, "-m", "tljax.models.bench", f"--worker={framework}",
-             f"--models={model}", f"--sizes={size}", f"--batch={_BATCH.value}",
-             f"--steps={_STEPS.value}", f"--warmup={_WARMUP.value}",
-             f"--dtype={_DTYPE.value}",
-             f"--torch_channels_last={_TORCH_CHANNELS_LAST.value}"]
+def time_matmul(framework: str, size: int = MATMUL_SIZE, repeats: int = 3) -> dict[str, Any]:
+  """GFLOP/s of a `size x size` fp32 matmul: jitted in JAX, eager in PyTorch."""
+  flops = 2.0 * size**3
+  if framework == "flax":
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+    keys = jax.random.split(jax.random.key(0))
+    a, b = (jax.random.normal(key, (size, size), jnp.float32) for key in keys)
+    matmul = jax.jit(jnp.matmul).lower(a, b).compile()
+
+    def run():
+      matmul(a, b).block_until_ready()
+  else:
+    import torch  # pylint: disable=g-import-not-at-top
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a, b = (torch.randn(size, size, device=device) for _ in range(2))
+    synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def run():
+      torch.matmul(a, b)
+      synchronize()
+
+  run()
+  seconds = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    run()
+    seconds.append(time.perf_counter() - start)
+  return {"framework": framework, "size": size, "seconds": min(seconds),
+          "gflops_per_s": flops / min(seconds) / 1e9}
+
+
+# kind -> (Flax timer, PyTorch timer or None); each takes (case, steps, warmup, dtype).
+ROW_KINDS: dict[str, tuple[Callable[..., dict[str, Any]],
+                           Callable[..., dict[str, Any]] | None]] = {
+    "backbone": (time_flax, time_torch),
+}
+
+
+def default_cases(models: Sequence[str], sizes: Sequence[int], batch: int,
+                  frozen: bool) -> list[Case]:
+  """The backbone rows, then the frozen ResNet-50 rows."""
+  cases = [Case("backbone", model, size, batch) for model in models for size in sizes]
+  if frozen:
+    cases += [Case("backbone", "resnet50", size, batch, frozen=FROZEN_STAGES_REGEX,
+                   label="resnet50 frozen 1-3") for size in sizes]
+  return cases
+
+
+def _child_env(framework: str) -> dict[str, str]:
   env = dict(os.environ)
-  if framework == "flax" and _XLA_FLAGS.value:
+  if _HUGEPAGES.value:
+    tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
+    if not any(t.startswith("glibc.malloc.hugetlb=") for t in tunables):
+      env["GLIBC_TUNABLES"] = ":".join(tunables + ["glibc.malloc.hugetlb=1"])
+  if framework.startswith("flax") and _XLA_FLAGS.value:
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {_XLA_FLAGS.value}".strip()
-  result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+  return env
+
+
+def _run_worker(worker: str, case: Case | None = None) -> dict[str, Any]:
+  """Measures one case (or the matmul) in a fresh interpreter."""
+  command = [sys.executable, "-m", "tljax.models.bench", f"--worker={worker}",
+             f"--steps={_STEPS.value}", f"--warmup={_WARMUP.value}", f"--dtype={_DTYPE.value}",
+             f"--matmul_size={_MATMUL_SIZE.value}"]
+  if case is not None:
+    command.append(f"--case={json.dumps(dataclasses.asdict(case))}")
+  result = subprocess.run(command, capture_output=True, text=True, env=_child_env(worker),
+                          check=False)
   for line in result.stdout.splitlines():
     if line.startswith(_RESULT_PREFIX):
       return json.loads(line[len(_RESULT_PREFIX):])
-  raise RuntimeError(f"{framework} benchmark of {model}@{size} failed:\n"
-                     f"{result.stderr[-4000:]}")
+  what = f"{case.name}@{case.size}" if case else "matmul"
+  raise RuntimeError(f"{worker} benchmark of {what} failed:\n{result.stderr[-4000:]}")
 
 
-def _format_table(rows: list[dict[str, Any]]) -> str:
-  header = (f"{'model':<18} {'size':>4} {'batch':>5} | {'flax s/step':>11} {'cpu s':>6} "
-            f"{'img/s':>6} {'compile s':>9} {'peak GB':>7} | {'torch s/step':>12} "
-            f"{'cpu s':>6} {'img/s':>6} {'peak GB':>7} | {'flax/torch':>10}")
-  lines = [header, "-" * len(header)]
+def _fraction(result: dict[str, Any] | None, matmul: dict[str, Any]) -> str:
+  if not result or not matmul.get("flax"):
+    return "-"
+  return f"{100 * result['gflops_per_s'] / matmul['flax']['gflops_per_s']:.0f}%"
+
+
+def format_table(rows: list[dict[str, Any]], matmul: dict[str, Any]) -> str:
+  """A markdown table, one line per row; PyTorch columns show '-' when absent."""
+  header = ("| case | size | batch | flax s/step | cpu s | GFLOP/s | % mm | compile s | peak GB "
+            "| torch s/step | cpu s | GFLOP/s | % mm | peak GB | flax/torch |")
+  lines = [header, "|" + "---|" * (header.count("|") - 1)]
   for row in rows:
     flax_result, torch_result = row["flax"], row.get("torch")
-    line = (f"{row['model']:<18} {row['size']:>4} {row['batch']:>5} | "
-            f"{flax_result['step_s']:>11.3f} {flax_result['cpu_s']:>6.2f} "
-            f"{flax_result['images_per_s']:>6.1f} {flax_result['compile_s']:>9.1f} "
-            f"{flax_result['peak_bytes'] / 1e9:>7.2f} | ")
+    cells = [row["case"], str(row["size"]), str(row["batch"]),
+             f"{flax_result['step_s']:.3f}", f"{flax_result['cpu_s']:.2f}",
+             f"{flax_result['gflops_per_s']:.1f}", _fraction(flax_result, matmul),
+             f"{flax_result['compile_s']:.1f}", f"{flax_result['peak_bytes'] / 1e9:.2f}"]
     if torch_result:
-      line += (f"{torch_result['step_s']:>12.3f} {torch_result['cpu_s']:>6.2f} "
-               f"{torch_result['images_per_s']:>6.1f} "
-               f"{torch_result['peak_bytes'] / 1e9:>7.2f} | "
-               f"{flax_result['step_s'] / torch_result['step_s']:>10.2f}")
+      cells += [f"{torch_result['step_s']:.3f}", f"{torch_result['cpu_s']:.2f}",
+                f"{torch_result['gflops_per_s']:.1f}", _fraction(torch_result, matmul),
+                f"{torch_result['peak_bytes'] / 1e9:.2f}",
+                f"{flax_result['step_s'] / torch_result['step_s']:.2f}"]
     else:
-      line += f"{'-':>12} {'-':>6} {'-':>6} {'-':>7} | {'-':>10}"
-    lines.append(line)
+      cells += ["-"] * 6
+    lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+def format_matmul(matmul: dict[str, Any]) -> str:
+  parts = [f"{name}: {result['gflops_per_s']:.0f} GFLOP/s "
+           f"({result['size']}x{result['size']} fp32 in {result['seconds']:.3f} s)"
+           for name, result in (("jitted JAX", matmul.get("flax")),
+                                ("PyTorch", matmul.get("torch"))) if result]
+  return "Matmul rate: " + "; ".join(parts)
+
+
+def _machine() -> dict[str, Any]:
+  model = platform.processor()
+  try:
+    with open("/proc/cpuinfo") as f:
+      model = next((line.split(":", 1)[1].strip() for line in f
+                    if line.startswith("model name")), model)
+  except OSError:
+    pass
+  return {"cpu": model, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+          "python": platform.python_version()}
+
+
+def _markdown(report: dict[str, Any], command: str) -> str:
+  machine = report["machine"]
+  return "\n".join([
+      "## Train step: Flax vs PyTorch",
+      "",
+      f"`{command}`",
+      "",
+      f"{report['date']}; {machine['cpu']}, {machine['cpu_count']} CPUs; load average "
+      f"{report['load_before']} before, {report['load_after']} after; dtype "
+      f"{report['dtype']}; GLIBC_TUNABLES={report['glibc_tunables'] or '(unset)'}; "
+      f"XLA_FLAGS={report['xla_flags'] or '(unset)'}.",
+      "",
+      format_matmul(report["matmul"]) + ".",
+      "",
+      "Forward, backward and SGD-momentum update of the backbone plus a 1000-class linear "
+      "head on random images; median of the timed steps. `cpu s`: process CPU time per "
+      "step. `GFLOP/s`: Flax, XLA's cost analysis of the compiled step; PyTorch, "
+      "`FlopCounterMode` over one step (matmuls, convolutions, attention). `% mm`: of the "
+      "jitted matmul rate above. `peak GB`: the process's peak RSS on CPU. `frozen 1-3`: "
+      "stem and stages 1-3 frozen (no gradient, BatchNorm on running statistics). Raw "
+      "figures: the `.json` beside this file.",
+      "",
+      format_table(report["rows"], report["matmul"]),
+      "",
+  ])
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  sizes = [int(size) for size in _SIZES.value]
   if _WORKER.value:
-    model, size = _MODELS.value[0], sizes[0]
-    if _WORKER.value == "flax":
-      result = time_flax(model, size, _BATCH.value, _STEPS.value, _WARMUP.value,
-                         _DTYPE.value)
+    if _WORKER.value.endswith("_matmul"):
+      result = time_matmul(_WORKER.value.split("_")[0], _MATMUL_SIZE.value)
     else:
-      result = time_torch(model, size, _BATCH.value, _STEPS.value, _WARMUP.value,
-                          _TORCH_CHANNELS_LAST.value)
+      case = Case(**json.loads(_CASE.value))
+      flax_timer, torch_timer = ROW_KINDS[case.kind]
+      timer = flax_timer if _WORKER.value == "flax" else torch_timer
+      result = timer(case, _STEPS.value, _WARMUP.value, _DTYPE.value)
     print(_RESULT_PREFIX + json.dumps(result), flush=True)
     return
 
@@ -284,19 +520,41 @@ def main(argv: Sequence[str]) -> None:
     except ImportError:
       print("PyTorch is not installed: timing Flax only.")
       with_torch = False
+  load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+  matmul = {"flax": _run_worker("flax_matmul")}
+  if with_torch:
+    matmul["torch"] = _run_worker("torch_matmul")
+  print(format_matmul(matmul), flush=True)
+  sizes = [int(size) for size in _SIZES.value]
   rows = []
-  for model in _MODELS.value:
-    for size in sizes:
-      row = {"model": model, "size": size, "batch": _BATCH.value,
-             "flax": _run_worker("flax", model, size)}
-      if with_torch:
-        row["torch"] = _run_worker("torch", model, size)
-      rows.append(row)
-      print(f"done: {model}@{size}px", flush=True)
-  print(_format_table(rows))
+  for case in default_cases(_MODELS.value, sizes, _BATCH.value, _FROZEN.value):
+    row = {"case": case.name, "model": case.model, "size": case.size, "batch": case.batch,
+           "kind": case.kind, "frozen": case.frozen, "flax": _run_worker("flax", case)}
+    if with_torch and ROW_KINDS[case.kind][1] is not None:
+      row["torch"] = _run_worker("torch", case)
+    rows.append(row)
+    print(f"done: {case.name}@{case.size}px", flush=True)
+  report = {"date": datetime.datetime.now().isoformat(timespec="minutes"),
+            "machine": _machine(), "load_before": load_before,
+            "load_after": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
+            "dtype": _DTYPE.value, "steps": _STEPS.value, "warmup": _WARMUP.value,
+            "glibc_tunables": _child_env("flax").get("GLIBC_TUNABLES", ""),
+            "xla_flags": _child_env("flax").get("XLA_FLAGS", ""),
+            "matmul": matmul, "rows": rows}
+  print(format_table(rows, matmul))
   if _OUT.value:
-    with open(_OUT.value, "w") as f:
-      json.dump(rows, f, indent=2)
+    base = _OUT.value[:-len(".json")] if _OUT.value.endswith(".json") else _OUT.value
+    with open(base + ".json", "w") as f:
+      json.dump(report, f, indent=2)
+    if not _OUT.value.endswith(".json"):
+      command = "python -m tljax.models.bench " + " ".join(argv_flags())
+      with open(base + ".md", "w") as f:
+        f.write(_markdown(report, command))
+
+
+def argv_flags() -> list[str]:
+  """The flags this run was given, for the report's command line."""
+  return [arg for arg in sys.argv[1:] if arg.startswith("--")]
 
 
 if __name__ == "__main__":

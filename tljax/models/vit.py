@@ -75,6 +75,77 @@ class MlpBlock(nn.Module):
     return nn.Dropout(self.dropout, deterministic=not train)(x)
 
 
+class _DenseParams(nn.Module):
+  """The `kernel` and `bias` of an `nn.DenseGeneral`, under its name.
+
+  Initialised as `DenseGeneral` does: the kernel initialiser sees the
+  flattened `(inputs, outputs)` matrix.
+  """
+
+  kernel_shape: tuple[int, ...]
+  bias_shape: tuple[int, ...]
+  inputs: int
+
+  @nn.compact
+  def __call__(self) -> tuple[jax.Array, jax.Array]:
+    flat_shape = (self.inputs, int(np.prod(self.kernel_shape)) // self.inputs)
+    xavier = nn.initializers.xavier_uniform()
+    kernel = self.param("kernel",
+                        lambda key: xavier(key, flat_shape).reshape(self.kernel_shape))
+    bias = self.param("bias", nn.initializers.zeros, self.bias_shape)
+    return kernel, bias
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention with `nn.MultiHeadDotProductAttention`'s parameters.
+
+  `query`, `key`, `value` kernels `(width, heads, head_dim)` and `out`
+  `(heads, head_dim, width)`, so checkpoints load unchanged. The three input
+  projections run as one matmul (three times wider, which matrix kernels use
+  better than three narrow ones) and the attention as
+  `jax.nn.dot_product_attention`, with the softmax in fp32.
+
+  Attributes:
+    num_heads: attention heads.
+    dropout: dropout on the attention weights (training only).
+    implementation: `jax.nn.dot_product_attention`'s: None (XLA; JAX picks),
+      'xla', or 'cudnn' (fused kernels on NVIDIA GPUs).
+    dtype: compute dtype.
+  """
+
+  num_heads: int
+  dropout: float = 0.0
+  implementation: str | None = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    batch, tokens, width = x.shape
+    head_dim = width // self.num_heads
+    projections = [
+        _DenseParams((width, self.num_heads, head_dim), (self.num_heads, head_dim), width,
+                     name=name)() for name in ("query", "key", "value")]
+    kernel = jnp.concatenate([k.reshape(width, width) for k, _ in projections], axis=1)
+    bias = jnp.concatenate([b.reshape(width) for _, b in projections])
+    qkv = x.astype(self.dtype) @ kernel.astype(self.dtype) + bias.astype(self.dtype)
+    query, key, value = jnp.split(qkv.reshape(batch, tokens, 3, self.num_heads, head_dim), 3,
+                                  axis=2)
+    query, key, value = (t[:, :, 0] for t in (query, key, value))
+    if train and self.dropout > 0.0:
+      attended = nn.dot_product_attention(
+          query, key, value, dropout_rng=self.make_rng("dropout"),
+          dropout_rate=self.dropout, deterministic=False, dtype=self.dtype,
+          force_fp32_for_softmax=True)
+    else:
+      attended = jax.nn.dot_product_attention(query, key, value,
+                                              implementation=self.implementation)
+    out_kernel, out_bias = _DenseParams((self.num_heads, head_dim, width), (width,), width,
+                                        name="out")()
+    out = attended.reshape(batch, tokens, width) @ out_kernel.reshape(width, width).astype(
+        self.dtype)
+    return out + out_bias.astype(self.dtype)
+
+
 class Encoder1DBlock(nn.Module):
   """Pre-norm transformer block: x + MHSA(LN(x)), then x + MLP(LN(x))."""
 
@@ -83,6 +154,7 @@ class Encoder1DBlock(nn.Module):
   dropout: float = 0.0
   attention_dropout: float = 0.0
   drop_path: float = 0.0
+  attention_impl: str | None = None
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -90,17 +162,9 @@ class Encoder1DBlock(nn.Module):
     layer_norm = functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=self.dtype,
                                    param_dtype=jnp.float32)
     y = layer_norm(name="LayerNorm_0")(x)
-    y = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads,
-        dtype=self.dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nn.initializers.xavier_uniform(),
-        dropout_rate=self.attention_dropout,
-        deterministic=not train,
-        # The softmax over keys is where bf16 hurts most.
-        force_fp32_for_softmax=True,
-        name="MultiHeadDotProductAttention_0",
-    )(y, y)
+    y = SelfAttention(num_heads=self.num_heads, dropout=self.attention_dropout,
+                      implementation=self.attention_impl, dtype=self.dtype,
+                      name="MultiHeadDotProductAttention_0")(y, train)
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
     x = x + DropPath(self.drop_path)(y, train)
     y = layer_norm(name="LayerNorm_1")(x)
@@ -117,17 +181,22 @@ class Encoder(nn.Module):
   dropout: float = 0.0
   attention_dropout: float = 0.0
   drop_path: float = 0.0
+  attention_impl: str | None = None
+  remat: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    # `train` is a Python bool that selects code paths: static under remat.
+    block = nn.remat(Encoder1DBlock, static_argnums=(2,)) if self.remat else Encoder1DBlock
     for index in range(self.depth):
-      x = Encoder1DBlock(
+      x = block(
           num_heads=self.num_heads,
           mlp_dim=self.mlp_dim,
           dropout=self.dropout,
           attention_dropout=self.attention_dropout,
           drop_path=self.drop_path * index / max(self.depth - 1, 1),
+          attention_impl=self.attention_impl,
           dtype=self.dtype,
           name=f"encoderblock_{index}",
       )(x, train)
@@ -156,6 +225,11 @@ class VisionTransformer(nn.Module):
       to this value in the last (as in timm).
     dtype: compute dtype (parameters are always fp32).
     frozen_norm: accepted for the backbone interface; a ViT has no BatchNorm.
+    attention_impl: `jax.nn.dot_product_attention`'s `implementation`: None
+      (JAX chooses), 'xla' or 'cudnn'.
+    remat: recompute each encoder block's activations in the backward pass
+      (`nn.remat`): less memory for large batches, about one more forward
+      pass of compute.
   """
 
   patch_size: int
@@ -169,6 +243,8 @@ class VisionTransformer(nn.Module):
   drop_path: float = 0.0
   dtype: Any = jnp.float32
   frozen_norm: str = ""
+  attention_impl: str | None = None
+  remat: bool = False
 
   @property
   def features_dim(self) -> int:
@@ -204,6 +280,8 @@ class VisionTransformer(nn.Module):
         dropout=self.dropout,
         attention_dropout=self.attention_dropout,
         drop_path=self.drop_path,
+        attention_impl=self.attention_impl,
+        remat=self.remat,
         dtype=self.dtype,
         name="Transformer",
     )(x, train)
@@ -234,7 +312,8 @@ def _factory(variant: str, patch_size: int):
 
   def create(*, dtype: Any = jnp.float32, frozen_norm: str = "", image_size: int | None = None,
              dropout: float = 0.0, attention_dropout: float = 0.0,
-             drop_path: float = 0.0) -> VisionTransformer:
+             drop_path: float = 0.0, attention_impl: str | None = None,
+             remat: bool = False) -> VisionTransformer:
     if image_size and image_size % patch_size:
       raise ValueError(f"image_size {image_size} is not a multiple of the patch "
                        f"size {patch_size}")
@@ -242,7 +321,7 @@ def _factory(variant: str, patch_size: int):
         patch_size=patch_size, width=width, depth=depth, mlp_dim=mlp_dim,
         num_heads=num_heads, image_size=image_size, dropout=dropout,
         attention_dropout=attention_dropout, drop_path=drop_path, dtype=dtype,
-        frozen_norm=frozen_norm)
+        frozen_norm=frozen_norm, attention_impl=attention_impl, remat=remat)
 
   return create
 

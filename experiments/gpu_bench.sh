@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The backbone train-step tables (tljax.models.bench) on an accelerator, in fp32
+# and in bf16, written to experiments/results/gpu_bench.md (+ one .json each).
+#
+#   bash experiments/gpu_bench.sh                      # on a GPU/TPU machine
+#   bash experiments/gpu_bench.sh --steps=20           # extra flags go to both runs
+#   GPU_BENCH_TINY=1 bash experiments/gpu_bench.sh     # smoke run: any machine, seconds
+#
+# On an accelerator the Flax step uses XLA's native convolutions (conv_impl
+# 'auto') and jax.nn.dot_product_attention's default implementation; PyTorch
+# runs the same step on CUDA (bf16 through autocast). GPU_BENCH_OUT changes the
+# output folder (default experiments/results).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+out_dir=${GPU_BENCH_OUT:-experiments/results}
+mkdir -p "$out_dir"
+if [[ -n "${GPU_BENCH_TINY:-}" ]]; then
+  args=(--models=small_cnn --sizes=32 --batch=2 --steps=1 --warmup=0 --torch=false
+        --frozen=false --hugepages=false --matmul_size=256)
+else
+  args=(--models=resnet50,vit_base_patch16 --sizes=112,224 --batch=32 --steps=10 --warmup=2)
+fi
+
+device=$(python -c "import jax; print(jax.default_backend(), '|', jax.devices()[0].device_kind)")
+for dtype in float32 bfloat16; do
+  python -m tljax.models.bench "${args[@]}" --dtype="$dtype" \
+    --out="$out_dir/gpu_bench_$dtype" "$@"
+done
+
+{
+  echo "# Train step on an accelerator: Flax vs PyTorch, fp32 and bf16"
+  echo
+  echo "\`bash experiments/gpu_bench.sh $*\`${GPU_BENCH_TINY:+ (GPU_BENCH_TINY=1: smoke-test sizes)}; JAX backend: $device."
+  echo "bf16: Flax computes in bf16 with fp32 parameters; PyTorch uses CUDA autocast (fp32 on CPU)."
+  for dtype in float32 bfloat16; do
+    echo
+    echo "### $dtype"
+    echo
+    tail -n +2 "$out_dir/gpu_bench_$dtype.md"
+  done
+} > "$out_dir/gpu_bench.md"
+rm -f "$out_dir"/gpu_bench_float32.md "$out_dir"/gpu_bench_bfloat16.md
+echo "wrote $out_dir/gpu_bench.md"
