@@ -943,3 +943,12 @@ def test_resnet_conv_impls_agree():
   np.testing.assert_allclose(losses_cpu, losses_xla, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(params_cpu), jax.tree.leaves(params_xla)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_profile_puts_resnet_ops_in_categories():
+  from tljax.models import profile  # pylint: disable=g-import-not-at-top
+  result = profile.profile_flax("resnet18", 32, 2)
+  for category in ("conv forward", "conv kernel grad", "conv input grad", "batch norm forward",
+                   "batch norm backward", "matmul forward"):
+    assert any(name.startswith(category) for name in result["ms"]), (category, result["ms"])
+  assert "| flax category | ms | share | ops |" in profile.format_profile(result, "flax")
