@@ -9,6 +9,12 @@ through `tljax.models.checkpoints`. Module names follow the state-dict keys:
 Images are NHWC; the output is the globally average-pooled feature vector
 (512 for ResNet-18/34, 2048 for the bottleneck ResNets), i.e. torchvision's
 network without `fc`. The classifier's head replaces `fc`.
+
+On the CPU backend the convolutions run through `cpu_conv` (`conv_impl='auto'`):
+the same function as XLA's convolution, with gradients written as the large
+matmuls XLA:CPU runs well (see `experiments/results/profile.md`); accelerators
+keep XLA's convolutions. `remat=True` recomputes each block in the backward
+pass to save activation memory.
 """
 
 from __future__ import annotations

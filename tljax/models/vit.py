@@ -14,6 +14,11 @@ Like big_vision, `pos_embedding` covers the patch grid only and is added before
 the class token is prepended; timm's and AugReg's class-token position
 embedding is folded into `cls` by the checkpoint converter, which is the same
 function (`(cls + pe_cls, patches + pe_grid)` either way).
+
+Attention (`SelfAttention`) keeps `nn.MultiHeadDotProductAttention`'s
+parameters but runs the three projections as one matmul and the attention as
+`jax.nn.dot_product_attention` (`attention_impl='cudnn'` for the fused GPU
+kernel). `remat=True` recomputes each encoder block in the backward pass.
 """
 
 from __future__ import annotations
