@@ -841,3 +841,21 @@ def test_presets_that_keep_the_size_say_how_to_resize_mixed_sizes(mixed_sizes, n
   batch = next(pipeline.eval_batches(mixed_sizes, global_batch_size=4,
                                      preprocess=get_preprocess("digits_resized"), num_threads=0))
   assert batch["image"].shape == (4, 32, 32, 3)
+
+
+def test_concurrent_first_builds_of_one_dataset_both_succeed(tmp_path):
+  """Two processes that open the same unbuilt dataset at once (a sweep's
+  parallel runs) both get it: the second waits for the first's build."""
+  import subprocess
+  import sys
+
+  script = ("import sys; from tljax.data import open_domain; "
+            "d = open_domain('digits', 'test', data_dir=sys.argv[1]); print(len(d))")
+  procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for _ in range(2)]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for proc, (out, err) in zip(procs, outputs):
+    assert proc.returncode == 0, err[-2000:]
+  sizes = {out.strip().splitlines()[-1] for out, _ in outputs}
+  assert len(sizes) == 1 and int(sizes.pop()) > 0

@@ -9,7 +9,9 @@ from the network.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import importlib
 import os
 import re
@@ -144,9 +146,10 @@ def _builder(name: str, data_dir: str | None, manual_dir: str | None, skip_corru
   manual_dir = os.path.expanduser(manual_dir) if manual_dir else None
   module_name, _, class_name = _BUILDER_MODULES[dataset].partition(":")
   module = importlib.import_module(module_name)
-  if not class_name:
-    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-  else:
+
+  def make():
+    if not class_name:
+      return tfds.builder(name, data_dir=data_dir, file_format="array_record")
     builder_class = getattr(module, class_name)
     kwargs = dict(data_dir=data_dir, file_format="array_record", skip_corrupt=skip_corrupt)
     takes_path = getattr(builder_class, "takes_path", False)
@@ -154,17 +157,45 @@ def _builder(name: str, data_dir: str | None, manual_dir: str | None, skip_corru
       raise ValueError(f"{name!r}: " + (f"name the files, e.g. {dataset}:/data/my_domain"
                                         if takes_path else f"{dataset} takes no ':PATH'"))
     if takes_path:
-      builder = builder_class.from_path(path, manual_dir=manual_dir, **kwargs)
-    else:
-      builder = builder_class(config=config, **kwargs)
-  if not builder.is_prepared():
-    logging.info("Building %s into %s (first use).", name, builder.data_dir)
-    from tljax.data.serialization import deterministic_serialization  # pylint: disable=g-import-not-at-top
+      return builder_class.from_path(path, manual_dir=manual_dir, **kwargs)
+    return builder_class(config=config, **kwargs)
 
-    with deterministic_serialization():
-      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-          manual_dir=manual_dir, try_download_gcs=False))
+  builder = make()
+  if not builder.is_prepared():
+    with _build_lock(builder):
+      # Another process (a sweep's parallel runs) may have built it while we
+      # waited; a fresh builder reads what it wrote.
+      builder = make()
+      if not builder.is_prepared():
+        logging.info("Building %s into %s (first use).", name, builder.data_dir)
+        from tljax.data.serialization import deterministic_serialization  # pylint: disable=g-import-not-at-top
+
+        with deterministic_serialization():
+          builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+              manual_dir=manual_dir, try_download_gcs=False))
   return builder
+
+
+@contextlib.contextmanager
+def _build_lock(builder):
+  """Serialises first-use builds of one dataset across processes on this host.
+
+  Runs started together (`tljax.sweep launch --parallel`) would otherwise build
+  the same dataset at once, and all but the first fail when TFDS moves its
+  finished directory into place. An exclusive `flock` on a file beside the
+  versioned directory; remote data_dirs (gs://...) are not locked.
+  """
+  parent = os.path.dirname(os.fspath(builder.data_dir))
+  if "://" in parent:
+    yield
+    return
+  os.makedirs(parent, exist_ok=True)
+  with open(os.path.join(parent, ".build.lock"), "a") as lock_file:
+    fcntl.flock(lock_file, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def _decoders(builder):
