@@ -365,6 +365,8 @@ def config_scores(row: Mapping[str, Any], validator: str) -> float | None:
   for run in row["runs"]:
     if validator == "oracle":
       values.append(run["target_accuracy"])
+    elif validator == "source_accuracy":
+      values.append(run["source_accuracy"])
     else:
       value = (run.get("validators_final") or {}).get(validator)
       if value is None or value != value:
