@@ -49,12 +49,21 @@ def predictions(predict_fn: Callable, variables: Any, batches: Iterator[dict]) -
   evaluation batches and keeps the real (mask 1) examples."""
   features, logits, labels = [], [], []
   for batch in batches:
-    f, l = jax.device_get(predict_fn(variables, batch["image"]))
-    keep = np.asarray(jax.device_get(batch["mask"])) > 0
+    f, l = _to_host(predict_fn(variables, batch["image"]))
+    keep = _to_host(batch["mask"]) > 0
     features.append(np.asarray(f, np.float32)[keep])
     logits.append(np.asarray(l, np.float32)[keep])
-    labels.append(np.asarray(jax.device_get(batch["label"]))[keep])
+    labels.append(_to_host(batch["label"])[keep])
   return Predictions(np.concatenate(features), np.concatenate(logits), np.concatenate(labels))
+
+
+def _to_host(tree: Any) -> Any:
+  """Global arrays as numpy on every process: in a multi-process run each
+  process holds only its block of a batch, so the blocks are gathered."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+  return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
 def accuracy_report(pred: Predictions, num_classes: int) -> dict[str, Any]:

@@ -589,7 +589,21 @@ def _claim_workdir(run: Run, allow_changes: Sequence[str]) -> None:
   checks the run identity against a run already there, writes config.json."""
   is_main = jax.process_index() == 0
   config_checks.check_workdir(run.workdir)
-  run.lock = workdir_lib.WorkdirLock(run.workdir, _run_id()).acquire() if is_main else None
+  run_id = _run_id()  # a collective: every process takes part
+  refusal = None
+  if is_main:
+    try:
+      run.lock = workdir_lib.WorkdirLock(run.workdir, run_id).acquire()
+    except workdir_lib.WorkdirInUseError as e:
+      refusal = e
+  if jax.process_count() > 1:
+    # The other processes learn whether process 0 got the lock, and stop with it.
+    refused = int(multihost_utils.broadcast_one_to_all(np.int32(refusal is not None)))
+    if refused and refusal is None:
+      refusal = workdir_lib.WorkdirInUseError(
+          f"process 0 could not take the lock of {run.workdir} (see its log)")
+  if refusal is not None:
+    raise refusal
   try:
     run.allowed_changes = workdir_lib.check_run_identity(
         run.workdir, run.config, allow_changes=allow_changes, write=is_main)
