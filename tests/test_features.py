@@ -81,9 +81,9 @@ def test_pretrained_extractor_reads_a_torchvision_checkpoint(digits_data_dir, tm
   net = torchvision.models.resnet18(num_classes=1000).eval()
   path = str(tmp_path / "resnet18.safetensors")
   safetensors_torch.save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path)
-  extractor = features.from_pretrained(
-      ml_collections.ConfigDict({"name": "resnet18", "init": path}), image_size=32,
-      eval_preprocess={"name": "digits"})
+  extractor = features.from_pretrained(ml_collections.ConfigDict(
+      {"model": "resnet18", "init": path, "image_size": 32, "backbone_kwargs": {},
+       "eval_preprocess": {"name": "digits"}}))
   domain = open_domain("digits", "test", data_dir=digits_data_dir)
   feats, _ = features.extract(extractor, domain, batch_size=128)
   assert feats.shape == (len(domain), 512)
