@@ -165,7 +165,7 @@ class TermsMethod(base.Method):
                                              source["label"], forward_rng,
                                              joint=self.forward == "joint")
     cls_loss = base.cross_entropy(outputs.source_logits, outputs.source_labels)
-    transfer = jnp.zeros((), jnp.float32)
+    transfer = jnp.zeros((), float)
     metrics = {}
     for (name, term), key in zip(self.terms, jax.random.split(term_rng, max(len(self.terms), 1))):
       scale = base.progressive_weight(step, term.trade_off_warmup)
@@ -216,13 +216,13 @@ def phase_cond(predicate: jax.Array, true_fn: Callable, false_fn: Callable,
   def padded(fn, own):
     def run(s):
       new_state, metrics = fn(s)
-      full = {k: metrics[k] if k in own else jnp.zeros((), jnp.float32) for k in keys}
-      return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in full.items()}
+      full = {k: metrics[k] if k in own else jnp.zeros((), float) for k in keys}
+      return new_state, {k: jnp.asarray(v, float) for k, v in full.items()}
     return run
 
   new_state, metrics = jax.lax.cond(predicate, padded(true_fn, shapes[0]),
                                     padded(false_fn, shapes[1]), state)
-  return new_state, {**metrics, "pretraining": predicate.astype(jnp.float32)}
+  return new_state, {**metrics, "pretraining": predicate.astype(float)}
 
 
 def create_terms_method(name: str, method_config: dict[str, Any], *, num_classes: int,
