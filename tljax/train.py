@@ -376,7 +376,8 @@ def recompute_batch_statistics(setup: Setup, variables: dict, domain, config,
                                sharding: NamedSharding) -> dict:
   """`variables` with BatchNorm statistics averaged over `domain` (AdaBN): the
   mean of the per-batch statistics over its full evaluation batches (a
-  trailing partial batch is left out unless it is the only one)."""
+  trailing partial batch is left out unless it is the only one). The variances
+  are the layers' own: unbiased per batch, as PyTorch's running averages."""
   if "batch_stats" not in variables:
     return variables
   momentum = 0.9  # tljax's BatchNorm layers: running = 0.9 running + 0.1 batch

@@ -1,10 +1,11 @@
 """Layers shared by every backbone.
 
-`BatchNorm` is flax's BatchNorm plus one piece of data: a regex over the
-module's '/'-joined path. Where it matches, the layer normalises with its running
-averages even in training and leaves them untouched, which is what fine-tuning
-needs for the frozen part of a pretrained network. `train.py` derives the regex
-from the frozen parameter groups, so freezing stays data, not code.
+`BatchNorm` is flax's BatchNorm with PyTorch's running variance and one piece of
+data: a regex over the module's '/'-joined path. Where it matches, the layer
+normalises with its running averages even in training and leaves them untouched,
+which is what fine-tuning needs for the frozen part of a pretrained network.
+`train.py` derives the regex from the frozen parameter groups, so freezing stays
+data, not code.
 
 In training it normalises through `batch_norm_train`, whose gradient is written
 out by hand: two reductions and one elementwise pass over the activations,
@@ -100,9 +101,12 @@ class BatchNorm(nn.Module):
   The variables (`params/scale`, `params/bias`, `batch_stats/mean`,
   `batch_stats/var`) and the function are `nn.BatchNorm`'s with fast variance
   and fp32 statistics; in training the normalisation runs through
-  `batch_norm_train`. Running averages move as in flax:
-  `momentum * old + (1 - momentum) * batch` (biased variance), and not while
-  the module is initialised.
+  `batch_norm_train`, with the biased batch variance as in flax and PyTorch.
+  Running averages move as `momentum * old + (1 - momentum) * batch`, and not
+  while the module is initialised; the batch variance they average is the
+  *unbiased* one (`n / (n - 1)` times it, `n` the values per feature), as
+  `torch.nn.BatchNorm*d` does, so that statistics, evaluation and frozen layers
+  match TLlib's.
 
   Attributes:
     frozen: regex (`re.fullmatch`) over the module path, e.g.
@@ -111,6 +115,8 @@ class BatchNorm(nn.Module):
     epsilon: added to the variance.
     dtype: output dtype (default: that of the input and parameters).
     param_dtype: dtype of `scale` and `bias`.
+    biased_running_var: average the biased batch variance instead (flax's
+      convention); off by default.
   """
 
   frozen: str = ""
@@ -120,6 +126,7 @@ class BatchNorm(nn.Module):
   param_dtype: Any = jnp.float32
   scale_init: Any = nn.initializers.ones
   bias_init: Any = nn.initializers.zeros
+  biased_running_var: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -138,6 +145,9 @@ class BatchNorm(nn.Module):
       return y.astype(dtype)
     y, mean, var = batch_norm_train(x, scale32, bias32, self.epsilon)
     if not self.is_initializing():
+      if not self.biased_running_var:
+        count = math.prod(x.shape[:-1])
+        var = var * (count / max(count - 1, 1))
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     return y.astype(dtype)
