@@ -127,7 +127,8 @@ class TermsMethod(base.Method):
       'per_domain' (one pass per domain).
     pretrain_steps: steps of source-only training (its own optimizer,
       `pretrain`) before the terms switch on, as TLlib's BSP pre-trains the
-      classifier; the main optimizer starts at that point.
+      classifier; the main optimizer, its schedule and the terms' own step
+      counts (reversal warm start, progressive weight) start at that point.
     pretrain_lr_scale: the pre-training learning rate relative to the main
       one (TLlib's BSP: 0.001 / 0.003).
   """
@@ -183,7 +184,11 @@ class TermsMethod(base.Method):
     return cls_loss + transfer, (variables, metrics)
 
   def train_step(self, ctx, state, batch, rng):
-    adapt = lambda s: ctx.update(s, "main", lambda v: self.loss(ctx, v, batch, s.step, rng))
+    # The terms count their steps (reversal warm start, progressive weight)
+    # from the end of pre-training: TLlib builds its loss modules before
+    # pre-training and first calls them after it.
+    adapt = lambda s: ctx.update(
+        s, "main", lambda v: self.loss(ctx, v, batch, s.step - self.pretrain_steps, rng))
     if not self.pretrain_steps:
       return adapt(state)
     pretrain = lambda s: source_only_update(ctx, s, batch, rng, "pretrain")
