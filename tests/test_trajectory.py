@@ -20,7 +20,7 @@ float64 (JAX x64, torch `.double()`), so agreement is exact up to rounding and
 any semantic difference shows far above it. The network is a two-block
 `small_cnn` on 8x8 images (widths 4, 4), a bottleneck of 12, 4 classes, 8
 examples per domain. Dropout masks are tljax's own: each step's masks are read
-from the same forward pass, run eagerly with the step's key, and the reference
+from the same forward pass, run with the step's key, and the reference
 drops the same units. A parameter group that is frozen on the tljax side is
 `requires_grad=False` there, and its BatchNorm runs in eval mode (tljax's
 documented fine-tuning behaviour, `tljax.optim.frozen_norm_regex`).
@@ -35,6 +35,7 @@ import dataclasses
 import importlib
 import math
 import os
+import re
 import sys
 from typing import Any, Callable
 
@@ -129,7 +130,7 @@ class MaskedDropout(tnn.Module):
     self.p, self.key, self.masks = p, key, masks
 
   def forward(self, x):
-    keep = torch.from_numpy(self.masks[self.key].pop(0)).to(x.dtype)
+    keep = torch.from_numpy(np.array(self.masks[self.key].pop(0))).to(x.dtype)
     return x * keep / (1.0 - self.p)
 
 
@@ -522,7 +523,6 @@ class Reference:
 
 
 def _matches(pattern: str, torch_name: str) -> bool:
-  import re  # pylint: disable=g-import-not-at-top
   return re.fullmatch(pattern, torch_name.replace(".", "/")) is not None
 
 
