@@ -68,6 +68,7 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config.model.bottleneck_l2_preserving_dropout = False  # TLlib's AFN: units scaled 1/sqrt(1-p)
   config.model.init_scheme = "torch"  # bottleneck + head init: torch | tllib_mdd | tllib_afn
   config.model.dtype = "float32"  # compute dtype (bfloat16 on GPU/TPU); params stay fp32
+  # ("float64", with jax_enable_x64, computes and keeps everything in fp64: parity tests)
   # Where the classifier starts: a pretrained checkpoint (.safetensors, .pth,
   # .npz), or a tljax run (its workdir, or <workdir>/checkpoints/<step>).
   config.model.init = ""

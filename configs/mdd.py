@@ -20,7 +20,8 @@ from configs import default
 
 
 def term(task: str = "digits") -> ml_collections.ConfigDict:
-  """MDD's own fields (TLlib's values); the head width is the bottleneck width."""
+  """MDD's own fields (TLlib's values). The head width is the task's bottleneck
+  width; `get_config` ties it to `config.model.bottleneck_dim`."""
   return ml_collections.ConfigDict({
       "trade_off": 1.0,
       "trade_off_warmup": 0,  # >0: JAN's progressive weight on what reaches the features
@@ -47,5 +48,8 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
     config.schedule.gamma = 0.0002
     config.model.bottleneck_dim = 1024
     config.total_steps = 20000
-  config.model.head_hidden = config.method.head_width
+  # TLlib's MDD: both heads' hidden width is the bottleneck width, so they follow
+  # `--config.model.bottleneck_dim` unless set themselves.
+  config.method.head_width = config.model.get_ref("bottleneck_dim").to_int()
+  config.model.head_hidden = config.model.get_ref("bottleneck_dim").to_int()
   return config

@@ -184,7 +184,8 @@ def test_adabn_evaluates_with_target_statistics(make_config, digits_data_dir, tm
 
 def test_batch_statistics_are_the_target_moments(make_config, digits_data_dir):
   """The recomputed statistics of the first BatchNorm layer equal the mean and
-  (biased) variance, over the target images, of the first convolution's output."""
+  variance, over the target images, of the first convolution's output: per
+  batch the unbiased variance (PyTorch's running variance), then averaged."""
   from tljax.data import open_domain
   config = make_config(eval_batch_size=64)
   setup, sharding = _setup(config)
@@ -202,7 +203,7 @@ def test_batch_statistics_are_the_target_moments(make_config, digits_data_dir):
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
     y = np.asarray(y).reshape(-1, kernel.shape[-1])
     means.append(y.mean(0))
-    variances.append(y.var(0))
+    variances.append(y.var(0, ddof=1))
   stats = recomputed["batch_stats"]["backbone"]["bn1"]
   np.testing.assert_allclose(stats["mean"], np.mean(means, 0), rtol=1e-3, atol=1e-4)
   np.testing.assert_allclose(stats["var"], np.mean(variances, 0), rtol=1e-3, atol=1e-4)

@@ -337,12 +337,12 @@ def test_inception_v3_aux_head_in_training_matches_torchvision(inception_files, 
   print(f"AuxLogits on {map_size}x{map_size}, train: max|diff| {_max_diff(got, want):.2e} "
         f"(scale {np.abs(want).max():.3f})")
   assert _max_diff(got, want) <= 1e-4 * max(1.0, np.abs(want).max())
-  # torch's momentum 0.1 is flax's 0.9. (Running variances differ by design:
-  # torch averages the unbiased batch variance.)
+  # torch's momentum 0.1 is flax's 0.9; both average the unbiased batch variance.
   for conv in ("conv0", "conv1"):
-    np.testing.assert_allclose(updates["batch_stats"][conv]["bn"]["mean"],
-                               getattr(aux_reference, conv).bn.running_mean.numpy(),
-                               rtol=1e-5, atol=1e-5, err_msg=conv)
+    for ours, theirs in (("mean", "running_mean"), ("var", "running_var")):
+      np.testing.assert_allclose(updates["batch_stats"][conv]["bn"][ours],
+                                 getattr(getattr(aux_reference, conv).bn, theirs).numpy(),
+                                 rtol=1e-5, atol=1e-5, err_msg=f"{conv} {ours}")
 
 
 def test_inception_v3_classifier_and_image_sizes():

@@ -187,6 +187,11 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
   source_of_init = ""
   if config.model.init:
     params, model_state, source_of_init = _load_pretrained(params, model_state, config)
+  if config.model.get("dtype") == "float64":
+    # Layers create float32 parameters; a float64 run keeps all state in float64.
+    params, model_state = jax.tree.map(
+        lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+        (params, model_state))
   with jax.set_mesh(mesh):
     state = jax.jit(init_state, out_shardings=replicated)(train_rng, params, model_state)
   step_fn = jax.jit(functools.partial(guarded_step, method=method, ctx=ctx),
@@ -371,7 +376,8 @@ def recompute_batch_statistics(setup: Setup, variables: dict, domain, config,
                                sharding: NamedSharding) -> dict:
   """`variables` with BatchNorm statistics averaged over `domain` (AdaBN): the
   mean of the per-batch statistics over its full evaluation batches (a
-  trailing partial batch is left out unless it is the only one)."""
+  trailing partial batch is left out unless it is the only one). The variances
+  are the layers' own: unbiased per batch, as PyTorch's running averages."""
   if "batch_stats" not in variables:
     return variables
   momentum = 0.9  # tljax's BatchNorm layers: running = 0.9 running + 0.1 batch

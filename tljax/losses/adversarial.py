@@ -41,7 +41,7 @@ def scale_gradient(x: jax.Array, scale: float | jax.Array) -> jax.Array:
   `scale` may be a traced scalar (a schedule value inside a jitted step); it
   gets no gradient.
   """
-  return _scale_gradient(x, jnp.asarray(scale, jnp.float32))
+  return _scale_gradient(x, jnp.asarray(scale, float))
 
 
 def gradient_reversal(x: jax.Array, coeff: float | jax.Array = 1.0) -> jax.Array:
@@ -49,7 +49,7 @@ def gradient_reversal(x: jax.Array, coeff: float | jax.Array = 1.0) -> jax.Array
 
   TLlib's `GradientReverseFunction`: `scale_gradient(x, -coeff)`.
   """
-  return scale_gradient(x, -jnp.asarray(coeff, jnp.float32))
+  return scale_gradient(x, -jnp.asarray(coeff, float))
 
 
 def warm_start_coeff(step: int | jax.Array,
@@ -66,7 +66,7 @@ def warm_start_coeff(step: int | jax.Array,
   step automatically after each forward pass, so training step `i` (from 0)
   uses `step = i`; its MDD uses `hi = 0.1`. Works on traced steps.
   """
-  step = jnp.asarray(step, jnp.float32)
+  step = jnp.asarray(step, float)
   return lo + (hi - lo) * (2.0 / (1.0 + jnp.exp(-alpha * step / max_steps)) - 1.0)
 
 

@@ -389,8 +389,8 @@ def progressive_weight(step: jax.Array, warmup: int) -> jax.Array:
   schedule of JAN (Long et al. 2017, after Ganin & Lempitsky 2015); 1 when
   `warmup <= 0`."""
   if warmup <= 0:
-    return jnp.ones((), jnp.float32)
-  step = jnp.minimum(jnp.asarray(step, jnp.float32), warmup)
+    return jnp.ones((), float)
+  step = jnp.minimum(jnp.asarray(step, float), warmup)
   return losses.warm_start_coeff(step, alpha=10.0, max_steps=warmup)
 
 

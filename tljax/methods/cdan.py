@@ -48,7 +48,7 @@ class CDAN(terms.ReversalTerm):
     else:
       mapped = losses.multilinear_map(features, probs)
     coeff = self.grl_coeff(step)
-    d = DomainDiscriminator(tuple(self.hidden_sizes), name="discriminator")(
+    d = DomainDiscriminator(tuple(self.hidden_sizes), dtype=mapped.dtype, name="discriminator")(
         losses.gradient_reversal(mapped, coeff), train)
     n = outputs.source_features.shape[0]
     weights = losses.entropy_weights(probs) if self.entropy else None

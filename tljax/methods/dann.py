@@ -28,7 +28,8 @@ class DANN(terms.ReversalTerm):
   def __call__(self, outputs, *, step, train=True):
     features = jnp.concatenate([outputs.source_features, outputs.target_features])
     coeff = self.grl_coeff(step)
-    logits = DomainDiscriminator(tuple(self.hidden_sizes), name="discriminator")(
+    logits = DomainDiscriminator(tuple(self.hidden_sizes), dtype=features.dtype,
+                                 name="discriminator")(
         losses.gradient_reversal(features, coeff), train)
     n = outputs.source_features.shape[0]
     value = losses.domain_adversarial_loss(logits[:n], logits[n:])

@@ -39,9 +39,10 @@ class MDD(terms.ReversalTerm):
     reversed_features = losses.gradient_reversal(features, coeff)
     if self.head_width:
       adv_logits = TwoLayerHead(self.num_classes, self.head_width, self.head_dropout,
-                                init_scheme=self.head_init, name="adv_head")(reversed_features, train)
+                                dtype=features.dtype, init_scheme=self.head_init,
+                                name="adv_head")(reversed_features, train)
     else:
-      adv_logits = dense(self.num_classes, features.shape[-1], name="adv_head",
+      adv_logits = dense(self.num_classes, features.shape[-1], features.dtype, name="adv_head",
                          init=self.head_init)(reversed_features)
     n = outputs.source_features.shape[0]
     disparity = losses.mdd(outputs.source_logits, adv_logits[:n], outputs.target_logits,

@@ -127,7 +127,8 @@ class TermsMethod(base.Method):
       'per_domain' (one pass per domain).
     pretrain_steps: steps of source-only training (its own optimizer,
       `pretrain`) before the terms switch on, as TLlib's BSP pre-trains the
-      classifier; the main optimizer starts at that point.
+      classifier; the main optimizer, its schedule and the terms' own step
+      counts (reversal warm start, progressive weight) start at that point.
     pretrain_lr_scale: the pre-training learning rate relative to the main
       one (TLlib's BSP: 0.001 / 0.003).
   """
@@ -165,7 +166,7 @@ class TermsMethod(base.Method):
                                              source["label"], forward_rng,
                                              joint=self.forward == "joint")
     cls_loss = base.cross_entropy(outputs.source_logits, outputs.source_labels)
-    transfer = jnp.zeros((), jnp.float32)
+    transfer = jnp.zeros((), float)
     metrics = {}
     for (name, term), key in zip(self.terms, jax.random.split(term_rng, max(len(self.terms), 1))):
       scale = base.progressive_weight(step, term.trade_off_warmup)
@@ -183,7 +184,11 @@ class TermsMethod(base.Method):
     return cls_loss + transfer, (variables, metrics)
 
   def train_step(self, ctx, state, batch, rng):
-    adapt = lambda s: ctx.update(s, "main", lambda v: self.loss(ctx, v, batch, s.step, rng))
+    # The terms count their steps (reversal warm start, progressive weight)
+    # from the end of pre-training: TLlib builds its loss modules before
+    # pre-training and first calls them after it.
+    adapt = lambda s: ctx.update(
+        s, "main", lambda v: self.loss(ctx, v, batch, s.step - self.pretrain_steps, rng))
     if not self.pretrain_steps:
       return adapt(state)
     pretrain = lambda s: source_only_update(ctx, s, batch, rng, "pretrain")
@@ -216,13 +221,13 @@ def phase_cond(predicate: jax.Array, true_fn: Callable, false_fn: Callable,
   def padded(fn, own):
     def run(s):
       new_state, metrics = fn(s)
-      full = {k: metrics[k] if k in own else jnp.zeros((), jnp.float32) for k in keys}
-      return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in full.items()}
+      full = {k: metrics[k] if k in own else jnp.zeros((), float) for k in keys}
+      return new_state, {k: jnp.asarray(v, float) for k, v in full.items()}
     return run
 
   new_state, metrics = jax.lax.cond(predicate, padded(true_fn, shapes[0]),
                                     padded(false_fn, shapes[1]), state)
-  return new_state, {**metrics, "pretraining": predicate.astype(jnp.float32)}
+  return new_state, {**metrics, "pretraining": predicate.astype(float)}
 
 
 def create_terms_method(name: str, method_config: dict[str, Any], *, num_classes: int,

@@ -11,6 +11,7 @@ import dataclasses
 import importlib
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -74,7 +75,11 @@ def get_backbone(name: str, **kwargs) -> Any:
                      f"config.model.backbone_kwargs may set {', '.join(accepted)}") from e
 
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# float64 is for exactness checks against a reference implementation (the
+# trajectory parity tests); it needs `jax_enable_x64`, and `train.build` then
+# keeps the parameters and statistics in float64 too.
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
+           "float64": jnp.float64}
 
 
 def create_classifier(model_config: ml_collections.ConfigDict, num_classes: int,
@@ -84,7 +89,7 @@ def create_classifier(model_config: ml_collections.ConfigDict, num_classes: int,
   Args:
     model_config: `name` (backbone), `bottleneck_dim`, `bottleneck_norm`,
       `bottleneck_dropout`, `head_type`, `head_hidden`, `head_dropout`, `dtype` (compute
-      dtype; parameters stay fp32), and `backbone_kwargs`.
+      dtype; parameters stay fp32 except under 'float64'), and `backbone_kwargs`.
     num_classes: classes of the task.
     frozen_norm: regex of BatchNorm module paths that keep running statistics.
   """
@@ -92,6 +97,9 @@ def create_classifier(model_config: ml_collections.ConfigDict, num_classes: int,
     raise ValueError(f"config.model.dtype must be one of {sorted(_DTYPES)}, "
                      f"got {model_config.dtype!r}")
   dtype = _DTYPES[model_config.get("dtype", "float32")]
+  if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+    raise ValueError("config.model.dtype='float64' needs 64-bit JAX: "
+                     "jax.config.update('jax_enable_x64', True) before building")
   kwargs = dict(model_config.get("backbone_kwargs", {}) or {})
   if kwargs.get("aux_logits"):
     # An auxiliary classifier (Inception-v3's) predicts the task's classes too.

@@ -73,7 +73,8 @@ class Classifier(nn.Module):
     bottleneck_l2_preserving_dropout: TLlib's AFN dropout (see `Bottleneck`).
     init_scheme: init scheme of the bottleneck and head (`tljax.models.heads.INIT_SCHEMES`).
     frozen_norm: regex of BatchNorm paths that keep their running statistics.
-    dtype: compute dtype (features and logits are returned in fp32).
+    dtype: compute dtype (features and logits are returned in fp32, or fp64
+      when computing in fp64).
   """
 
   backbone: nn.Module
@@ -101,4 +102,5 @@ class Classifier(nn.Module):
     logits = create_head(head_type, self.num_classes, hidden=self.head_hidden,
                          dropout=self.head_dropout, dtype=self.dtype, init=self.init_scheme,
                          name="head")(features, train)
-    return features.astype(jnp.float32), logits.astype(jnp.float32)
+    out = jnp.promote_types(self.dtype, jnp.float32)
+    return features.astype(out), logits.astype(out)

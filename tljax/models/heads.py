@@ -132,7 +132,7 @@ class DomainDiscriminator(nn.Module):
   Attributes:
     hidden_sizes: widths of the hidden layers (TLlib: two of `hidden_size`,
       1024 in its examples).
-    dtype: compute dtype; the logits are returned in float32.
+    dtype: compute dtype; the logits are returned in (at least) float32.
   """
 
   hidden_sizes: Sequence[int] = (1024, 1024)
@@ -150,6 +150,6 @@ class DomainDiscriminator(nn.Module):
       x = nn.relu(x)
     init = torch_linear_init(x.shape[-1])
     logits = nn.Dense(1, dtype=self.dtype, kernel_init=init, bias_init=init, name="output")(x)
-    return logits[:, 0].astype(jnp.float32)
+    return logits[:, 0].astype(jnp.promote_types(self.dtype, jnp.float32))
 
 

@@ -1,10 +1,11 @@
 """Layers shared by every backbone.
 
-`BatchNorm` is flax's BatchNorm plus one piece of data: a regex over the
-module's '/'-joined path. Where it matches, the layer normalises with its running
-averages even in training and leaves them untouched, which is what fine-tuning
-needs for the frozen part of a pretrained network. `train.py` derives the regex
-from the frozen parameter groups, so freezing stays data, not code.
+`BatchNorm` is flax's BatchNorm with PyTorch's running variance and one piece of
+data: a regex over the module's '/'-joined path. Where it matches, the layer
+normalises with its running averages even in training and leaves them untouched,
+which is what fine-tuning needs for the frozen part of a pretrained network.
+`train.py` derives the regex from the frozen parameter groups, so freezing stays
+data, not code.
 
 In training it normalises through `batch_norm_train`, whose gradient is written
 out by hand: two reductions and one elementwise pass over the activations,
@@ -24,14 +25,19 @@ import jax
 import jax.numpy as jnp
 
 
+def _statistics_dtype(x: jax.Array) -> Any:
+  """Statistics are computed in at least fp32 (fp64 runs stay fp64)."""
+  return jnp.promote_types(x.dtype, jnp.float32)
+
+
 def _batch_statistics(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """fp32 mean and biased variance over all axes but the last, in one pass.
+  """Mean and biased variance (at least fp32) over all axes but the last, in one pass.
 
   `E[x^2] - E[x]^2`, clipped at 0, as flax's `use_fast_variance`: both sums
   read the activations once, in the same loop.
   """
   axes = tuple(range(x.ndim - 1))
-  x = x.astype(jnp.float32)
+  x = x.astype(_statistics_dtype(x))
   mean = jnp.mean(x, axes)
   var = jnp.maximum(jnp.mean(x * x, axes) - mean * mean, 0.0)
   return mean, var
@@ -43,17 +49,17 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array,
   """Training-mode batch normalisation over all axes but the last.
 
   Args:
-    x: activations `(..., C)`, any float dtype; statistics are fp32.
+    x: activations `(..., C)`, any float dtype; statistics are at least fp32.
     scale, bias: `(C,)` affine parameters.
     epsilon: added to the variance.
 
   Returns:
-    `(y, mean, var)`: `y` in `x.dtype`, and the fp32 batch mean and biased
-    variance (for the running averages).
+    `(y, mean, var)`: `y` in `x.dtype`, and the (at least fp32) batch mean and
+    biased variance (for the running averages).
   """
   mean, var = _batch_statistics(x)
   multiplier = jax.lax.rsqrt(var + epsilon) * scale
-  y = (x.astype(jnp.float32) - mean) * multiplier + bias
+  y = (x.astype(_statistics_dtype(x)) - mean) * multiplier + bias
   return y.astype(x.dtype), mean, var
 
 
@@ -61,7 +67,7 @@ def _batch_norm_train_fwd(x, scale, bias, epsilon):
   mean, var = _batch_statistics(x)
   inv_std = jax.lax.rsqrt(var + epsilon)
   multiplier = inv_std * scale
-  y = (x.astype(jnp.float32) - mean) * multiplier + bias
+  y = (x.astype(_statistics_dtype(x)) - mean) * multiplier + bias
   return (y.astype(x.dtype), mean, var), (x, mean, inv_std, scale)
 
 
@@ -79,7 +85,7 @@ def _batch_norm_train_bwd(epsilon, residuals, cotangents):
   d_y, d_mean, d_var = cotangents
   axes = tuple(range(x.ndim - 1))
   count = math.prod(x.shape[:-1])
-  x32, d_y32 = x.astype(jnp.float32), d_y.astype(jnp.float32)
+  x32, d_y32 = x.astype(_statistics_dtype(x)), d_y.astype(_statistics_dtype(x))
   x_hat = (x32 - mean) * inv_std
   d_bias = jnp.sum(d_y32, axes)
   d_scale = jnp.sum(d_y32 * x_hat, axes)
@@ -99,10 +105,13 @@ class BatchNorm(nn.Module):
 
   The variables (`params/scale`, `params/bias`, `batch_stats/mean`,
   `batch_stats/var`) and the function are `nn.BatchNorm`'s with fast variance
-  and fp32 statistics; in training the normalisation runs through
-  `batch_norm_train`. Running averages move as in flax:
-  `momentum * old + (1 - momentum) * batch` (biased variance), and not while
-  the module is initialised.
+  and (at least) fp32 statistics; in training the normalisation runs through
+  `batch_norm_train`, with the biased batch variance as in flax and PyTorch.
+  Running averages move as `momentum * old + (1 - momentum) * batch`, and not
+  while the module is initialised; the batch variance they average is the
+  *unbiased* one (`n / (n - 1)` times it, `n` the values per feature), as
+  `torch.nn.BatchNorm*d` does, so that statistics, evaluation and frozen layers
+  match TLlib's.
 
   Attributes:
     frozen: regex (`re.fullmatch`) over the module path, e.g.
@@ -111,6 +120,8 @@ class BatchNorm(nn.Module):
     epsilon: added to the variance.
     dtype: output dtype (default: that of the input and parameters).
     param_dtype: dtype of `scale` and `bias`.
+    biased_running_var: average the biased batch variance instead (flax's
+      convention); off by default.
   """
 
   frozen: str = ""
@@ -120,6 +131,7 @@ class BatchNorm(nn.Module):
   param_dtype: Any = jnp.float32
   scale_init: Any = nn.initializers.ones
   bias_init: Any = nn.initializers.zeros
+  biased_running_var: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -131,13 +143,17 @@ class BatchNorm(nn.Module):
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
     ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
     dtype = self.dtype or jnp.result_type(x, scale, bias)
-    scale32, bias32 = scale.astype(jnp.float32), bias.astype(jnp.float32)
+    compute = _statistics_dtype(x)
+    scale32, bias32 = scale.astype(compute), bias.astype(compute)
     if not train or is_frozen:
       multiplier = jax.lax.rsqrt(ra_var.value + self.epsilon) * scale32
       y = (x - ra_mean.value) * multiplier + bias32
       return y.astype(dtype)
     y, mean, var = batch_norm_train(x, scale32, bias32, self.epsilon)
     if not self.is_initializing():
+      if not self.biased_running_var:
+        count = math.prod(x.shape[:-1])
+        var = var * (count / max(count - 1, 1))
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     return y.astype(dtype)
