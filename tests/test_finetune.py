@@ -133,6 +133,8 @@ def test_batch_spectral_shrinkage_is_zero_for_a_rank_deficient_batch():
   features = _random(0, 8, 1) @ _random(1, 1, 5)  # rank 1: the smallest singular values are 0
   assert float(L.batch_spectral_shrinkage(features, k=1)) < 1e-8
   assert float(L.batch_spectral_shrinkage(features, k=5)) > 1.0  # includes the largest
+  with pytest.raises(ValueError, match="k=6"):
+    L.batch_spectral_shrinkage(features, k=6)
 
 
 def test_co_tuning_loss_matches_numpy():

@@ -126,6 +126,9 @@ def batch_spectral_shrinkage(features: jax.Array, *, k: int = 1) -> jax.Array:
   matrix (whose condition number is squared) resolves worst.
   """
   x = as_float_matrix(features)
+  if not 0 < k <= min(x.shape):
+    raise ValueError(f"BSS penalises k of the min{x.shape} = {min(x.shape)} singular values of "
+                     f"the feature batch; got k={k}")
   singular_values = jnp.linalg.svd(x, compute_uv=False)  # descending
   return jnp.sum(jnp.square(singular_values[singular_values.shape[0] - k:]))
 
