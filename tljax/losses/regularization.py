@@ -121,16 +121,20 @@ def batch_spectral_shrinkage(features: jax.Array, *, k: int = 1) -> jax.Array:
 
   Chen et al., "Catastrophic Forgetting Meets Negative Transfer: Batch
   Spectral Shrinkage for Safe Transfer Learning", NeurIPS 2019 (TLlib: `k =
-  1`, weight 0.001). Computed by an SVD of the features, not by eigenvalues
-  of their Gram matrix: the smallest singular values are the ones a Gram
-  matrix (whose condition number is squared) resolves worst.
+  1`, weight 0.001). The squared singular values are the eigenvalues of the
+  smaller Gram matrix (`F F^T` or `F^T F`): on CPU the gradient of XLA's SVD of
+  a 48 x 256 batch takes ~100x as long as the symmetric eigenproblem. The
+  price is an absolute error of about `eps sigma_max^2` on each (the Gram
+  matrix squares the condition number), far below what the penalty's weight
+  makes matter; eigenvalues rounded below zero count as zero.
   """
   x = as_float_matrix(features)
   if not 0 < k <= min(x.shape):
     raise ValueError(f"BSS penalises k of the min{x.shape} = {min(x.shape)} singular values of "
                      f"the feature batch; got k={k}")
-  singular_values = jnp.linalg.svd(x, compute_uv=False)  # descending
-  return jnp.sum(jnp.square(singular_values[singular_values.shape[0] - k:]))
+  gram = x @ x.T if x.shape[0] <= x.shape[1] else x.T @ x
+  eigenvalues = jnp.linalg.eigvalsh(gram)  # ascending
+  return jnp.sum(jnp.maximum(eigenvalues[:k], 0.0))
 
 
 def co_tuning_loss(source_logits: jax.Array, relationship_targets: jax.Array) -> jax.Array:
