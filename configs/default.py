@@ -49,6 +49,13 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   # A second augmentation of each target image, for methods that read two views
   # (FixMatch's strong view: see configs/fixmatch.py).
   config.data.strong_preprocess = ml_collections.ConfigDict({"name": "digits_strong"})
+  # Another task on the same images (tljax/data/views.py): 'parity' or 'ge5'
+  # turn the ten digits into two classes in every split; None keeps the labels.
+  config.data.label_map = ml_collections.config_dict.placeholder(str)
+  # A seeded, class-stratified fraction of the labelled training split (label
+  # budgets of fine-tuning: 0.01, 0.1, 1.0); every class keeps at least one.
+  config.data.source_fraction = 1.0
+  config.data.source_subset_seed = 0
 
   # Network: backbone -> bottleneck -> head, returning (features, logits).
   config.model = ml_collections.ConfigDict()

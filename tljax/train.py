@@ -53,7 +53,7 @@ from tljax import evaluation
 from tljax import features as features_lib
 from tljax import models, optim
 from tljax import workdir as workdir_lib
-from tljax.data import open_domain, pipeline, preprocess
+from tljax.data import open_domain, pipeline, preprocess, views
 from tljax.methods import base as methods_base
 from tljax.methods import create_method
 from tljax.methods.base import TrainState
@@ -187,6 +187,10 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
   source_of_init = ""
   if config.model.init:
     params, model_state, source_of_init = _load_pretrained(params, model_state, config)
+    # The method's networks may take their part of the same checkpoint.
+    loaded = dict(method.init_from_checkpoint({"params": params, **model_state},
+                                              config.model.init, backbone=config.model.name))
+    params, model_state = jax.device_put((loaded.pop("params"), loaded), replicated)
   if config.model.get("dtype") == "float64":
     # Layers create float32 parameters; a float64 run keeps all state in float64.
     params, model_state = jax.tree.map(
@@ -244,6 +248,8 @@ class Domains:
   source_val: Any
   num_classes: int
   input_shape: tuple[int, ...]
+  # A method's `extra_domains`: {key: (training split, evaluation split)}.
+  extra: Mapping[str, tuple[Any, Any]] = dataclasses.field(default_factory=dict)
 
 
 def _open_eval_split(name: str, split: str, train_split: str, field: str, open_kwargs) -> Any:
@@ -301,11 +307,50 @@ def _open_data(config: ml_collections.ConfigDict, workdir: str) -> Domains:
       source_val = (source_eval if config.source_val_split == config.eval_source_split
                     else features_lib.feature_domain(extractor, source_val, cache_dir,
                                                      num_threads=config.data.num_threads))
+  # Views (after the feature cache, which keeps the dataset's own labels): every
+  # split's labels under `data.label_map`, and a stratified part of the
+  # labelled training split (`data.source_fraction`).
+  label_map = config.data.get("label_map")
+  same_val = source_val is source_eval
+  source_train, target_train, source_eval, target_eval = (
+      views.map_labels(d, label_map) for d in (source_train, target_train, source_eval,
+                                               target_eval))
+  if source_val is not None:
+    source_val = source_eval if same_val else views.map_labels(source_val, label_map)
+  fraction = config.data.get("source_fraction", 1.0)
+  source_train = views.stratified_subset(source_train, fraction,
+                                         config.data.get("source_subset_seed", 0))
+  if label_map or fraction != 1:
+    logging.info("Labels: %s; labelled training examples: %d.", label_map or "the dataset's",
+                 len(source_train))
   # From the target split: source-free methods never read the source training split.
   input_shape = preprocess.from_config(config.data.eval_preprocess, config.data.image_size)(
       target_train.source[0], np.random.default_rng(0))["image"].shape
   return Domains(source_train, target_train, source_eval, target_eval, source_val,
                  source_train.num_classes, tuple(input_shape))
+
+
+def _open_extra_domains(config: ml_collections.ConfigDict, domains: Domains,
+                        method: methods_base.Method) -> Domains:
+  """Opens the labelled datasets the method reads besides source and target."""
+  specs = method.extra_domains()
+  if not specs:
+    return domains
+  open_kwargs = dict(data_dir=config.data_dir, manual_dir=config.manual_dir,
+                     cache=config.data.cache, skip_corrupt=config.data.skip_corrupt)
+  extra = {}
+  for key, spec in specs.items():
+    train_split, eval_split = (views.map_labels(open_domain(spec.dataset, split, **open_kwargs),
+                                                spec.label_map)
+                               for split in (spec.split, spec.eval_split))
+    if train_split.num_classes != spec.num_classes:
+      raise ValueError(f"{key!r} reads {spec.dataset} (label map {spec.label_map}), which has "
+                       f"{train_split.num_classes} classes, but its config says "
+                       f"num_classes={spec.num_classes}")
+    logging.info("%s: %s:%s (%d labelled), evaluated on %s.", key, spec.dataset, spec.split,
+                 len(train_split), eval_split.split)
+    extra[key] = (train_split, eval_split)
+  return dataclasses.replace(domains, extra=extra)
 
 
 def _device_batches(batches: Iterator[dict], sharding: NamedSharding,
@@ -345,6 +390,10 @@ def _train_batches(config, domains: Domains, method, first_step: int,
       target_pp = preprocess.multi_view(views)
     streams["target"] = pipeline.train_batches(domains.target_train, preprocess=target_pp,
                                                seed=2 * config.seed + 1, **kwargs)
+  for i, (key, (train_split, _)) in enumerate(sorted(domains.extra.items())):
+    # Data seeds apart from the source's and target's (2 seed, 2 seed + 1).
+    streams[key] = pipeline.train_batches(train_split, preprocess=train_pp,
+                                          seed=2**20 * (i + 1) + config.seed, **kwargs)
 
   def zipped():
     names = list(streams)
@@ -677,7 +726,16 @@ def _evaluate(run: Run, setup: Setup, domains: Domains, state: TrainState) -> di
   record = {**values, evaluation.ORACLE: target_report["accuracy"],
             "target_accuracy": target_report["accuracy"],
             "source_accuracy": source_report["accuracy"]}
-  return {"source": source_report, "target": target_report, "record": record}
+  named = {"source": source, "target": target}
+
+  def predict_named(name: str) -> evaluation.Predictions:
+    if name not in named:
+      named[name] = predict(domains.extra[name][1])
+    return named[name]
+
+  method_metrics = setup.method.eval_metrics(setup.ctx, state, predict_named)
+  return {"source": source_report, "target": target_report, "record": record,
+          "method": {k: float(v) for k, v in method_metrics.items()}}
 
 
 def _eval_scalars(result: dict) -> dict[str, float]:
@@ -688,8 +746,14 @@ def _eval_scalars(result: dict) -> dict[str, float]:
 
 
 def _refresh(run: Run, setup: Setup, domains: Domains, state: TrainState) -> TrainState:
+  labelled = setup.method.refresh_domain == "source"
+  domain = domains.source_train if labelled else domains.target_train
+
   def predict(variables):
-    outputs = predict_all(setup, variables, domains.target_train, run.config, run.batch_sharding)
+    outputs = predict_all(setup, variables, domain, run.config, run.batch_sharding)
+    # Target labels are not the method's to read.
+    if labelled:
+      return outputs.features, outputs.logits, outputs.labels
     return outputs.features, outputs.logits
 
   return setup.method.refresh(setup.ctx, state, predict)
@@ -777,7 +841,7 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState, writer,
 
 def _log_eval(writer, step: int, result: dict) -> None:
   scalars = _eval_scalars(result)
-  writer.write_scalars(step, {f"eval/{k}": v for k, v in scalars.items()})
+  writer.write_scalars(step, {f"eval/{k}": v for k, v in {**scalars, **result["method"]}.items()})
   writer.write_scalars(step, {f"validators/{k}": v for k, v in result["record"].items()})
   shown = ", ".join(f"{k} {v:.4g}" for k, v in result["record"].items()
                     if k not in ("oracle", "target_accuracy", "source_accuracy"))
@@ -812,6 +876,8 @@ def _write_results(run: Run, setup: Setup, domains: Domains, state: TrainState, 
       "validators_final": {k: v for k, v in last_eval["record"].items()
                            if k not in ("oracle", "target_accuracy", "source_accuracy")},
       "validator_rank_correlation": selection.rank_correlations(),
+      # The method's own evaluation numbers (`Method.eval_metrics`), last step.
+      "method_metrics": last_eval["method"],
       "selected_checkpoints": sorted(selection.steps_to_keep()),
       "method": config.method.name,
       "initialised_from": setup.source_of_init or None,
@@ -851,6 +917,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   domains = _open_data(config, workdir)
   setup = build(config, domains.num_classes, run.mesh, domains.input_shape,
                 num_target_examples=len(domains.target_train))
+  domains = _open_extra_domains(config, domains, setup.method)
   _claim_workdir(run, allow_changes)
   try:
     logging.info("Method %s; parameters per group: %s; BatchNorm frozen where: %s",

@@ -1,4 +1,4 @@
-"""Discrepancy and domain-adaptation losses: pure, jittable functions of arrays.
+"""Discrepancy, domain-adaptation and fine-tuning losses: pure, jittable functions of arrays.
 
 Each follows TLlib's implementation by default; deviations are keyword options
 documented where they are defined. Training code composes them (see
@@ -24,6 +24,10 @@ from tljax.losses.mcd import classifier_discrepancy, mcd_entropy
 from tljax.losses.mdd import mdd, shift_log
 from tljax.losses.mmd import (dan_kernel_weights, kernel_mmd, max_test_power_weights, mk_mmd,
                               mmd)
+from tljax.losses.regularization import (attention_behavioral_regularization,
+                                         batch_spectral_shrinkage, behavioral_regularization,
+                                         category_relationship, channel_attention,
+                                         co_tuning_loss, l2, starting_point_l2)
 from tljax.losses.self_training import (class_balance_loss, confidence_self_training_loss,
                                         l2_consistency_loss)
 
@@ -39,4 +43,6 @@ __all__ = [
     "bnm", "lmmd", "lmmd_weights", "classifier_discrepancy", "mcd_entropy",
     "confidence_self_training_loss", "l2_consistency_loss", "class_balance_loss",
     "information_maximization",
+    "l2", "starting_point_l2", "behavioral_regularization", "attention_behavioral_regularization",
+    "channel_attention", "batch_spectral_shrinkage", "co_tuning_loss", "category_relationship",
 ]

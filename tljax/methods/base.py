@@ -76,6 +76,33 @@ class TrainState:
     return self.replace(params=variables.pop("params"), model_state=variables)
 
 
+class ExtraDomain(NamedTuple):
+  """A labelled dataset a method's step reads besides `inputs` (see
+  `Method.extra_domains`): its training split is batched like the source
+  (labels kept, the same batch size and augmentation) under the method's key,
+  and its evaluation split is what `eval_metrics`' `predict(key)` runs over.
+
+  Attributes:
+    dataset: `dataset[/config]`, as `config.source`.
+    split: the training split (a TFDS split expression).
+    eval_split: the evaluation split.
+    label_map: `tljax.data.views` label map applied to both (None: the
+      dataset's own labels).
+    num_classes: the classes the method expects (checked when opened).
+  """
+
+  dataset: str
+  split: str
+  eval_split: str
+  label_map: str | None
+  num_classes: int
+
+
+# `refresh_every` of a method that refreshes once, before step 0 (a resumed run
+# restores what that refresh computed from its checkpoint).
+REFRESH_ONCE = 2**62
+
+
 class OptimizerSpec(NamedTuple):
   """One optimizer of a method: which parameters it updates (a regex over
   '/'-joined paths; frozen groups are always excluded) and a factor on the
@@ -309,13 +336,18 @@ class Method:
     target_views: preprocessed views of each target example besides
       `image`, e.g. `('image_strong',)` (`config.data.strong_preprocess`).
     refresh_every: > 0 calls `refresh` before the steps `0, N, 2N, ...`
-      (e.g. pseudo-labels recomputed over the whole target split); a method
-      whose period depends on the data overrides `refresh_interval` instead.
+      (e.g. pseudo-labels recomputed over the whole target split);
+      `REFRESH_ONCE`: once, before step 0. A method whose period depends on
+      the data overrides `refresh_interval` instead.
+    refresh_domain: the training split `refresh`'s `predict` runs over:
+      'target' (unlabelled: its labels are not given) or 'source' (the
+      labelled training split, e.g. Co-Tuning's category relationship).
   """
 
   inputs: ClassVar[tuple[str, ...]] = ("source", "target")
   target_views: ClassVar[tuple[str, ...]] = ()
   refresh_every: ClassVar[int] = 0
+  refresh_domain: ClassVar[str] = "target"
 
   # ------------------------------------------------------------- construction
 
@@ -336,6 +368,20 @@ class Method:
     """The method's extra state at step 0 (an EMA teacher, pseudo-labels, ...)."""
     del ctx, variables
     return {}
+
+  def extra_domains(self) -> dict[str, ExtraDomain]:
+    """Labelled datasets the step reads besides `inputs`, by batch key
+    (multi-task heads with their own data); none by default."""
+    return {}
+
+  def init_from_checkpoint(self, variables: Variables, path: str, *, backbone: str) -> Variables:
+    """Called after `config.model.init` (`path`) was merged into the classifier
+    and before `init_method_state`: the method's networks may take what they
+    need from the same checkpoint (Co-Tuning's source head). Gets and returns
+    every owner's variables (`{'params': {'classifier': ..., 'method': ...},
+    ...}`); unchanged by default."""
+    del path, backbone
+    return variables
 
   def optimizers(self) -> dict[str, OptimizerSpec]:
     """The method's optimizers by name; one over every parameter by default."""
@@ -362,7 +408,9 @@ class Method:
 
   def refresh(self, ctx: StepContext, state: TrainState, predict: Callable) -> TrainState:
     """Host-side work between steps (see `refresh_every`). `predict(variables)`
-    returns `(features, logits)` of every target training example, in order."""
+    runs the classifier with `variables` (evaluation mode and preprocessing)
+    over every example of the `refresh_domain` training split, in order, and
+    returns `(features, logits)`, and for 'source' `(features, logits, labels)`."""
     del ctx, predict
     return state
 
@@ -374,6 +422,16 @@ class Method:
     recomputes BatchNorm statistics over the target training split (AdaBN)."""
     del ctx, batch_statistics
     return owned(state.variables, CLASSIFIER)
+
+  def eval_metrics(self, ctx: StepContext, state: TrainState,
+                   predict: Callable) -> dict[str, float]:
+    """Numbers of the method's own added to every evaluation (metrics.jsonl,
+    and `method_metrics` in results.json), e.g. each multi-task head's
+    accuracy. `predict(name)` returns the classifier's `Predictions` (with
+    `eval_variables`) over the evaluation split of 'source', 'target' or an
+    `extra_domains` key. None by default."""
+    del ctx, state, predict
+    return {}
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
