@@ -42,7 +42,7 @@ _TO = flags.DEFINE_string("to", "experiments/results/selection.md", "Markdown fi
 
 
 # Rows that are not a configuration a user could pick without target labels.
-NOT_ADAPTATION = ("target_oracle",)
+NOT_ADAPTATION = sweep.NOT_CANDIDATES
 
 
 def _runs(directory: str) -> dict[str, list[dict]]:

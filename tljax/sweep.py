@@ -353,6 +353,10 @@ def _render_comparisons(table: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------
 
 
+# Rows no unsupervised choice may pick: trained on target labels.
+NOT_CANDIDATES = ("target_oracle",)
+
+
 def family(method: str) -> str:
   """Rows `<method>@<setting>` (e.g. `dann@0.3`) are settings of one method."""
   return method.split("@")[0]
@@ -388,8 +392,12 @@ def select_configs(table: dict[str, Any], validator: str, *, within_family: bool
     rows = [r for r in table["rows"] if r["task"] == task]
     groups = collections.defaultdict(list)
     for r in rows:
+      if r["method"] in NOT_CANDIDATES:
+        continue
       groups[family(r["method"]) if within_family else "all"].append(r)
     for group, members in groups.items():
+      if within_family and len(members) < 2:
+        continue  # a method run at one setting leaves nothing to choose
       scored = [(config_scores(r, validator), r) for r in members]
       scored = [(v, r) for v, r in scored if v is not None]
       if not scored:
