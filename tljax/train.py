@@ -280,19 +280,32 @@ def _open_data(config: ml_collections.ConfigDict, workdir: str) -> Domains:
     multihost_utils.sync_global_devices("tljax: datasets built")
   source_train = open_domain(config.source, config.source_split, **open_kwargs)
   target_train = open_domain(config.target, config.target_split, **open_kwargs)
-  source_eval = _open_eval_split(config.source, config.eval_source_split, config.source_split,
-                                 "eval_source_split", open_kwargs)
-  target_eval = _open_eval_split(config.target, config.eval_target_split, config.target_split,
-                                 "eval_target_split", open_kwargs)
-  source_val = None
-  if config.source_val_split:
-    source_val = (source_eval if config.source_val_split == config.eval_source_split
-                  else open_domain(config.source, config.source_val_split, **open_kwargs))
   if source_train.class_names != target_train.class_names:
     raise ValueError(
         f"source {config.source!r} and target {config.target!r} have different classes: "
         f"{source_train.class_names[:5]}... vs {target_train.class_names[:5]}...; "
         "domain adaptation needs one label space")
+  source_eval = _open_eval_split(config.source, config.eval_source_split, config.source_split,
+                                 "eval_source_split", open_kwargs)
+  target_eval = _open_eval_split(config.target, config.eval_target_split, config.target_split,
+                                 "eval_target_split", open_kwargs)
+  source_val = None
+  if config.source_val_split == config.eval_source_split:
+    source_val = source_eval
+  elif config.source_val_split:
+    from tljax.data import registry  # pylint: disable=g-import-not-at-top
+    splits = registry.available_splits(config.source, data_dir=config.data_dir,
+                                       manual_dir=config.manual_dir,
+                                       skip_corrupt=config.data.skip_corrupt)
+    if config.source_val_split.split("[")[0].split("+")[0] not in splits and len(splits) == 1:
+      # Held-out source data does not exist; validating on training data would
+      # flatter the source-based validators, so they are left out.
+      logging.warning("%s has only the %r split: no held-out source data, so the validators "
+                      "that need it are skipped; set config.source_val_split to a part of "
+                      "it (e.g. 'train[90%%:]', with source_split='train[:90%%]').",
+                      config.source, splits[0])
+    else:
+      source_val = open_domain(config.source, config.source_val_split, **open_kwargs)
   logging.info("Source %s:%s (%d), target %s:%s (%d, labels unused), %d classes.",
                config.source, config.source_split, len(source_train), config.target,
                config.target_split, len(target_train), source_train.num_classes)
