@@ -26,12 +26,13 @@ touches target labels except the oracle columns.
 from __future__ import annotations
 
 import collections
-import json
+import math
 import os
 import statistics
 import sys
 
 from absl import app, flags
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -41,25 +42,20 @@ _SWEEPS = flags.DEFINE_multi_string("sweep", [], "TASK=DIR: a sweep output direc
 _TO = flags.DEFINE_string("to", "experiments/results/selection.md", "Markdown file to write.")
 
 
-# Rows that are not a configuration a user could pick without target labels.
-NOT_ADAPTATION = sweep.NOT_CANDIDATES
-
-
-def _runs(directory: str) -> dict[str, list[dict]]:
+def _runs(table: dict) -> dict[str, list[dict]]:
+  """Every run's results.json by method (over the tasks of the sweep)."""
   by_method = collections.defaultdict(list)
-  for root, _, files in os.walk(directory):
-    if "results.json" in files and len(os.path.relpath(root, directory).split(os.sep)) == 3:
-      with open(os.path.join(root, "results.json")) as f:
-        by_method[os.path.relpath(root, directory).split(os.sep)[0]].append(json.load(f))
+  for row in table["rows"]:
+    by_method[row["method"]].extend(row["runs"])
   return by_method
 
 
 def _spearman(x: list[float], y: list[float]) -> float | None:
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+  """Spearman's correlation of configurations; None with fewer than 3 or a constant side."""
+  if len(x) < 3:
     return None
-  rank = lambda v: np.argsort(np.argsort(v, kind="stable"), kind="stable").astype(float)
-  return float(np.corrcoef(rank(np.asarray(x)), rank(np.asarray(y)))[0, 1])
+  value = float(validators.spearman(np.asarray(x), np.asarray(y)))
+  return None if math.isnan(value) else value
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -92,7 +88,7 @@ def correlation_table(by_method: dict[str, list[dict]], names: list[str]) -> lis
     higher = validators.VALIDATORS[name].higher_is_better
     scores, accuracies = [], []
     for method, runs in by_method.items():
-      if method in NOT_ADAPTATION:
+      if method in sweep.NOT_CANDIDATES:
         continue
       # The final source accuracy is a top-level field (the validator's split
       # is the source evaluation split unless config.source_val_split differs).
@@ -117,7 +113,8 @@ def main(argv):
          "Correlations are Spearman's, oriented so that +1 ranks as target accuracy does.", ""]
   for spec in _SWEEPS.value:
     task, _, directory = spec.partition("=")
-    by_method = _runs(directory)
+    table = sweep.collect(directory)
+    by_method = _runs(table)
     if not by_method:
       continue
     names = sorted(n for n in validators.VALIDATORS if n != "oracle"
@@ -127,8 +124,6 @@ def main(argv):
     out += method_table(by_method, names) + [""]
     out += ["**Rank correlation with target accuracy**", ""]
     out += correlation_table(by_method, names) + [""]
-    table = sweep.collect(directory)
-    table["rows"] = [r for r in table["rows"] if r["method"] not in NOT_ADAPTATION]
     selections = [s for name in names for s in sweep.select_configs(table, name)]
     oracle = sweep.select_configs(table, "oracle") if "oracle" in validators.VALIDATORS else []
     out += ["**Choosing the method (configuration) per task**", "",

@@ -56,13 +56,33 @@ def tiny_config(data_dir: str, **overrides):
   config.eval_every = 3
   config.checkpoint_every = 3
   config.data.num_threads = 0
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
+  set_fields(config, overrides)
   return config
+
+
+def set_fields(config, fields: dict) -> None:
+  """Sets dotted config fields, e.g. `{'method.trade_off': 0.3}`."""
+  for key, value in fields.items():
+    *parents, leaf = key.split(".")
+    target = config
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+
+
+def train_lines(workdir: str) -> list[dict]:
+  """The training records of a run's metrics.jsonl."""
+  import json  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(l) for l in f if '"train"' in l]
+
+
+def flat(tree, dtype=None) -> dict:
+  """`{keystr(path): numpy leaf}` of a pytree."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return {jax.tree_util.keystr(p): np.asarray(v, dtype)
+          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 @pytest.fixture

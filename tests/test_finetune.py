@@ -25,7 +25,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import tljax.losses as L
-from conftest import REPO, tiny_config
+from conftest import REPO, flat, set_fields, tiny_config, train_lines
 from tljax import train
 from tljax.data import open_domain, views
 from tljax.methods import base
@@ -217,12 +217,7 @@ def _method_config(name: str, data_dir: str, **overrides) -> ml_collections.Conf
   config.model.bottleneck_dim = 32
   if name == "delta":
     config.method.attention_steps = 20
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    target = config
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
+  set_fields(config, overrides)
   return config
 
 
@@ -242,15 +237,13 @@ def test_l2_sp_penalty_is_its_closed_form(digits_data_dir):
   setup, _ = _setup(config)
   method, state = setup.method, setup.state
   params = jax.device_get(state.params)
-  flat = {jax.tree_util.keystr(p): np.asarray(v, np.float64)
-          for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  flat_params = flat(params, np.float64)
   moved = jax.tree.map(lambda x: x + _random(7, *x.shape, scale=0.1), params)
-  moved_flat = {jax.tree_util.keystr(p): np.asarray(v, np.float64)
-                for p, v in jax.tree_util.tree_flatten_with_path(moved)[0]}
-  pretrained = [k for k in flat if "'backbone'" in k or "'bottleneck'" in k]
-  new = [k for k in flat if "'head'" in k]
-  assert pretrained and new and len(pretrained) + len(new) == len(flat)
-  sp = 0.5 * sum(((moved_flat[k] - flat[k]) ** 2).sum() for k in pretrained)
+  moved_flat = flat(moved, np.float64)
+  pretrained = [k for k in flat_params if "'backbone'" in k or "'bottleneck'" in k]
+  new = [k for k in flat_params if "'head'" in k]
+  assert pretrained and new and len(pretrained) + len(new) == len(flat_params)
+  sp = 0.5 * sum(((moved_flat[k] - flat_params[k]) ** 2).sum() for k in pretrained)
   head = 0.5 * sum((moved_flat[k] ** 2).sum() for k in new)
   penalty, metrics = method.regularization(moved, state.method_state)
   np.testing.assert_allclose(metrics["l2_sp"], sp, rtol=1e-5)
@@ -384,21 +377,11 @@ def runs(digits_data_dir, tmp_path_factory):
   return Runs(digits_data_dir, str(tmp_path_factory.mktemp("finetune")))
 
 
-def _train_lines(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(l) for l in f if '"train"' in l]
-
-
-def _flat(tree):
-  return {jax.tree_util.keystr(p): np.asarray(v)
-          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
 @pytest.mark.parametrize("name", FINETUNE_METHODS)
 def test_finetuning_run_from_a_pretrained_model(name, runs):
   workdir, results = runs.finetuned(name)
   assert results["step"] == 4 and results["initialised_from"]
-  lines = _train_lines(workdir)
+  lines = train_lines(workdir)
   assert [l["step"] for l in lines] == [1, 2, 3, 4]
   for line in lines:
     assert all(np.isfinite(v) for k, v in line.items() if k != "kind"), line
@@ -411,11 +394,11 @@ def test_finetuning_run_from_a_pretrained_model(name, runs):
     kept = final["method_state"]["starting_point"]["classifier"] if name == "l2_sp" else \
         final["method_state"]["starting_point"]["params"]
     for part in ("backbone", "bottleneck"):
-      mine, theirs = _flat(kept[part]), _flat(pretrained["params"][part])
+      mine, theirs = flat(kept[part]), flat(pretrained["params"][part])
       assert mine.keys() == theirs.keys()
       assert all(mine[k].tobytes() == theirs[k].tobytes() for k in mine), part
-  moved = [k for k, v in _flat(final["params"]["classifier"]["backbone"]).items()
-           if v.tobytes() != _flat(pretrained["params"]["backbone"])[k].tobytes()]
+  moved = [k for k, v in flat(final["params"]["classifier"]["backbone"]).items()
+           if v.tobytes() != flat(pretrained["params"]["backbone"])[k].tobytes()]
   assert moved  # and then trained
 
 
@@ -427,9 +410,9 @@ def test_co_tuning_keeps_the_pretrained_head_and_learns_the_relationship(runs, d
   pretrained, _ = classifier_variables(runs.pretrained())
   setup, sharding = _setup(config)
   head = setup.state.params["method"]["source_head"]
-  assert _flat(head).keys() == _flat(pretrained["params"]["head"]).keys()
-  for k, v in _flat(pretrained["params"]["head"]).items():
-    assert np.asarray(_flat(head)[k]).tobytes() == v.tobytes(), k
+  assert flat(head).keys() == flat(pretrained["params"]["head"]).keys()
+  for k, v in flat(pretrained["params"]["head"]).items():
+    assert np.asarray(flat(head)[k]).tobytes() == v.tobytes(), k
   # The run's relationship, against the pretrained classifier's own predictions.
   state, _ = state_at(runs.finetuned("co_tuning")[0], None)
   domain = open_domain(config.source, config.source_split, data_dir=digits_data_dir)
@@ -489,19 +472,14 @@ def _multitask_config(arg, data_dir, **overrides):
   config.data.num_threads = 0
   config.model.backbone_kwargs.widths = (8, 8, 16)
   config.model.bottleneck_dim = 32
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    target = config
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
+  set_fields(config, overrides)
   return config
 
 
 def _heads(params):
   """`{head name: its parameter leaves}`: the classifier's own and the method's."""
-  out = {"classifier/head": _flat(params["classifier"]["head"])}
-  out.update({f"method/{k}": _flat(v) for k, v in params.get("method", {}).items()})
+  out = {"classifier/head": flat(params["classifier"]["head"])}
+  out.update({f"method/{k}": flat(v) for k, v in params.get("method", {}).items()})
   return out
 
 
@@ -538,7 +516,7 @@ def test_each_task_reaches_only_its_head_and_the_trunk(arg, digits_data_dir):
           assert all(n > 0 for n in norms), (task.name, head)
         else:
           assert all(n == 0 for n in norms), (task.name, head, norms)
-      trunk = _flat(grads["classifier"]["backbone"])
+      trunk = flat(grads["classifier"]["backbone"])
       assert all(float(np.abs(g).max()) > 0 for g in trunk.values()), task.name
 
 
@@ -579,7 +557,7 @@ def test_multitask_run_reports_each_heads_accuracy(multitask_runs, digits_data_d
   metrics = results["method_metrics"]
   assert sorted(metrics) == ["digit_accuracy", "ge5_accuracy", "parity_accuracy"]
   assert metrics["digit_accuracy"] == results["target_accuracy"]
-  lines = _train_lines(workdir)
+  lines = train_lines(workdir)
   assert [l["step"] for l in lines] == [1, 2, 3, 4]
   for line in lines:
     np.testing.assert_allclose(line["loss"], line["digit_loss"] + line["parity_loss"]
@@ -607,7 +585,7 @@ def test_multitask_uniform_sampling_resumes_bit_identically(multitask_runs):
   """Two datasets, one task drawn per step on two devices; a run resumed from
   step 2 repeats the uninterrupted one."""
   full = multitask_runs.full("two_datasets", "uniform")
-  lines = _train_lines(full)
+  lines = train_lines(full)
   drawn = [int(l["task"]) for l in lines]
   assert set(drawn) <= {0, 1}
   for line in lines:
@@ -619,7 +597,7 @@ def test_multitask_uniform_sampling_resumes_bit_identically(multitask_runs):
   b, resumed_step = state_at(multitask_runs.resumed("two_datasets", "uniform"), None)
   assert step == resumed_step == 4
   for part in ("params", "model_state", "method_state", "opt_state"):
-    fa, fb = _flat(a[part]), _flat(b[part])
+    fa, fb = flat(a[part]), flat(b[part])
     assert fa.keys() == fb.keys()
     for k in fa:
       assert fa[k].tobytes() == fb[k].tobytes(), (part, k)

@@ -25,7 +25,7 @@ import pytest
 import scipy.spatial.distance
 
 import tljax.losses as L
-from conftest import REPO, tiny_config
+from conftest import REPO, flat, set_fields, tiny_config, train_lines
 from tljax import train
 from tljax.data import pipeline, preprocess, registry
 from tljax.methods import TrainState, create_method, method_names
@@ -344,12 +344,7 @@ def run_config(name: str, data_dir: str, **overrides) -> ml_collections.ConfigDi
   if "hidden_sizes" in config.method:
     config.method.hidden_sizes = (32, 32)
   config.method.update(RUN_FIELDS.get(name, {}))
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    target = config
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
+  set_fields(config, overrides)
   return config
 
 
@@ -443,20 +438,10 @@ def runs(digits_data_dir, tmp_path_factory):
   return Runs(digits_data_dir, str(tmp_path_factory.mktemp("new_methods")))
 
 
-def _train_lines(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(l) for l in f if '"train"' in l]
-
-
-def _flat(tree):
-  return {jax.tree_util.keystr(p): np.asarray(v)
-          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
 @pytest.mark.parametrize("name", NEW_METHODS)
 def test_short_run_is_finite(name, runs):
   workdir = runs.full(name)
-  lines = _train_lines(workdir)
+  lines = train_lines(workdir)
   assert [l["step"] for l in lines] == [1, 2, 3, 4]
   for line in lines:
     assert all(np.isfinite(v) for k, v in line.items() if k != "kind"), line
@@ -475,13 +460,13 @@ def test_resumed_run_is_bit_identical(name, runs):
   resumed, resumed_step = state_at(runs.resumed(name), None)
   assert step == resumed_step == 4
   for part in ("params", "model_state", "method_state", "opt_state"):
-    a, b = _flat(full[part]), _flat(resumed[part])
+    a, b = flat(full[part]), flat(resumed[part])
     assert a.keys() == b.keys()
     for k in a:
       assert a[k].tobytes() == b[k].tobytes(), (part, k)
   timeless = lambda lines: [{k: v for k, v in l.items() if k != "steps_per_second"}
                             for l in lines]
-  assert timeless(_train_lines(runs.full(name))) == timeless(_train_lines(runs.resumed(name)))
+  assert timeless(train_lines(runs.full(name))) == timeless(train_lines(runs.resumed(name)))
 
 
 # Methods whose step takes discrete decisions from the predictions of a barely
@@ -494,7 +479,7 @@ DISCRETE_PSEUDO_LABELS = ("pseudo_label", "dsan")
 
 @pytest.mark.parametrize("name", NEW_METHODS)
 def test_one_and_two_devices_agree(name, runs):
-  first_lines = list(zip(_train_lines(runs.full(name)), _train_lines(runs.one_device(name))))
+  first_lines = list(zip(train_lines(runs.full(name)), train_lines(runs.one_device(name))))
   assert first_lines
   if name in DISCRETE_PSEUDO_LABELS:
     x, y = first_lines[0]
@@ -502,7 +487,7 @@ def test_one_and_two_devices_agree(name, runs):
     return
   two, _ = state_at(runs.full(name), None)
   one, _ = state_at(runs.one_device(name), None)
-  a, b = _flat(two["params"]), _flat(one["params"])
+  a, b = flat(two["params"]), flat(one["params"])
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-5, err_msg=k)
@@ -522,16 +507,16 @@ def test_adda_freezes_the_source_classifier_and_trains_the_target_encoder(runs):
       (before["params"]["classifier"], after["params"]["classifier"]),
       (before["model_state"]["batch_stats"]["classifier"],
        after["model_state"]["batch_stats"]["classifier"])):
-    source_before, source_after = _flat(source_before), _flat(source_after)
+    source_before, source_after = flat(source_before), flat(source_after)
     assert source_before and source_before.keys() == source_after.keys()
     for k in source_before:  # parameters and BatchNorm statistics, bitwise
       assert source_before[k].tobytes() == source_after[k].tobytes(), k
   target = after["params"]["method"]["target"]
   assert sorted(target) == ["backbone", "bottleneck"]  # the head is the source's
-  source_encoder = _flat({k: after["params"]["classifier"][k] for k in target})
-  for k, v in _flat(target).items():
+  source_encoder = flat({k: after["params"]["classifier"][k] for k in target})
+  for k, v in flat(target).items():
     assert not np.array_equal(v, source_encoder[k]), k
-  assert [l["pretraining"] for l in _train_lines(runs.full("adda"))] == [1, 1, 0, 0]
+  assert [l["pretraining"] for l in train_lines(runs.full("adda"))] == [1, 1, 0, 0]
 
 
 def test_adda_paper_objective_runs(runs, digits_data_dir, tmp_path):
@@ -540,12 +525,12 @@ def test_adda_paper_objective_runs(runs, digits_data_dir, tmp_path):
   config.model.init = runs.source_model()
   config.method.pretrain_steps = 0
   train.train_and_evaluate(config, str(tmp_path / "paper"), devices=jax.devices()[:1])
-  lines = _train_lines(str(tmp_path / "paper"))
+  lines = train_lines(str(tmp_path / "paper"))
   assert all(np.isfinite(l["domain_loss"]) and np.isfinite(l["transfer_loss"]) for l in lines)
   state, _ = state_at(str(tmp_path / "paper"), None)
   source, _ = state_at(runs.source_model(), None)
-  for k, v in _flat(source["params"]["classifier"]).items():
-    assert v.tobytes() == _flat(state["params"]["classifier"])[k].tobytes(), k
+  for k, v in flat(source["params"]["classifier"]).items():
+    assert v.tobytes() == flat(state["params"]["classifier"])[k].tobytes(), k
 
 
 def test_mcd_phases_update_only_what_they_name(digits_data_dir):
@@ -560,7 +545,7 @@ def test_mcd_phases_update_only_what_they_name(digits_data_dir):
             "f2": "['method']['f2']"}
   expected = {"step_a": {"generator", "head", "f2"}, "step_b": {"head", "f2"},
               "step_c": {"generator"}}
-  before = _flat(setup.state.params)
+  before = flat(setup.state.params)
 
   @jax.jit
   def each_phase(state):  # from the same state; one compilation for the three
@@ -570,7 +555,7 @@ def test_mcd_phases_update_only_what_they_name(digits_data_dir):
   with jax.set_mesh(mesh):
     states = each_phase(setup.state)
   for phase, moved in expected.items():
-    after = _flat(states[phase].params)
+    after = flat(states[phase].params)
     for group, prefix in groups.items():
       changed = [not np.array_equal(before[k], after[k]) for k in before if k.startswith(prefix)]
       assert changed and any(changed) == (group in moved), (phase, group)
@@ -583,13 +568,13 @@ def test_mean_teacher_is_an_ema_of_the_student(runs, digits_data_dir):
   before, _ = state_at(runs.full("mean_teacher"), 3)
   after, _ = state_at(runs.full("mean_teacher"), 4)
   teacher, new_teacher = before["method_state"]["teacher"], after["method_state"]["teacher"]
-  student = _flat(after["params"]["classifier"])
-  for k, v in _flat(new_teacher["params"]).items():
-    np.testing.assert_allclose(v, decay * _flat(teacher["params"])[k] + (1 - decay) * student[k],
+  student = flat(after["params"]["classifier"])
+  for k, v in flat(new_teacher["params"]).items():
+    np.testing.assert_allclose(v, decay * flat(teacher["params"])[k] + (1 - decay) * student[k],
                                rtol=1e-6, atol=1e-7)
   # Its BatchNorm statistics are its own pass's, neither the old ones nor the student's.
-  stats, old_stats = _flat(new_teacher["batch_stats"]), _flat(teacher["batch_stats"])
-  student_stats = _flat(after["model_state"]["batch_stats"]["classifier"])
+  stats, old_stats = flat(new_teacher["batch_stats"]), flat(teacher["batch_stats"])
+  student_stats = flat(after["model_state"]["batch_stats"]["classifier"])
   assert stats and all(not np.array_equal(stats[k], old_stats[k]) for k in stats)
   assert all(not np.array_equal(stats[k], student_stats[k]) for k in stats)
   state = TrainState(**after)
@@ -603,12 +588,12 @@ def test_shot_never_reads_the_source_and_keeps_its_head(runs):
   workdir = runs.full("shot")
   state, _ = state_at(workdir, None)
   source, _ = state_at(runs.source_model(), None)
-  head, source_head = _flat(state["params"]["classifier"]["head"]), _flat(
+  head, source_head = flat(state["params"]["classifier"]["head"]), flat(
       source["params"]["classifier"]["head"])
   for k in source_head:
     assert head[k].tobytes() == source_head[k].tobytes(), k
-  backbone = _flat(state["params"]["classifier"]["backbone"])
-  assert any(not np.array_equal(v, _flat(source["params"]["classifier"]["backbone"])[k])
+  backbone = flat(state["params"]["classifier"]["backbone"])
+  assert any(not np.array_equal(v, flat(source["params"]["classifier"]["backbone"])[k])
              for k, v in backbone.items())
   labels = state["method_state"]["pseudo_labels"]  # one per target example
   assert labels.shape == (598,) and labels.min() >= 0 and labels.max() < 10

@@ -33,7 +33,7 @@ import platform
 import signal
 import sys
 import time
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from absl import logging
 import flax
@@ -255,17 +255,24 @@ class Domains:
 def _open_eval_split(name: str, split: str, train_split: str, field: str, open_kwargs) -> Any:
   """The evaluation split, or the training split of a domain that has no other
   split (transductive evaluation, as TLlib on Office-31), with a log line."""
+  only = _only_split_instead(name, split, open_kwargs)
+  if only is not None:
+    logging.warning("%s has only the %r split: evaluating on %r (transductive); set config.%s "
+                    "to choose a part of it.", name, only, train_split, field)
+    split = train_split
+  return open_domain(name, split, **open_kwargs)
+
+
+def _only_split_instead(name: str, split: str, open_kwargs) -> str | None:
+  """The domain's one split when `split` names another (a folder or list has
+  only 'train'); None when `split` exists or the domain has several."""
   from tljax.data import registry  # pylint: disable=g-import-not-at-top
 
   splits = registry.available_splits(name, data_dir=open_kwargs["data_dir"],
                                      manual_dir=open_kwargs["manual_dir"],
                                      skip_corrupt=open_kwargs["skip_corrupt"])
   wanted = split.split("[")[0].split("+")[0]
-  if wanted not in splits and len(splits) == 1:
-    logging.warning("%s has only the %r split: evaluating on %r (transductive); set config.%s "
-                    "to choose a part of it.", name, splits[0], train_split, field)
-    split = train_split
-  return open_domain(name, split, **open_kwargs)
+  return splits[0] if wanted not in splits and len(splits) == 1 else None
 
 
 def _open_data(config: ml_collections.ConfigDict, workdir: str) -> Domains:
@@ -293,17 +300,14 @@ def _open_data(config: ml_collections.ConfigDict, workdir: str) -> Domains:
   if config.source_val_split == config.eval_source_split:
     source_val = source_eval
   elif config.source_val_split:
-    from tljax.data import registry  # pylint: disable=g-import-not-at-top
-    splits = registry.available_splits(config.source, data_dir=config.data_dir,
-                                       manual_dir=config.manual_dir,
-                                       skip_corrupt=config.data.skip_corrupt)
-    if config.source_val_split.split("[")[0].split("+")[0] not in splits and len(splits) == 1:
+    only = _only_split_instead(config.source, config.source_val_split, open_kwargs)
+    if only is not None:
       # Held-out source data does not exist; validating on training data would
       # flatter the source-based validators, so they are left out.
       logging.warning("%s has only the %r split: no held-out source data, so the validators "
                       "that need it are skipped; set config.source_val_split to a part of "
                       "it (e.g. 'train[90%%:]', with source_split='train[:90%%]').",
-                      config.source, splits[0])
+                      config.source, only)
     else:
       source_val = open_domain(config.source, config.source_val_split, **open_kwargs)
   logging.info("Source %s:%s (%d), target %s:%s (%d, labels unused), %d classes.",
