@@ -1,6 +1,7 @@
 """The method contract: every config builds its method and trains; baselines,
 terms, composition, warm-up and pre-training behave as documented."""
 
+import functools
 import glob
 import importlib
 import json
@@ -223,6 +224,30 @@ def test_composed_terms_add_their_weighted_values(make_config):
   np.testing.assert_allclose(metrics["loss"], metrics["cls_loss"] + metrics["transfer_loss"],
                              rtol=1e-5)
   assert "cdan" in setup.state.params["method"] and "mcc" not in setup.state.params["method"]
+
+
+@pytest.mark.parametrize("name", ["bsp", "adda"])
+def test_phases_chosen_on_the_host_equal_the_in_step_switch(make_config, name):
+  """The trainer compiles one step per phase (no `lax.cond`, slow on XLA:CPU);
+  the same steps through one function that switches inside the step agree."""
+  method = _config(name).method
+  method.pretrain_steps = 2
+  config = make_config(method=method)
+  setup, sharding = _setup(config)
+  assert setup.train_step.boundaries == (2,)
+  anywhere = jax.jit(functools.partial(train.guarded_step, method=setup.method, ctx=setup.ctx))
+  assert setup.ctx.steps is None
+  host, switched = _copy(setup.state), _copy(setup.state)
+  for step in range(4):
+    batch = _batch(config, sharding, seed=step)
+    host, host_metrics = setup.train_step(host, batch, step)
+    switched, switched_metrics = anywhere(switched, batch)
+    assert float(host_metrics["pretraining"]) == float(step < 2)
+    assert sorted(host_metrics) == sorted(switched_metrics)
+    np.testing.assert_allclose(float(host_metrics["loss"]), float(switched_metrics["loss"]),
+                               rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(host.params), jax.tree.leaves(switched.params)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
 def test_pretraining_phase_trains_only_the_classifier(make_config):

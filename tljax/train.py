@@ -24,6 +24,7 @@ the run with a message naming them.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
 import functools
@@ -77,6 +78,36 @@ def guarded_step(state: TrainState, batch: dict, *, method, ctx) -> tuple[TrainS
   return new_state.replace(step=state.step + 1), metrics
 
 
+class PhasedStep:
+  """The jitted step, compiled once per phase of `method.phase_boundaries()`
+  (each with a context that knows its step range, see `StepContext.before`)
+  and chosen on the host: `step(state, batch, step=state.step)`. Without
+  boundaries it is one jitted function."""
+
+  def __init__(self, method: methods_base.Method, ctx: methods_base.StepContext, **jit_kwargs):
+    bounds = sorted({int(b) for b in method.phase_boundaries() if int(b) > 0})
+    self.boundaries = tuple(bounds)
+    starts = [0, *bounds]
+    ends = [*bounds, None]
+    self._steps = [
+        jax.jit(functools.partial(
+            guarded_step, method=method,
+            ctx=dataclasses.replace(ctx, steps=(first, end)) if bounds else ctx), **jit_kwargs)
+        for first, end in zip(starts, ends)]
+
+  def phase(self, step: int) -> int:
+    return bisect.bisect_right(self.boundaries, step)
+
+  def __call__(self, state: TrainState, batch: dict, step: int | None = None):
+    """`step`: the state's step counter, when the caller knows it (reading it
+    from `state` waits for the step that produced it)."""
+    if not self.boundaries:
+      return self._steps[0](state, batch)
+    if step is None:
+      step = int(jax.device_get(state.step))
+    return self._steps[self.phase(step)](state, batch)
+
+
 def _predict(variables: dict, images: jax.Array, *, classifier) -> tuple[jax.Array, jax.Array]:
   return classifier.apply(variables, images, train=False)
 
@@ -103,7 +134,7 @@ class Setup:
   ctx: methods_base.StepContext
   state: TrainState
   frozen_norm: str
-  train_step: Any  # jitted: (state, batch) -> (state, metrics); donates state
+  train_step: PhasedStep  # (state, batch[, step]) -> (state, metrics); donates state
   predict: Any  # jitted: (classifier variables, images) -> (features, logits)
   batch_statistics: Any  # jitted: (classifier variables, images) -> scaled batch stats
   source_of_init: str = ""
@@ -198,8 +229,7 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
         (params, model_state))
   with jax.set_mesh(mesh):
     state = jax.jit(init_state, out_shardings=replicated)(train_rng, params, model_state)
-  step_fn = jax.jit(functools.partial(guarded_step, method=method, ctx=ctx),
-                    donate_argnums=(0,), out_shardings=(replicated, replicated))
+  step_fn = PhasedStep(method, ctx, donate_argnums=(0,), out_shardings=(replicated, replicated))
   predict_fn = jax.jit(functools.partial(_predict, classifier=classifier),
                        out_shardings=replicated)
   statistics_fn = jax.jit(functools.partial(_batch_statistics, classifier=classifier),
@@ -819,7 +849,7 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState, writer,
       if refresh_every and (step - 1) % refresh_every == 0:
         flush()
         state = _refresh(run, setup, domains, state)
-      state, metrics = setup.train_step(state, next(batches))
+      state, metrics = setup.train_step(state, next(batches), step - 1)
       if step == first_step + 1:
         jax.block_until_ready(state)
         logging.info("First step (compilation included) took %.1fs.", time.time() - loop_start)

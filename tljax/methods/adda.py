@@ -113,6 +113,9 @@ class ADDA(base.Method):
       specs["encoder"] = base.OptimizerSpec("method/target/.*")
     return specs
 
+  def phase_boundaries(self):
+    return (self.pretrain_steps,) if self.pretrain_steps else ()
+
   # ------------------------------------------------------------- the step
 
   def train_step(self, ctx, state, batch, rng):
@@ -120,7 +123,7 @@ class ADDA(base.Method):
     if not self.pretrain_steps:
       return adapt(state)
     pretrain = lambda s: terms.source_only_update(ctx, s, batch, rng, "pretrain")
-    return terms.phase_cond(state.step < self.pretrain_steps, pretrain, adapt, state)
+    return terms.phase_cond(ctx, state, self.pretrain_steps, pretrain, adapt)
 
   def start_target(self, state: base.TrainState) -> base.TrainState:
     """At step `pretrain_steps`, the target encoder becomes the source encoder."""

@@ -201,6 +201,9 @@ class StepContext:
     schedule: the base learning-rate schedule (for logging).
     num_classes: classes of the task.
     num_target_examples: size of the target training split.
+    steps: `(first, end)`: the compiled step only runs for steps (the state's
+      step counter) in `[first, end)`, `end=None` unbounded; one compiled step
+      per phase of `Method.phase_boundaries`. None: any step.
   """
 
   classifier: nn.Module
@@ -210,6 +213,19 @@ class StepContext:
   schedule: optax.Schedule
   num_classes: int
   num_target_examples: int = 0
+  steps: tuple[int, int | None] | None = None
+
+  def before(self, step: int) -> bool | None:
+    """Whether every step this compiled step runs for is below `step` (a
+    Python bool, known at trace time), or None when the step counter decides."""
+    if self.steps is None:
+      return None
+    first, end = self.steps
+    if end is not None and end <= step:
+      return True
+    if first >= step:
+      return False
+    return None
 
   # ------------------------------------------------------------- forward passes
 
@@ -386,6 +402,13 @@ class Method:
   def optimizers(self) -> dict[str, OptimizerSpec]:
     """The method's optimizers by name; one over every parameter by default."""
     return {"main": OptimizerSpec()}
+
+  def phase_boundaries(self) -> tuple[int, ...]:
+    """Steps at which the step's computation changes (e.g. the end of a
+    source pre-training phase). The trainer compiles one step per phase and
+    picks it on the host, so a phase switch costs no `lax.cond` inside the
+    step (see `terms.phase_cond` and `StepContext.before`). None by default."""
+    return ()
 
   # ------------------------------------------------------------- the step
 

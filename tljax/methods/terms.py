@@ -159,6 +159,9 @@ class TermsMethod(base.Method):
       specs["pretrain"] = base.OptimizerSpec("classifier/.*", self.pretrain_lr_scale)
     return specs
 
+  def phase_boundaries(self):
+    return (self.pretrain_steps,) if self.pretrain_steps else ()
+
   def loss(self, ctx, variables, batch, step, rng):
     source, target = batch["source"], batch["target"]
     forward_rng, term_rng = jax.random.split(rng)
@@ -192,7 +195,7 @@ class TermsMethod(base.Method):
     if not self.pretrain_steps:
       return adapt(state)
     pretrain = lambda s: source_only_update(ctx, s, batch, rng, "pretrain")
-    return phase_cond(state.step < self.pretrain_steps, pretrain, adapt, state)
+    return phase_cond(ctx, state, self.pretrain_steps, pretrain, adapt)
 
 
 def source_only_loss(ctx: base.StepContext, variables: base.Variables, batch: dict,
@@ -211,11 +214,17 @@ def source_only_update(ctx: base.StepContext, state: base.TrainState, batch: dic
   return ctx.update(state, optimizer, lambda v: source_only_loss(ctx, v, batch, rng))
 
 
-def phase_cond(predicate: jax.Array, true_fn: Callable, false_fn: Callable,
-               state: base.TrainState) -> tuple[base.TrainState, dict]:
-  """`lax.cond` between two update phases whose metrics differ: each side's
-  missing metrics are reported as 0, and `pretraining` says which ran."""
-  shapes = [jax.eval_shape(fn, state)[1] for fn in (true_fn, false_fn)]
+def phase_cond(ctx: base.StepContext, state: base.TrainState, until: int, before_fn: Callable,
+               after_fn: Callable) -> tuple[base.TrainState, dict]:
+  """`before_fn(state)` for steps below `until`, `after_fn(state)` from then on.
+
+  A method using it lists `until` in `phase_boundaries`: the trainer then
+  compiles one step per phase and the branch is chosen at trace time
+  (`ctx.before`). Without that (a context for any step) it is a `lax.cond`,
+  which XLA:CPU runs several times slower than either branch alone. Each side's
+  missing metrics are reported as 0, and `pretraining` says which ran, so both
+  phases log the same keys."""
+  shapes = [jax.eval_shape(fn, state)[1] for fn in (before_fn, after_fn)]
   keys = sorted(set(shapes[0]) | set(shapes[1]))
 
   def padded(fn, own):
@@ -225,8 +234,14 @@ def phase_cond(predicate: jax.Array, true_fn: Callable, false_fn: Callable,
       return new_state, {k: jnp.asarray(v, float) for k, v in full.items()}
     return run
 
-  new_state, metrics = jax.lax.cond(predicate, padded(true_fn, shapes[0]),
-                                    padded(false_fn, shapes[1]), state)
+  known = ctx.before(until)
+  if known is None:
+    predicate = state.step < until
+    new_state, metrics = jax.lax.cond(predicate, padded(before_fn, shapes[0]),
+                                      padded(after_fn, shapes[1]), state)
+  else:
+    predicate = jnp.asarray(known)
+    new_state, metrics = padded(before_fn if known else after_fn, shapes[0 if known else 1])(state)
   return new_state, {**metrics, "pretraining": predicate.astype(float)}
 
 
