@@ -90,10 +90,11 @@ def correlation_table(by_method: dict[str, list[dict]], names: list[str]) -> lis
     for method, runs in by_method.items():
       if method in sweep.NOT_CANDIDATES:
         continue
-      # The final source accuracy is a top-level field (the validator's split
-      # is the source evaluation split unless config.source_val_split differs).
-      values = [r["source_accuracy"] if name == "source_accuracy"
-                else (r.get("validators_final") or {}).get(name) for r in runs]
+      final = [r.get("validators_final") or {} for r in runs]
+      # Older results.json files lack the source_accuracy validator's own value;
+      # the evaluation split's source accuracy stood in for it.
+      values = [r["source_accuracy"] if name == "source_accuracy" and name not in f
+                else f.get(name) for r, f in zip(runs, final)]
       if values and all(v is not None and v == v for v in values):
         score = statistics.fmean(values)
         scores.append(score if higher else -score)

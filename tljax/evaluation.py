@@ -117,9 +117,16 @@ def validator_values(source_val: Predictions | None, target: Predictions, *,
 # ----------------------------------------------------------------------------
 
 
+# Keys of an evaluation's record besides the validators' values.
+SOURCE_EVAL = "source_eval_accuracy"  # accuracy on the source evaluation split
+NOT_VALIDATORS = (ORACLE, "target_accuracy", SOURCE_EVAL)
+
+
 class Selection:
   """Every evaluation's record `{validator: value, 'oracle': target accuracy,
-  'target_accuracy': ..., 'source_accuracy': ...}` by step."""
+  'target_accuracy': ..., 'source_eval_accuracy': ...}` by step. (Records
+  written before `source_eval_accuracy` existed hold the evaluation split's
+  source accuracy under `source_accuracy`.)"""
 
   def __init__(self):
     self.records: dict[int, dict[str, float]] = {}
@@ -159,7 +166,7 @@ class Selection:
       record = self.records[step]
       out[name] = {"step": step, "score": record[name],
                    "target_accuracy": record.get("target_accuracy"),
-                   "source_accuracy": record.get("source_accuracy"),
+                   "source_accuracy": record.get(SOURCE_EVAL, record.get("source_accuracy")),
                    "higher_is_better": validators_lib.VALIDATORS[name].higher_is_better}
     return out
 

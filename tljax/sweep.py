@@ -367,12 +367,15 @@ def config_scores(row: Mapping[str, Any], validator: str) -> float | None:
   value of `validator` (`oracle`: its target accuracy)."""
   values = []
   for run in row["runs"]:
+    final = run.get("validators_final") or {}
     if validator == "oracle":
       values.append(run["target_accuracy"])
-    elif validator == "source_accuracy":
+    elif validator == "source_accuracy" and validator not in final:
+      # results.json files written before the validator's own value was kept
+      # (the evaluation split's source accuracy stood in for it).
       values.append(run["source_accuracy"])
     else:
-      value = (run.get("validators_final") or {}).get(validator)
+      value = final.get(validator)
       if value is None or value != value:
         return None
       values.append(value)

@@ -770,9 +770,11 @@ def _evaluate(run: Run, setup: Setup, domains: Domains, state: TrainState) -> di
   values = evaluation.validator_values(source_val, unlabelled,
                                        names=tuple(config.validation.validators),
                                        max_examples=config.validation.max_examples)
+  # The `source_accuracy` validator (held-out source split) keeps its name; the
+  # evaluation split's source accuracy is reported beside it.
   record = {**values, evaluation.ORACLE: target_report["accuracy"],
             "target_accuracy": target_report["accuracy"],
-            "source_accuracy": source_report["accuracy"]}
+            evaluation.SOURCE_EVAL: source_report["accuracy"]}
   named = {"source": source, "target": target}
 
   def predict_named(name: str) -> evaluation.Predictions:
@@ -891,7 +893,7 @@ def _log_eval(writer, step: int, result: dict) -> None:
   writer.write_scalars(step, {f"eval/{k}": v for k, v in {**scalars, **result["method"]}.items()})
   writer.write_scalars(step, {f"validators/{k}": v for k, v in result["record"].items()})
   shown = ", ".join(f"{k} {v:.4g}" for k, v in result["record"].items()
-                    if k not in ("oracle", "target_accuracy", "source_accuracy"))
+                    if k not in evaluation.NOT_VALIDATORS)
   logging.info("eval @ %d: source accuracy %.2f%%, target accuracy %.2f%% | %s", step,
                100 * scalars["source_accuracy"], 100 * scalars["target_accuracy"], shown)
 
@@ -921,7 +923,7 @@ def _write_results(run: Run, setup: Setup, domains: Domains, state: TrainState, 
       # What each unsupervised validator picks, and that step's target accuracy.
       "selected": picks,
       "validators_final": {k: v for k, v in last_eval["record"].items()
-                           if k not in ("oracle", "target_accuracy", "source_accuracy")},
+                           if k not in evaluation.NOT_VALIDATORS},
       "validator_rank_correlation": selection.rank_correlations(),
       # The method's own evaluation numbers (`Method.eval_metrics`), last step.
       "method_metrics": last_eval["method"],

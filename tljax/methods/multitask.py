@@ -31,6 +31,7 @@ A task's loss reaches only its head and the shared trunk.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping, NamedTuple
 
 import jax
@@ -207,8 +208,14 @@ class MultiTask(base.Method):
       if task is self.tasks[0]:
         logits = pred.logits
       else:
-        logits = np.asarray(jax.jit(
-            lambda v, f, name=task.name: ctx.apply_network(name, v, f, train=False)[0]
-        )(state.variables, jnp.asarray(pred.features)))
+        logits = np.asarray(_head_logits(ctx, task.name)(state.variables,
+                                                         jnp.asarray(pred.features)))
       out[f"{task.name}_accuracy"] = float(np.mean(np.argmax(logits, -1) == labels))
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _head_logits(ctx: base.StepContext, name: str):
+  """Head `name`'s logits from features, jitted once per run (not per evaluation)."""
+  return jax.jit(lambda variables, features: ctx.apply_network(name, variables, features,
+                                                               train=False)[0])
