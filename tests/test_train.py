@@ -189,3 +189,21 @@ def test_cli_rejects_an_unknown_config_key(digits_data_dir, tmp_path):
   assert result.returncode != 0
   assert "'totl_steps'; did you mean 'total_steps'?" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_source_accuracy_validator_reads_the_held_out_split(make_config, tmp_path, digits_data_dir):
+  """The validator's value is the accuracy on `source_val_split`; the evaluation
+  split's source accuracy is recorded beside it, not in its place."""
+  from tljax import features
+  from tljax.data import open_domain
+  workdir = str(tmp_path / "run")
+  config = make_config(**{"source_split": "train[:80%]", "source_val_split": "train[80%:]"})
+  results = train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  final = results["validators_final"]
+  last = [l for l in _jsonl(workdir) if l["kind"] == "validators"][-1]
+  assert last["source_eval_accuracy"] == results["source_accuracy"]
+  assert last["source_accuracy"] == final["source_accuracy"]
+  logits, labels = features.extract(features.from_workdir(workdir, "logits"),
+                                    open_domain("digits", "train[80%:]", data_dir=digits_data_dir))
+  expected = float(np.mean(np.argmax(logits, -1) == labels))
+  np.testing.assert_allclose(final["source_accuracy"], expected, atol=1e-6)
