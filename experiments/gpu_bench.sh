@@ -17,7 +17,7 @@ out_dir=${GPU_BENCH_OUT:-experiments/results}
 mkdir -p "$out_dir"
 if [[ -n "${GPU_BENCH_TINY:-}" ]]; then
   args=(--models=small_cnn --sizes=32 --batch=2 --steps=1 --warmup=0 --torch=false
-        --frozen=false --hugepages=false --matmul_size=256)
+        --frozen=false --hugepages=false --matmul_size=256 --digits_methods=dann --digits_steps=1)
 else
   args=(--models=resnet50,vit_base_patch16 --sizes=112,224 --batch=32 --steps=10 --warmup=2)
 fi

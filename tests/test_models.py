@@ -953,3 +953,21 @@ def test_profile_puts_resnet_ops_in_categories():
                    "batch norm backward", "matmul forward", "matmul backward"):
     assert any(name.startswith(category) for name in result["ms"]), (category, result["ms"])
   assert "| flax category | ms | share | ops |" in profile.format_profile(result, "flax")
+
+
+def test_bench_digits_rows_time_a_method_in_both_frameworks():
+  """A digits row: tljax's DANN step and the PyTorch restatement of TLlib's, each
+  timed with its FLOPs (the two counts of the same step agree in magnitude)."""
+  pytest.importorskip("torch")
+  from tljax.models import bench  # pylint: disable=g-import-not-at-top
+  case = bench.Case("digits", "dann", 28, 8, label="digits dann")  # 8: the simulated devices
+  ours = bench.time_flax_digits(case, steps=1, warmup=0)
+  theirs = bench.time_torch_digits(case, steps=1, warmup=0)
+  for result in (ours, theirs):
+    assert result["step_s"] > 0 and result["flops"] > 0 and result["images_per_s"] > 0
+  assert 0.2 < ours["flops"] / theirs["flops"] < 5, (ours["flops"], theirs["flops"])
+  assert bench.torch_digits_supported("cdan_mcc") and bench.torch_digits_supported("source_only")
+  assert not bench.torch_digits_supported("mcd")
+  table = bench.format_table([{"case": case.name, "size": 28, "batch": 8, "flax": ours,
+                               "torch": theirs}], {})
+  assert "digits dann" in table

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import resource
 import time
+from typing import Any
 
 from absl import app, flags
 import jax
@@ -48,19 +49,24 @@ def _define_flags() -> None:
   flags.mark_flag_as_required("config")
 
 
-def time_train_step(config: ml_collections.ConfigDict, *, num_classes: int, steps: int,
-                    warmup: int) -> dict[str, float]:
-  """Compile time, seconds per step, images/s and XLA's memory figures of one config."""
+def prepare_train_step(config: ml_collections.ConfigDict, *, num_classes: int,
+                       seed: int = 0) -> tuple[Any, Any, Any, dict, float]:
+  """`(setup, compiled step, state, batch, compile seconds)` of a config's train
+  step on a synthetic batch of its shapes (a method with phases, e.g. source
+  pre-training first, in its last phase)."""
   devices = jax.devices()
   mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   batch_sharding = NamedSharding(mesh, P("data"))
   setup = train.build(config, num_classes, mesh, num_target_examples=2 * config.batch_size)
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(seed)
   size = config.data.image_size
   shape = (config.batch_size, size, size, 3)
 
   def batch(with_labels: bool):
-    b = {"image": rng.standard_normal(shape, dtype=np.float32)}
+    # `index`: the examples' positions in their split (methods with per-example
+    # state, e.g. pseudo-labels, read it).
+    b = {"image": rng.standard_normal(shape, dtype=np.float32),
+         "index": np.arange(config.batch_size, dtype=np.int32)}
     if with_labels:
       b["label"] = rng.integers(0, num_classes, config.batch_size).astype(np.int32)
     return jax.device_put(b, batch_sharding)
@@ -71,8 +77,16 @@ def time_train_step(config: ml_collections.ConfigDict, *, num_classes: int, step
     batch_["target"][view] = batch(False)["image"]
   state = setup.state
   start = time.perf_counter()
-  compiled = setup.train_step.lower(state, batch_).compile()
-  compile_s = time.perf_counter() - start
+  last_phase = setup.train_step.boundaries[-1] if setup.train_step.boundaries else 0
+  compiled = setup.train_step.lower(state, batch_, last_phase).compile()
+  return setup, compiled, state, batch_, time.perf_counter() - start
+
+
+def time_train_step(config: ml_collections.ConfigDict, *, num_classes: int, steps: int,
+                    warmup: int) -> dict[str, float]:
+  """Compile time, seconds per step, images/s and XLA's memory figures of one config."""
+  devices = jax.devices()
+  _, compiled, state, batch_, compile_s = prepare_train_step(config, num_classes=num_classes)
   memory = compiled.memory_analysis()
   for _ in range(warmup):
     state, metrics = compiled(state, batch_)

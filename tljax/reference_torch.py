@@ -33,6 +33,8 @@ import torch
 tnn = torch.nn
 F = torch.nn.functional
 
+# The terms `Reference` restates (a config's method is ERM or a '+'-sum of these).
+TERMS = ("dann", "cdan", "mdd", "dan", "jan", "mcc", "afn", "bsp")
 AFN_MOMENTUM = 0.9  # TLlib's AFN example sets it on the bottleneck and head groups only
 
 

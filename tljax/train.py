@@ -98,6 +98,12 @@ class PhasedStep:
   def phase(self, step: int) -> int:
     return bisect.bisect_right(self.boundaries, step)
 
+  def lower(self, state: TrainState, batch: dict, step: int | None = None):
+    """The `jax.stages.Lowered` step of the phase of `step` (the state's, by default)."""
+    if step is None:
+      step = int(jax.device_get(state.step)) if self.boundaries else 0
+    return self._steps[self.phase(step)].lower(state, batch)
+
   def __call__(self, state: TrainState, batch: dict, step: int | None = None):
     """`step`: the state's step counter, when the caller knows it (reading it
     from `state` waits for the step that produced it)."""

@@ -39,6 +39,14 @@ px, batch 16, refaulted 570 MiB: ~15% of the step in system time). XLA
 options come from XLA_FLAGS as usual; `--xla_flags` appends to it for the Flax
 children only.
 
+4. The digits step of each method (`--digits_methods`, every method by
+   default): tljax's whole jitted train step (`configs/<method>.py:digits`, the
+   small CNN, 64 source + 64 target 28-px images; a method with source
+   pre-training in its adaptation phase) beside the same step in PyTorch,
+   written from TLlib's example (`tljax/reference_torch.py`: network, losses,
+   parameter groups, schedule), where that restatement exists (ERM and the
+   sums of DANN, CDAN, MDD, DAN, JAN, MCC, AFN and BSP); `-` elsewhere.
+
 More rows: a case is a `Case`; `ROW_KINDS` maps its `kind` to the functions
 that time it in each framework (PyTorch optional), so another kind of step
 (e.g. a method's digits step) is one more entry and one more `Case` in
@@ -79,13 +87,15 @@ _OUT = None
 _WORKER = None
 _CASE = None
 _MATMUL_SIZE = None
+_DIGITS = None
+_DIGITS_STEPS = None
 
 
 def _define_flags() -> None:
   """Defines the command-line flags; called only when run as a program, so that
   importing this module for its functions defines no flags."""
   global _MODELS, _BATCH, _SIZES, _STEPS, _WARMUP, _DTYPE, _TORCH, _FROZEN, _HUGEPAGES
-  global _XLA_FLAGS, _OUT, _WORKER, _CASE, _MATMUL_SIZE
+  global _XLA_FLAGS, _OUT, _WORKER, _CASE, _MATMUL_SIZE, _DIGITS, _DIGITS_STEPS
   _MODELS = flags.DEFINE_list("models", ["resnet50", "vit_base_patch16"],
                               "Backbone registry names.")
   _BATCH = flags.DEFINE_integer("batch", 32, "Images per step.")
@@ -109,10 +119,21 @@ def _define_flags() -> None:
   _CASE = flags.DEFINE_string("case", None, "Internal: the case to measure, as JSON.")
   _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", MATMUL_SIZE,
                                       "Side of the square fp32 matmul timed first.")
+  _DIGITS = flags.DEFINE_list(
+      "digits_methods", list(DIGITS_METHODS),
+      "Methods whose digits step (configs/<method>.py:digits, 64 source + 64 target "
+      "images) gets a row; PyTorch beside those tljax.reference_torch restates.")
+  _DIGITS_STEPS = flags.DEFINE_integer("digits_steps", 30,
+                                       "Timed steps of each digits row (after the warm-up).")
 
 
 NUM_CLASSES = 1000
 MATMUL_SIZE = 4096
+# The digits rows by default: every method with a digits config, baselines first.
+DIGITS_METHODS = ("source_only", "source_only_joint_bn", "dann", "cdan", "cdan_mcc", "mdd", "bsp",
+                  "dan", "jan", "mcc", "afn", "ddc", "deep_coral", "cmd", "entropy_min", "bnm",
+                  "mcd", "adda", "dsan", "pseudo_label", "mean_teacher", "fixmatch", "shot")
+DIGITS_BATCH = 64
 _RESULT_PREFIX = "BENCH_RESULT "
 # PyTorch module prefixes frozen in the frozen-backbone case, and the matching
 # Flax parameter paths: torchvision's stem and stages 1-3.
@@ -346,6 +367,117 @@ def time_torch(case: Case, steps: int, warmup: int, dtype: str = "float32") -> d
           "threads": torch.get_num_threads(), "device": device}
 
 
+# ----------------------------------------------------------------------------
+# The digits step of each method (kind 'digits': `Case.model` is the method).
+# ----------------------------------------------------------------------------
+
+DIGITS_CLASSES = 10
+DIGITS_IMAGE = (28, 28, 3)
+
+
+def _digits_config(method: str, batch: int):
+  import importlib  # pylint: disable=g-import-not-at-top
+
+  config = importlib.import_module(f"configs.{method}").get_config("digits")
+  config.batch_size = batch
+  return config
+
+
+def _timed_loop(step: Callable[[], Any], steps: int, warmup: int) -> tuple[list[float], list[float]]:
+  step_seconds, cpu_seconds = [], []
+  for index in range(warmup + steps):
+    start, cpu_start = time.perf_counter(), time.process_time()
+    step()
+    if index >= warmup:
+      step_seconds.append(time.perf_counter() - start)
+      cpu_seconds.append(time.process_time() - cpu_start)
+  return step_seconds, cpu_seconds
+
+
+def time_flax_digits(case: Case, steps: int, warmup: int, dtype: str = "float32") -> dict[str, Any]:
+  """The method's jitted train step (`configs/<method>.py:digits`, tljax's
+  trainer) on synthetic batches of `case.batch` source + target images."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from tljax import bench as config_bench  # pylint: disable=g-import-not-at-top
+
+  config = _digits_config(case.model, case.batch)
+  if dtype != "float32":
+    config.model.dtype = dtype
+  _, compiled, state, batch, compile_s = config_bench.prepare_train_step(
+      config, num_classes=DIGITS_CLASSES)
+  cost = compiled.cost_analysis() or {}
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  holder = {"state": state}
+
+  def step():
+    holder["state"], metrics = compiled(holder["state"], batch)
+    jax.block_until_ready(metrics)
+
+  images = sum(v.shape[0] for domain in batch.values() for k, v in domain.items()
+               if k.startswith("image"))
+  summary = _summary(*_timed_loop(step, steps, warmup), images)
+  flops = float(cost.get("flops", 0.0))
+  stats = jax.devices()[0].memory_stats() or {}
+  return {"framework": "flax", "dtype": dtype, "compile_s": compile_s, **summary,
+          "flops": flops, "gflops_per_s": flops / summary["step_s"] / 1e9,
+          "peak_bytes": stats.get("peak_bytes_in_use", _peak_rss_bytes()),
+          "peak_source": "device" if "peak_bytes_in_use" in stats else "rss",
+          "device": str(jax.devices()[0]), "backend": jax.default_backend()}
+
+
+def torch_digits_supported(method: str) -> bool:
+  """Whether `tljax.reference_torch` restates `method`'s step (TLlib's ERM and
+  the sums of its DANN, CDAN, MDD, DAN, JAN, MCC, AFN and BSP terms)."""
+  from tljax.reference_torch import TERMS  # pylint: disable=g-import-not-at-top
+
+  name = _digits_config(method, 2).method.name
+  return name == "source_only" or all(term in TERMS for term in name.split("+"))
+
+
+def time_torch_digits(case: Case, steps: int, warmup: int, dtype: str = "float32") -> dict[str, Any]:
+  """The same step in PyTorch: the network, losses, optimizer groups and
+  schedule of TLlib's example (`tljax.reference_torch.Reference`), fp32."""
+  del dtype
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch.utils.flop_counter import FlopCounterMode  # pylint: disable=g-import-not-at-top
+
+  from tljax.reference_torch import Reference  # pylint: disable=g-import-not-at-top
+
+  torch.manual_seed(0)
+  config = _digits_config(case.model, case.batch)
+  source_only = config.method.name == "source_only"
+  reference = Reference(config, None, num_classes=DIGITS_CLASSES, image=DIGITS_IMAGE,
+                        afn_optimizer=config.method.name == "afn", source_only=source_only,
+                        dtype=torch.float32)
+  # The adaptation phase (a method with source pre-training is timed after it).
+  optimizer, scheduler = reference.optimizer(config.optimizer.learning_rate,
+                                             extra=not source_only)
+  shape = (case.batch, DIGITS_IMAGE[2], *DIGITS_IMAGE[:2])
+  x_s, x_t = torch.randn(shape), torch.randn(shape)
+  labels = torch.randint(0, DIGITS_CLASSES, (case.batch,))
+
+  def step():
+    reference.train_mode()
+    optimizer.zero_grad(set_to_none=True)
+    loss = (reference.source_only_loss(x_s, labels) if source_only
+            else reference.adaptation_loss(x_s, labels, x_t))
+    loss.backward()
+    optimizer.step()
+    if scheduler is not None:
+      scheduler.step()
+
+  with FlopCounterMode(display=False) as counter:
+    step()
+  flops = float(counter.get_total_flops())
+  summary = _summary(*_timed_loop(step, steps, warmup),
+                     case.batch if source_only else 2 * case.batch)
+  return {"framework": "torch", "dtype": "float32", **summary, "flops": flops,
+          "gflops_per_s": flops / summary["step_s"] / 1e9, "peak_bytes": _peak_rss_bytes(),
+          "peak_source": "rss", "threads": torch.get_num_threads(), "device": "cpu"}
+
+
 def time_matmul(framework: str, size: int = MATMUL_SIZE, repeats: int = 3) -> dict[str, Any]:
   """GFLOP/s of a `size x size` fp32 matmul: jitted in JAX, eager in PyTorch."""
   flops = 2.0 * size**3
@@ -384,16 +516,19 @@ def time_matmul(framework: str, size: int = MATMUL_SIZE, repeats: int = 3) -> di
 ROW_KINDS: dict[str, tuple[Callable[..., dict[str, Any]],
                            Callable[..., dict[str, Any]] | None]] = {
     "backbone": (time_flax, time_torch),
+    "digits": (time_flax_digits, time_torch_digits),
 }
 
 
 def default_cases(models: Sequence[str], sizes: Sequence[int], batch: int,
-                  frozen: bool) -> list[Case]:
-  """The backbone rows, then the frozen ResNet-50 rows."""
+                  frozen: bool, digits_methods: Sequence[str] = ()) -> list[Case]:
+  """The backbone rows, the frozen ResNet-50 rows, then one digits row per method."""
   cases = [Case("backbone", model, size, batch) for model in models for size in sizes]
   if frozen:
     cases += [Case("backbone", "resnet50", size, batch, frozen=FROZEN_STAGES_REGEX,
                    label="resnet50 frozen 1-3") for size in sizes]
+  cases += [Case("digits", method, DIGITS_IMAGE[0], DIGITS_BATCH, label=f"digits {method}")
+            for method in digits_methods]
   return cases
 
 
@@ -410,8 +545,9 @@ def _child_env(framework: str) -> dict[str, str]:
 
 def _run_worker(worker: str, case: Case | None = None) -> dict[str, Any]:
   """Measures one case (or the matmul) in a fresh interpreter."""
+  steps = _DIGITS_STEPS.value if case is not None and case.kind == "digits" else _STEPS.value
   command = [sys.executable, "-m", "tljax.models.bench", f"--worker={worker}",
-             f"--steps={_STEPS.value}", f"--warmup={_WARMUP.value}", f"--dtype={_DTYPE.value}",
+             f"--steps={steps}", f"--warmup={_WARMUP.value}", f"--dtype={_DTYPE.value}",
              f"--matmul_size={_MATMUL_SIZE.value}"]
   if case is not None:
     command.append(f"--case={json.dumps(dataclasses.asdict(case))}")
@@ -491,8 +627,11 @@ def _markdown(report: dict[str, Any], command: str) -> str:
       "step. `GFLOP/s`: Flax, XLA's cost analysis of the compiled step; PyTorch, "
       "`FlopCounterMode` over one step (matmuls, convolutions, attention). `% mm`: of the "
       "jitted matmul rate above. `peak GB`: the process's peak RSS on CPU. `frozen 1-3`: "
-      "stem and stages 1-3 frozen (no gradient, BatchNorm on running statistics). Raw "
-      "figures: the `.json` beside this file.",
+      "stem and stages 1-3 frozen (no gradient, BatchNorm on running statistics). "
+      "`digits <method>`: the method's whole train step on the digits task (small CNN, "
+      "`batch` source + `batch` target 28-px images), tljax's trainer against the same step "
+      "in PyTorch written from TLlib's example (`tljax/reference_torch.py`), `-` where no "
+      "PyTorch restatement exists. Raw figures: the `.json` beside this file.",
       "",
       format_table(report["rows"], report["matmul"]),
       "",
@@ -527,10 +666,11 @@ def main(argv: Sequence[str]) -> None:
   print(format_matmul(matmul), flush=True)
   sizes = [int(size) for size in _SIZES.value]
   rows = []
-  for case in default_cases(_MODELS.value, sizes, _BATCH.value, _FROZEN.value):
+  for case in default_cases(_MODELS.value, sizes, _BATCH.value, _FROZEN.value, _DIGITS.value):
     row = {"case": case.name, "model": case.model, "size": case.size, "batch": case.batch,
            "kind": case.kind, "frozen": case.frozen, "flax": _run_worker("flax", case)}
-    if with_torch and ROW_KINDS[case.kind][1] is not None:
+    if with_torch and ROW_KINDS[case.kind][1] is not None and (
+        case.kind != "digits" or torch_digits_supported(case.model)):
       row["torch"] = _run_worker("torch", case)
     rows.append(row)
     print(f"done: {case.name}@{case.size}px", flush=True)
