@@ -281,7 +281,8 @@ def render_zoo(zoo: dict) -> list[str]:
   lines = [
       "### Which checkpoint to start from: transferability scores", "",
       f"Each network of the zoo scored on the labelled `digits_full:train` examples "
-      f"({fraction:.0%}, the seeds' subsets, mean) before fine-tuning, and the test accuracy "
+      f"({fraction:.0%}" + (", the seeds' subsets, mean" if fraction < 1 else "") +
+      ") before fine-tuning, and the test accuracy "
       f"full fine-tuning then reaches from it ({_STEPS.value} steps, mean over "
       f"{_SEEDS.value} seeds). LogME and H-score read the bottleneck features; LEEP and NCE "
       "the network's own predictions over its pretraining classes (the untrained control's "
@@ -310,8 +311,7 @@ def main(argv):
       "`python experiments/finetune.py` (this file is its output). Test accuracy (%) on "
       f"`digits_full:test`, mean over {_SEEDS.value} seeds [95% t-interval]; the seed sets the "
       "initialisation of the new head, the data order and which labelled examples are kept. "
-      "CPU, one run at a time. Intervals are not clipped to [0, 100]; with 3 seeds the t "
-      "quantile is 4.3.", "",
+      "Intervals are not clipped to [0, 100]; with 3 seeds the t quantile is 4.3.", "",
   ]
   results = {"steps": _STEPS.value, "pretrain_steps": _PRETRAIN_STEPS.value,
              "seeds": _SEEDS.value}
