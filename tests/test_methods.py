@@ -264,6 +264,13 @@ def test_pretraining_phase_trains_only_the_classifier(make_config):
     history.append((jax.device_get(state), jax.device_get(metrics)))
   (after_1, m1), (after_2, m2), (after_3, m3) = history
   assert m1["pretraining"] == 1 and m2["pretraining"] == 1 and m3["pretraining"] == 0
+  # The logged rate is the one applied: the pre-training optimizer's (scaled),
+  # then the adaptation optimizer's, whose schedule starts at its first update.
+  lr, scale = config.optimizer.learning_rate, method.pretrain_lr_scale
+  np.testing.assert_allclose(m1["learning_rate"], scale * float(setup.ctx.schedule(0)), rtol=1e-6)
+  np.testing.assert_allclose(m2["learning_rate"], scale * float(setup.ctx.schedule(1)), rtol=1e-6)
+  np.testing.assert_allclose(m3["learning_rate"], float(setup.ctx.schedule(0)), rtol=1e-6)
+  assert float(setup.ctx.schedule(0)) == pytest.approx(lr)
   assert m1["transfer_loss"] == 0 and m3["transfer_loss"] != 0
   disc = lambda s: _bytes(s.params["method"]["dann"])
   assert disc(after_2) == disc(initial) and disc(after_3) != disc(initial)

@@ -74,7 +74,8 @@ def guarded_step(state: TrainState, batch: dict, *, method, ctx) -> tuple[TrainS
   finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)]))
   # A non-finite step leaves the state as it was; the host stops the run.
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-  metrics = {**metrics, "learning_rate": ctx.schedule(state.step), "finite": finite}
+  # A method with phases logs the rate its current optimizer applies.
+  metrics = {"learning_rate": ctx.schedule(state.step), **metrics, "finite": finite}
   return new_state.replace(step=state.step + 1), metrics
 
 

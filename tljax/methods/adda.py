@@ -123,7 +123,8 @@ class ADDA(base.Method):
     if not self.pretrain_steps:
       return adapt(state)
     pretrain = lambda s: terms.source_only_update(ctx, s, batch, rng, "pretrain")
-    return terms.phase_cond(ctx, state, self.pretrain_steps, pretrain, adapt)
+    return terms.phased_update(ctx, state, self.pretrain_steps, self.pretrain_lr_scale, pretrain,
+                               adapt)
 
   def start_target(self, state: base.TrainState) -> base.TrainState:
     """At step `pretrain_steps`, the target encoder becomes the source encoder."""

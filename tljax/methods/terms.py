@@ -195,7 +195,7 @@ class TermsMethod(base.Method):
     if not self.pretrain_steps:
       return adapt(state)
     pretrain = lambda s: source_only_update(ctx, s, batch, rng, "pretrain")
-    return phase_cond(ctx, state, self.pretrain_steps, pretrain, adapt)
+    return phased_update(ctx, state, self.pretrain_steps, self.pretrain_lr_scale, pretrain, adapt)
 
 
 def source_only_loss(ctx: base.StepContext, variables: base.Variables, batch: dict,
@@ -245,6 +245,24 @@ def phase_cond(ctx: base.StepContext, state: base.TrainState, until: int, before
   return new_state, {**metrics, "pretraining": predicate.astype(float)}
 
 
+def phased_update(ctx: base.StepContext, state: base.TrainState, pretrain_steps: int,
+                  pretrain_lr_scale: float, pretrain_fn: Callable,
+                  adapt_fn: Callable) -> tuple[base.TrainState, dict]:
+  """Source pre-training for `pretrain_steps`, then adaptation, each logging the
+  learning rate its optimizer applies: the pre-training optimizer's (scaled)
+  and then the adaptation optimizers', whose schedules start when they first
+  update (TLlib builds a new optimizer and scheduler after pre-training)."""
+
+  def logged(fn, scale, offset):
+    def run(s):
+      new_state, metrics = fn(s)
+      return new_state, {**metrics, "learning_rate": scale * ctx.schedule(s.step - offset)}
+    return run
+
+  return phase_cond(ctx, state, pretrain_steps, logged(pretrain_fn, pretrain_lr_scale, 0),
+                    logged(adapt_fn, 1.0, pretrain_steps))
+
+
 def create_terms_method(name: str, method_config: dict[str, Any], *, num_classes: int,
                         field_names: Callable[[type], set[str]],
                         convert: Callable[[Any], Any]) -> TermsMethod:
@@ -292,4 +310,4 @@ def create_terms_method(name: str, method_config: dict[str, Any], *, num_classes
 
 
 __all__ = ["Term", "ReversalTerm", "TermsMethod", "register_term", "term_names", "get_term",
-           "layer", "phase_cond", "source_only_loss", "source_only_update", "create_terms_method", "FORWARDS"]
+           "layer", "phase_cond", "phased_update", "source_only_loss", "source_only_update", "create_terms_method", "FORWARDS"]
