@@ -616,3 +616,30 @@ def test_multitask_config_errors(digits_data_dir):
   m = create_method({**method, "tasks": [method["tasks"][0], wrong]}, num_classes=10)
   with pytest.raises(ValueError, match="has 2 classes"):
     m.networks(10, None)
+
+
+def test_multitask_uniform_task_drawn_on_the_host_equals_the_in_step_draw(digits_data_dir):
+  """'uniform' sampling: the trainer draws each step's task on the host and
+  compiles one step per task; the same steps through one function that draws
+  and branches inside (`lax.switch`) pick the same tasks and end the same."""
+  config = _multitask_config("digits", digits_data_dir, **{"method.sampling": "uniform"})
+  setup, sharding = _setup(config)
+  assert setup.train_step.has_variants
+  anywhere = jax.jit(functools.partial(train.guarded_step, method=setup.method, ctx=setup.ctx))
+  rng = np.random.default_rng(0)
+  host = jax.tree.map(lambda x: x.copy(), setup.state)
+  inside = jax.tree.map(lambda x: x.copy(), setup.state)
+  drawn = []
+  for step in range(6):
+    batch = jax.device_put({"source": {
+        "image": _images(step, config.batch_size),
+        "label": rng.integers(0, 10, config.batch_size).astype(np.int32)}}, sharding)
+    host, host_metrics = setup.train_step(host, batch, step)
+    inside, inside_metrics = anywhere(inside, batch)
+    assert float(host_metrics["task"]) == float(inside_metrics["task"])
+    drawn.append(int(host_metrics["task"]))
+    np.testing.assert_allclose(float(host_metrics["loss"]), float(inside_metrics["loss"]),
+                               rtol=1e-5)
+  assert len(set(drawn)) > 1, drawn  # the draw varies with the step
+  for a, b in zip(jax.tree.leaves(host.params), jax.tree.leaves(inside.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)

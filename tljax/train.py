@@ -82,37 +82,51 @@ def guarded_step(state: TrainState, batch: dict, *, method, ctx) -> tuple[TrainS
 class PhasedStep:
   """The jitted step, compiled once per phase of `method.phase_boundaries()`
   (each with a context that knows its step range, see `StepContext.before`)
-  and chosen on the host: `step(state, batch, step=state.step)`. Without
-  boundaries it is one jitted function."""
+  and per host-side choice `method.step_variant(step, rng)` (`ctx.variant`),
+  both picked on the host: `step(state, batch, step=state.step)`. A method
+  with neither is one jitted function."""
 
   def __init__(self, method: methods_base.Method, ctx: methods_base.StepContext, **jit_kwargs):
-    bounds = sorted({int(b) for b in method.phase_boundaries() if int(b) > 0})
-    self.boundaries = tuple(bounds)
-    starts = [0, *bounds]
-    ends = [*bounds, None]
-    self._steps = [
-        jax.jit(functools.partial(
-            guarded_step, method=method,
-            ctx=dataclasses.replace(ctx, steps=(first, end)) if bounds else ctx), **jit_kwargs)
-        for first, end in zip(starts, ends)]
+    self.method, self.ctx, self.jit_kwargs = method, ctx, jit_kwargs
+    self.boundaries = tuple(sorted({int(b) for b in method.phase_boundaries() if int(b) > 0}))
+    self.has_variants = (type(method).step_variant
+                         is not methods_base.Method.step_variant)
+    self._steps: dict[tuple[int, Any], Any] = {}
+    self._rng = None  # the run's base key, read once (the step never changes it)
 
   def phase(self, step: int) -> int:
     return bisect.bisect_right(self.boundaries, step)
 
+  def _function(self, state: TrainState, step: int | None):
+    if not self.boundaries and not self.has_variants:
+      step = 0
+    elif step is None:
+      step = int(jax.device_get(state.step))
+    phase, variant = self.phase(step), None
+    if self.has_variants:
+      if self._rng is None:
+        self._rng = jax.device_get(state.rng)
+      variant = self.method.step_variant(step, self._rng)
+    key = (phase, variant)
+    if key not in self._steps:
+      ctx = self.ctx
+      if self.boundaries:
+        starts, ends = (0, *self.boundaries), (*self.boundaries, None)
+        ctx = dataclasses.replace(ctx, steps=(starts[phase], ends[phase]))
+      if variant is not None:
+        ctx = dataclasses.replace(ctx, variant=variant)
+      self._steps[key] = jax.jit(functools.partial(guarded_step, method=self.method, ctx=ctx),
+                                 **self.jit_kwargs)
+    return self._steps[key]
+
   def lower(self, state: TrainState, batch: dict, step: int | None = None):
-    """The `jax.stages.Lowered` step of the phase of `step` (the state's, by default)."""
-    if step is None:
-      step = int(jax.device_get(state.step)) if self.boundaries else 0
-    return self._steps[self.phase(step)].lower(state, batch)
+    """The `jax.stages.Lowered` step for `step` (the state's, by default)."""
+    return self._function(state, step).lower(state, batch)
 
   def __call__(self, state: TrainState, batch: dict, step: int | None = None):
     """`step`: the state's step counter, when the caller knows it (reading it
     from `state` waits for the step that produced it)."""
-    if not self.boundaries:
-      return self._steps[0](state, batch)
-    if step is None:
-      step = int(jax.device_get(state.step))
-    return self._steps[self.phase(step)](state, batch)
+    return self._function(state, step)(state, batch)
 
 
 def _predict(variables: dict, images: jax.Array, *, classifier) -> tuple[jax.Array, jax.Array]:

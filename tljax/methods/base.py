@@ -204,6 +204,8 @@ class StepContext:
     steps: `(first, end)`: the compiled step only runs for steps (the state's
       step counter) in `[first, end)`, `end=None` unbounded; one compiled step
       per phase of `Method.phase_boundaries`. None: any step.
+    variant: the host's static choice for this step (`Method.step_variant`);
+      None when the step must decide itself.
   """
 
   classifier: nn.Module
@@ -214,6 +216,7 @@ class StepContext:
   num_classes: int
   num_target_examples: int = 0
   steps: tuple[int, int | None] | None = None
+  variant: Any = None
 
   def before(self, step: int) -> bool | None:
     """Whether every step this compiled step runs for is below `step` (a
@@ -409,6 +412,17 @@ class Method:
     picks it on the host, so a phase switch costs no `lax.cond` inside the
     step (see `terms.phase_cond` and `StepContext.before`). None by default."""
     return ()
+
+  def step_variant(self, step: int, rng: jax.Array) -> Any:
+    """A static choice made on the host before step `step` and given to the
+    step as `ctx.variant` (e.g. which task a multi-task step trains), so the
+    step needs no `lax.switch`; one compilation per distinct value (hashable).
+    `rng` is the run's base key (`TrainState.rng`), so the choice can repeat
+    the draw the step would make from its own key; the step must still decide
+    by itself when `ctx.variant` is None (a context for any step). None by
+    default."""
+    del step, rng
+    return None
 
   # ------------------------------------------------------------- the step
 
