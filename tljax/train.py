@@ -101,11 +101,12 @@ class PhasedStep:
     if not self.boundaries and not self.has_variants:
       step = 0
     elif step is None:
-      step = int(jax.device_get(state.step))
+      step = int(np.asarray(state.step.addressable_data(0)))
     phase, variant = self.phase(step), None
     if self.has_variants:
       if self._rng is None:
-        self._rng = jax.device_get(state.rng)
+        # This process's copy of the replicated key (every process draws alike).
+        self._rng = state.rng.addressable_data(0).copy()  # the state is donated
       variant = self.method.step_variant(step, self._rng)
     key = (phase, variant)
     if key not in self._steps:
