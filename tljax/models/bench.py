@@ -178,6 +178,41 @@ def _summary(step_seconds: list[float], cpu_seconds: list[float],
           "images_per_s": batch / median, "cpu_s": statistics.median(cpu_seconds)}
 
 
+def _timed_loop(step: Callable[[], Any], steps: int, warmup: int) -> tuple[list[float], list[float]]:
+  """Wall and process-CPU seconds of each of `steps` calls of `step` (which
+  waits for its own result), after `warmup` untimed ones."""
+  step_seconds, cpu_seconds = [], []
+  for index in range(warmup + steps):
+    start, cpu_start = time.perf_counter(), time.process_time()
+    step()
+    if index >= warmup:
+      step_seconds.append(time.perf_counter() - start)
+      cpu_seconds.append(time.process_time() - cpu_start)
+  return step_seconds, cpu_seconds
+
+
+def _xla_flops(compiled) -> float:
+  """XLA's cost analysis of a compiled step: its FLOPs (0 when not reported)."""
+  cost = compiled.cost_analysis() or {}
+  if isinstance(cost, (list, tuple)):  # older JAX: one dict per computation
+    cost = cost[0] if cost else {}
+  return float(cost.get("flops", 0.0))
+
+
+def _flax_result(dtype: str, compile_s: float, summary: dict[str, float],
+                 flops: float) -> dict[str, Any]:
+  """A Flax row: timings, FLOPs and the peak memory of this process's device."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  stats = jax.devices()[0].memory_stats() or {}
+  return {"framework": "flax", "dtype": dtype, "compile_s": compile_s, **summary,
+          "flops": flops, "gflops_per_s": flops / summary["step_s"] / 1e9,
+          "peak_bytes": stats.get("peak_bytes_in_use", _peak_rss_bytes()),
+          "peak_source": "device" if "peak_bytes_in_use" in stats else "rss",
+          "device": str(jax.devices()[0]), "backend": jax.default_backend(),
+          "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
 def _random_variables(classifier, size: int):
   """Fan-in scaled normal weights drawn with numpy.
 
@@ -270,35 +305,23 @@ def build_flax_step(case: Case, dtype: str = "float32"):
 
 def time_flax(case: Case, steps: int, warmup: int, dtype: str = "float32") -> dict[str, Any]:
   """Compiles and times the Flax train step; returns timings, FLOPs and peak memory."""
-  import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   step, state, images, labels = build_flax_step(case, dtype)
   start = time.perf_counter()
   compiled = step.lower(state, images, labels).compile()
   compile_s = time.perf_counter() - start
-  cost = compiled.cost_analysis() or {}
-  if isinstance(cost, (list, tuple)):  # older JAX: one dict per computation
-    cost = cost[0] if cost else {}
-  step_seconds, cpu_seconds = [], []
-  for index in range(warmup + steps):
-    start, cpu_start = time.perf_counter(), time.process_time()
-    state, loss = compiled(state, images, labels)
-    loss.block_until_ready()
-    if index >= warmup:
-      step_seconds.append(time.perf_counter() - start)
-      cpu_seconds.append(time.process_time() - cpu_start)
-  if not np.isfinite(float(loss)):
-    raise FloatingPointError(f"{case.name}: non-finite loss {float(loss)}")
-  stats = jax.devices()[0].memory_stats() or {}
-  summary = _summary(step_seconds, cpu_seconds, case.batch)
-  flops = float(cost.get("flops", 0.0))
-  return {"framework": "flax", "dtype": dtype, "compile_s": compile_s, **summary,
-          "flops": flops, "gflops_per_s": flops / summary["step_s"] / 1e9,
-          "peak_bytes": stats.get("peak_bytes_in_use", _peak_rss_bytes()),
-          "peak_source": "device" if "peak_bytes_in_use" in stats else "rss",
-          "device": str(jax.devices()[0]), "backend": jax.default_backend(),
-          "xla_flags": os.environ.get("XLA_FLAGS", "")}
+  carry = {"state": state}
+
+  def one_step():
+    carry["state"], carry["loss"] = compiled(carry["state"], images, labels)
+    carry["loss"].block_until_ready()
+
+  summary = _summary(*_timed_loop(one_step, steps, warmup), case.batch)
+  loss = float(carry["loss"])
+  if not np.isfinite(loss):
+    raise FloatingPointError(f"{case.name}: non-finite loss {loss}")
+  return _flax_result(dtype, compile_s, summary, _xla_flops(compiled))
 
 
 def _torch_model(model: str, size: int):
@@ -348,16 +371,13 @@ def time_torch(case: Case, steps: int, warmup: int, dtype: str = "float32") -> d
   with FlopCounterMode(display=False) as counter:
     train_step()  # untimed: the counter slows the step down
   flops = float(counter.get_total_flops())
-  step_seconds, cpu_seconds = [], []
-  for index in range(warmup + steps):
-    synchronize()
-    start, cpu_start = time.perf_counter(), time.process_time()
+
+  def synchronized_step():
     train_step()
     synchronize()
-    if index >= warmup:
-      step_seconds.append(time.perf_counter() - start)
-      cpu_seconds.append(time.process_time() - cpu_start)
-  summary = _summary(step_seconds, cpu_seconds, case.batch)
+
+  synchronize()
+  summary = _summary(*_timed_loop(synchronized_step, steps, warmup), case.batch)
   peak = (torch.cuda.max_memory_allocated() if device == "cuda" else _peak_rss_bytes())
   return {"framework": "torch",
           "dtype": "bfloat16" if dtype == "bfloat16" and device == "cuda" else "float32",
@@ -383,17 +403,6 @@ def _digits_config(method: str, batch: int):
   return config
 
 
-def _timed_loop(step: Callable[[], Any], steps: int, warmup: int) -> tuple[list[float], list[float]]:
-  step_seconds, cpu_seconds = [], []
-  for index in range(warmup + steps):
-    start, cpu_start = time.perf_counter(), time.process_time()
-    step()
-    if index >= warmup:
-      step_seconds.append(time.perf_counter() - start)
-      cpu_seconds.append(time.process_time() - cpu_start)
-  return step_seconds, cpu_seconds
-
-
 def time_flax_digits(case: Case, steps: int, warmup: int, dtype: str = "float32") -> dict[str, Any]:
   """The method's jitted train step (`configs/<method>.py:digits`, tljax's
   trainer) on synthetic batches of `case.batch` source + target images."""
@@ -406,25 +415,16 @@ def time_flax_digits(case: Case, steps: int, warmup: int, dtype: str = "float32"
     config.model.dtype = dtype
   _, compiled, state, batch, compile_s = config_bench.prepare_train_step(
       config, num_classes=DIGITS_CLASSES)
-  cost = compiled.cost_analysis() or {}
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  holder = {"state": state}
+  carry = {"state": state}
 
   def step():
-    holder["state"], metrics = compiled(holder["state"], batch)
+    carry["state"], metrics = compiled(carry["state"], batch)
     jax.block_until_ready(metrics)
 
   images = sum(v.shape[0] for domain in batch.values() for k, v in domain.items()
                if k.startswith("image"))
   summary = _summary(*_timed_loop(step, steps, warmup), images)
-  flops = float(cost.get("flops", 0.0))
-  stats = jax.devices()[0].memory_stats() or {}
-  return {"framework": "flax", "dtype": dtype, "compile_s": compile_s, **summary,
-          "flops": flops, "gflops_per_s": flops / summary["step_s"] / 1e9,
-          "peak_bytes": stats.get("peak_bytes_in_use", _peak_rss_bytes()),
-          "peak_source": "device" if "peak_bytes_in_use" in stats else "rss",
-          "device": str(jax.devices()[0]), "backend": jax.default_backend()}
+  return _flax_result(dtype, compile_s, summary, _xla_flops(compiled))
 
 
 def torch_digits_supported(method: str) -> bool:
