@@ -120,11 +120,8 @@ class ADDA(base.Method):
 
   def train_step(self, ctx, state, batch, rng):
     adapt = lambda s: self.adversarial_step(ctx, s, batch, rng)
-    if not self.pretrain_steps:
-      return adapt(state)
-    pretrain = lambda s: terms.source_only_update(ctx, s, batch, rng, "pretrain")
-    return terms.phased_update(ctx, state, self.pretrain_steps, self.pretrain_lr_scale, pretrain,
-                               adapt)
+    return terms.pretrain_then(ctx, state, batch, rng, self.pretrain_steps,
+                               self.pretrain_lr_scale, adapt)
 
   def start_target(self, state: base.TrainState) -> base.TrainState:
     """At step `pretrain_steps`, the target encoder becomes the source encoder."""

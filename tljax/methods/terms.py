@@ -192,10 +192,8 @@ class TermsMethod(base.Method):
     # pre-training and first calls them after it.
     adapt = lambda s: ctx.update(
         s, "main", lambda v: self.loss(ctx, v, batch, s.step - self.pretrain_steps, rng))
-    if not self.pretrain_steps:
-      return adapt(state)
-    pretrain = lambda s: source_only_update(ctx, s, batch, rng, "pretrain")
-    return phased_update(ctx, state, self.pretrain_steps, self.pretrain_lr_scale, pretrain, adapt)
+    return pretrain_then(ctx, state, batch, rng, self.pretrain_steps, self.pretrain_lr_scale,
+                         adapt)
 
 
 def source_only_loss(ctx: base.StepContext, variables: base.Variables, batch: dict,
@@ -245,13 +243,17 @@ def phase_cond(ctx: base.StepContext, state: base.TrainState, until: int, before
   return new_state, {**metrics, "pretraining": predicate.astype(float)}
 
 
-def phased_update(ctx: base.StepContext, state: base.TrainState, pretrain_steps: int,
-                  pretrain_lr_scale: float, pretrain_fn: Callable,
+def pretrain_then(ctx: base.StepContext, state: base.TrainState, batch: dict, rng: jax.Array,
+                  pretrain_steps: int, pretrain_lr_scale: float,
                   adapt_fn: Callable) -> tuple[base.TrainState, dict]:
-  """Source pre-training for `pretrain_steps`, then adaptation, each logging the
-  learning rate its optimizer applies: the pre-training optimizer's (scaled)
-  and then the adaptation optimizers', whose schedules start when they first
-  update (TLlib builds a new optimizer and scheduler after pre-training)."""
+  """ERM on the source batch with the `pretrain` optimizer for `pretrain_steps`
+  steps (none: `adapt_fn` from the start), then `adapt_fn(state)`. With a
+  pre-training phase, each phase logs the learning rate its optimizer applies:
+  the pre-training optimizer's (scaled), then the adaptation optimizers', whose
+  schedules start when they first update (TLlib builds a new optimizer and
+  scheduler after pre-training)."""
+  if not pretrain_steps:
+    return adapt_fn(state)
 
   def logged(fn, scale, offset):
     def run(s):
@@ -259,6 +261,7 @@ def phased_update(ctx: base.StepContext, state: base.TrainState, pretrain_steps:
       return new_state, {**metrics, "learning_rate": scale * ctx.schedule(s.step - offset)}
     return run
 
+  pretrain_fn = lambda s: source_only_update(ctx, s, batch, rng, "pretrain")
   return phase_cond(ctx, state, pretrain_steps, logged(pretrain_fn, pretrain_lr_scale, 0),
                     logged(adapt_fn, 1.0, pretrain_steps))
 
@@ -310,4 +313,4 @@ def create_terms_method(name: str, method_config: dict[str, Any], *, num_classes
 
 
 __all__ = ["Term", "ReversalTerm", "TermsMethod", "register_term", "term_names", "get_term",
-           "layer", "phase_cond", "phased_update", "source_only_loss", "source_only_update", "create_terms_method", "FORWARDS"]
+           "layer", "phase_cond", "pretrain_then", "source_only_loss", "source_only_update", "create_terms_method", "FORWARDS"]
