@@ -90,13 +90,8 @@ def correlation_table(by_method: dict[str, list[dict]], names: list[str]) -> lis
     for method, runs in by_method.items():
       if method in sweep.NOT_CANDIDATES:
         continue
-      final = [r.get("validators_final") or {} for r in runs]
-      # Older results.json files lack the source_accuracy validator's own value;
-      # the evaluation split's source accuracy stood in for it.
-      values = [r["source_accuracy"] if name == "source_accuracy" and name not in f
-                else f.get(name) for r, f in zip(runs, final)]
-      if values and all(v is not None and v == v for v in values):
-        score = statistics.fmean(values)
+      score = sweep.config_scores({"runs": runs}, name)  # None unless every run has it
+      if score is not None:
         scores.append(score if higher else -score)
         accuracies.append(statistics.fmean(r["target_accuracy"] for r in runs))
     lines.append(f"| {name} | {_fmt(statistics.fmean(within) if within else None, 2)} | "
