@@ -17,7 +17,10 @@ frozen, the backbone at 0.1x the learning rate, SGD + nesterov (momentum 0.9,
 wd 1e-3), learning rate `lr (1 + 10 p)^-0.75` (`schedule.gamma` = 10 /
 total_steps), batch 64, 15 epochs of the target split.
 
-Digits: 15 epochs of Digits-M (598 images, 10 steps of 64).
+Digits: 15 epochs of Digits-M (598 images, 10 steps of 64). Synthetic task:
+15 epochs of the 1,797 target digits (29 steps of 64). In a sweep, a row with
+`"init_from": "source_only"` starts each seed from that seed's source_only run
+(`experiments/grids/synth.py`).
 
 Office-31 (ResNet-50, the authors' hyperparameters: lr 0.01, bottleneck 256,
 15 epochs of the target: 195 steps for Webcam; set `total_steps` to
@@ -34,6 +37,9 @@ import ml_collections
 
 from configs import default
 
+# Batches of 64 in one pass over each task's target split.
+_TARGET_BATCHES = {"digits": 10, "synth": 29, "synth_m": 29, "office31": 13}
+
 
 def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config = default.get_config(arg)
@@ -49,7 +55,7 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config.model.init = ""  # the source_only workdir (see above)
   config.model.dont_load = ()  # the whole source model, head included
   config.batch_size = 64
-  config.total_steps = 15 * (13 if office else 10)  # 15 epochs of the target split
+  config.total_steps = 15 * _TARGET_BATCHES[arg]  # 15 epochs of the target split
   config.optimizer.learning_rate = 0.01
   config.optimizer.weight_decay = 1e-3
   config.schedule.gamma = 10.0 / config.get_ref("total_steps").to_float()

@@ -54,6 +54,59 @@ def test_slurm_array_lists_only_unfinished_runs(tmp_path):
   assert "seed1" not in "".join(lines)
 
 
+def _chained_grid():
+  return {"methods": {"source_only": "configs/source_only.py:digits",
+                      "shot": {"config": "configs/shot.py:digits", "init_from": "source_only"}},
+          "tasks": {"t": {}}, "seeds": [0, 1]}
+
+
+def test_init_from_points_each_run_at_its_parents_workdir(tmp_path):
+  runs = sweep.expand(_chained_grid())
+  shot1 = next(r for r in runs if r.method == "shot" and r.seed == 1)
+  parent = os.path.abspath(os.path.join(str(tmp_path), "source_only", "t", "seed1"))
+  assert shot1.parent().name == "source_only/t/seed1"
+  assert f"--config.model.init={parent}" in shot1.command(str(tmp_path))
+  assert all("model.init" not in " ".join(r.command("/o")) for r in runs if r.method == "source_only")
+  bad = _chained_grid()
+  bad["methods"]["shot"]["init_from"] = "erm"
+  with pytest.raises(ValueError, match="init_from='erm' is not a row"):
+    sweep.expand(bad)
+
+
+def test_local_launch_starts_a_run_after_its_parent_and_skips_it_when_the_parent_fails(
+    tmp_path, monkeypatch):
+  out = str(tmp_path / "sweep")
+  events = []
+
+  def fake_run(run, out_dir):  # source_only seed 1 fails; every other run finishes
+    events.append(("start", run.name))
+    code = 1 if run.name == "source_only/t/seed1" else 0
+    if code == 0:
+      os.makedirs(run.workdir(out_dir), exist_ok=True)
+      with open(os.path.join(run.workdir(out_dir), "results.json"), "w") as f:
+        f.write("{}")
+    events.append(("end", run.name))
+    return run, code, 0.0
+
+  monkeypatch.setattr(sweep, "_run_locally", fake_run)
+  runs = sweep.expand(_chained_grid())
+  # Children first in the list: the launcher must still wait for their parents.
+  outcomes = dict((r.name, code) for r, code in sweep.launch_local(runs[::-1], out, parallel=2))
+  assert outcomes == {"source_only/t/seed0": 0, "source_only/t/seed1": 1,
+                      "shot/t/seed0": 0, "shot/t/seed1": -1}
+  assert events.index(("start", "shot/t/seed0")) > events.index(("end", "source_only/t/seed0"))
+  assert ("start", "shot/t/seed1") not in events
+  # A parent from an earlier launch counts; one neither finished nor launched does not.
+  outcomes = dict((r.name, code) for r, code in
+                  sweep.launch_local([r for r in runs if r.method == "shot"], out))
+  assert outcomes == {"shot/t/seed1": -1}
+  # SLURM: a run whose parent has not finished waits for the next submission.
+  shutil.rmtree(os.path.join(out, "shot"))
+  sweep.write_slurm_array(runs, out, str(REPO / "experiments/slurm/array.sbatch"))
+  lines = open(os.path.join(out, "runs.txt")).read().splitlines()
+  assert len(lines) == 2 and "source_only/t/seed1" in lines[0] and "shot/t/seed0" in lines[1]
+
+
 def test_local_sweep_skips_finished_and_resumes_interrupted(digits_data_dir, tmp_path):
   out = str(tmp_path / "sweep")
   runs = sweep.expand(_grid(digits_data_dir))

@@ -8,7 +8,10 @@
 A grid file defines `get_grid()` returning a dict:
 
     methods: {row name: config spec, e.g. "configs/dann.py:office31", or
-              {"config": spec, "overrides": {field: value}} for that method only}
+              {"config": spec, "overrides": {field: value}} for that method only,
+              optionally with "init_from": another row's name: each run then
+              starts from that row's run of the same task and seed
+              (`model.init` = its workdir), e.g. SHOT from `source_only`}
     tasks:   {column name: {config field: value}}, e.g. {"A→W": {"source": ..., "target": ...}}
     seeds:   [0, 1, 2]
     overrides (optional): {config field: value} applied to every run
@@ -16,8 +19,10 @@ A grid file defines `get_grid()` returning a dict:
 Each run is `python -m tljax.main --config=SPEC --workdir=OUT/<method>/<task>/seed<k>
 --config.seed=k --config.<field>=<value> ...`, with its own workdir. `launch`
 skips runs whose `results.json` exists and reruns the others, which resume from
-their latest checkpoint; it runs them here (sequentially or N at a time) or
-writes a SLURM array job (one array task per run) from a template. `collect`
+their latest checkpoint; it runs them here (sequentially or N at a time; a run
+with `init_from` waits for the run it starts from) or writes a SLURM array job
+(one array task per run; runs whose starting run has not finished are left for
+the next submission) from a template. `collect`
 gathers every `results.json` into `PREFIX.md` and `PREFIX.csv` (default
 `OUT/results`): target
 accuracy mean ± std over seeds per method and task, an average column, and wall
@@ -89,6 +94,7 @@ class Run:
   seed: int
   spec: str
   overrides: tuple[tuple[str, Any], ...]
+  init_from: str | None = None  # the row whose run (same task and seed) this one starts from
 
   @property
   def name(self) -> str:
@@ -97,10 +103,18 @@ class Run:
   def workdir(self, out: str) -> str:
     return os.path.join(out, self.method, _slug(self.task), f"seed{self.seed}")
 
+  def parent(self) -> Run | None:
+    """The run this one starts from (`init_from`), as a key: its workdir is all it needs."""
+    if self.init_from is None:
+      return None
+    return Run(self.init_from, self.task, self.seed, spec="", overrides=())
+
   def command(self, out: str, python: str = sys.executable) -> list[str]:
     args = [python, "-m", "tljax.main", f"--config={self.spec}", f"--workdir={self.workdir(out)}",
             f"--config.seed={self.seed}"]
     args += [f"--config.{key}={_flag_value(value)}" for key, value in self.overrides]
+    if self.init_from is not None:
+      args.append(f"--config.model.init={os.path.abspath(self.parent().workdir(out))}")
     return args
 
 
@@ -134,13 +148,19 @@ def expand(grid: dict[str, Any]) -> list[Run]:
   common = dict(grid.get("overrides", {}))
   runs = []
   for method, spec in grid["methods"].items():
-    method_overrides = {}
+    method_overrides, init_from = {}, None
     if isinstance(spec, dict):
+      init_from = spec.get("init_from")
       spec, method_overrides = spec["config"], dict(spec.get("overrides", {}))
+      if init_from is not None and init_from not in grid["methods"]:
+        raise ValueError(f"method {method!r}: init_from={init_from!r} is not a row of the grid "
+                         f"(rows: {sorted(grid['methods'])})")
+      if init_from is not None and "model.init" in method_overrides:
+        raise ValueError(f"method {method!r}: give init_from or a model.init override, not both")
     for task, task_overrides in grid["tasks"].items():
       for seed in grid["seeds"]:
         overrides = {**common, **method_overrides, **task_overrides}
-        runs.append(Run(method, task, int(seed), spec, tuple(sorted(overrides.items()))))
+        runs.append(Run(method, task, int(seed), spec, tuple(sorted(overrides.items())), init_from))
   return runs
 
 
@@ -165,19 +185,47 @@ def _run_locally(run: Run, out: str) -> tuple[Run, int, float]:
 
 
 def launch_local(runs: Sequence[Run], out: str, parallel: int = 1) -> list[tuple[Run, int]]:
-  """Runs what is not finished, `parallel` at a time; returns (run, exit code) pairs."""
+  """Runs what is not finished, `parallel` at a time; returns (run, exit code) pairs.
+
+  A run with `init_from` starts once the run it starts from has finished (it
+  need not be among `runs`: an earlier sweep may have made it); if that run
+  fails or is neither finished nor launched, the run is not started and counts
+  as failed (exit code -1).
+  """
   todo = [r for r in runs if not is_finished(r, out)]
   skipped = len(runs) - len(todo)
   print(f"{len(runs)} runs: {skipped} finished (skipped), {len(todo)} to run, {parallel} at a time.",
         flush=True)
-  outcomes = []
+  todo_names = {r.name for r in todo}
+  waiting = list(todo)
+  outcomes, failed = [], set()
+
+  def report(run: Run, code: int, message: str) -> None:
+    outcomes.append((run, code))
+    if code != 0 or not is_finished(run, out):
+      failed.add(run.name)
+    print(f"[{len(outcomes)}/{len(todo)}] {run.name}: {message}", flush=True)
+
   with concurrent.futures.ThreadPoolExecutor(max_workers=max(parallel, 1)) as pool:
-    futures = [pool.submit(_run_locally, run, out) for run in todo]
-    for i, future in enumerate(concurrent.futures.as_completed(futures), 1):
-      run, code, seconds = future.result()
-      outcomes.append((run, code))
-      status = "done" if code == 0 else f"FAILED (exit {code}; see {run.workdir(out)}/log.txt)"
-      print(f"[{i}/{len(todo)}] {run.name}: {status} in {seconds:.0f}s", flush=True)
+    running = set()
+    while waiting or running:
+      for run in list(waiting):
+        parent = run.parent()
+        if parent is not None and not is_finished(parent, out):
+          if parent.name in failed or parent.name not in todo_names:
+            waiting.remove(run)
+            report(run, -1, f"NOT RUN: {parent.name}, the run it starts from, "
+                   + ("failed" if parent.name in failed else "is not finished and not in this launch"))
+          continue  # its parent is still to run
+        waiting.remove(run)
+        running.add(pool.submit(_run_locally, run, out))
+      if not running:
+        continue
+      done, running = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+      for future in done:
+        run, code, seconds = future.result()
+        report(run, code, ("done" if code == 0 else f"FAILED (exit {code}; see {run.workdir(out)}/log.txt)")
+               + f" in {seconds:.0f}s")
   return outcomes
 
 
@@ -187,9 +235,15 @@ def write_slurm_array(runs: Sequence[Run], out: str, template: str) -> str:
   The template is an sbatch script with `{num_tasks}` (the array size - 1),
   `{runs_file}` and `{out}` placeholders; each array task runs line
   `SLURM_ARRAY_TASK_ID + 1` of the runs file. Finished runs are left out, so a
-  resubmission only runs what is missing.
+  resubmission only runs what is missing. So are runs whose `init_from` run
+  has not finished: submit again once the array is done (a warning says so).
   """
   todo = [r for r in runs if not is_finished(r, out)]
+  later = [r for r in todo if r.parent() is not None and not is_finished(r.parent(), out)]
+  if later:
+    logging.warning("%d runs start from runs that have not finished (%s, ...); submit again "
+                    "when this array is done to run them.", len(later), later[0].name)
+  todo = [r for r in todo if r not in later]
   os.makedirs(out, exist_ok=True)
   runs_file = os.path.abspath(os.path.join(out, "runs.txt"))
   with open(runs_file, "w") as f:

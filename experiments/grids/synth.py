@@ -14,7 +14,9 @@ statistics of both domains), and `target_oracle` the same network trained on
 labelled target data (held-out test split): the ceiling.
 
 Every method keeps its TLlib loss settings (its config); optimizer, schedule,
-batch size and step budget are shared. `--only=REGEX` launches a subset, e.g.
+batch size and step budget are shared; SHOT, source-free, adapts each seed's
+`source_only` network for 15 passes over the target (its wall time excludes
+that source run). `--only=REGEX` launches a subset, e.g.
 the baselines first: `--only='^(source_only|adabn|target_oracle)/'`.
 """
 
@@ -25,8 +27,11 @@ METHODS = ("dann", "cdan", "bsp", "mcc", "cdan_mcc", "mdd", "dan", "jan", "deep_
 
 
 def get_grid():
+  methods = {m: f"configs/{m}.py:synth" for m in BASELINES + METHODS}
+  # SHOT is source-free: each seed adapts that seed's source_only network.
+  methods["shot"] = {"config": "configs/shot.py:synth", "init_from": "source_only"}
   return {
-      "methods": {m: f"configs/{m}.py:synth" for m in BASELINES + METHODS},
+      "methods": methods,
       "tasks": {"Synth→Digits": {}},
       "seeds": [0, 1, 2, 3, 4],
   }
