@@ -955,6 +955,16 @@ def test_profile_puts_resnet_ops_in_categories():
   assert "| flax category | ms | share | ops |" in profile.format_profile(result, "flax")
 
 
+def test_profile_of_a_methods_digits_step():
+  """`--digits=METHOD`: the whole jitted train step, each op at its fastest of
+  `repeats` traced calls, in the same categories."""
+  from tljax.models import profile  # pylint: disable=g-import-not-at-top
+  result = profile.profile_flax_digits("dann", 8, repeats=2)
+  for category in ("conv forward", "conv kernel grad", "batch norm", "matmul forward"):
+    assert any(name.startswith(category) for name in result["ms"]), (category, result["ms"])
+  assert all(ms > 0 for ms in result["ms"].values()) and result["step_s"] > 0
+
+
 def test_bench_digits_rows_time_a_method_in_both_frameworks():
   """A digits row: tljax's DANN step and the PyTorch restatement of TLlib's, each
   timed with its FLOPs (the two counts of the same step agree in magnitude)."""

@@ -403,11 +403,11 @@ def _digits_config(method: str, batch: int):
   return config
 
 
-def time_flax_digits(case: Case, steps: int, warmup: int, dtype: str = "float32") -> dict[str, Any]:
-  """The method's jitted train step (`configs/<method>.py:digits`, tljax's
-  trainer) on synthetic batches of `case.batch` source + target images."""
-  import jax  # pylint: disable=g-import-not-at-top
-
+def flax_digits_step(case: Case, dtype: str = "float32") -> tuple[Callable[[], Any], Any, int, float]:
+  """`(step, compiled, images per step, compile seconds)`: one call of `step`
+  runs the method's jitted train step (`configs/<method>.py:digits`, tljax's
+  trainer) on fixed synthetic batches of `case.batch` source + target images,
+  carrying the state, and returns its metrics."""
   from tljax import bench as config_bench  # pylint: disable=g-import-not-at-top
 
   config = _digits_config(case.model, case.batch)
@@ -419,11 +419,19 @@ def time_flax_digits(case: Case, steps: int, warmup: int, dtype: str = "float32"
 
   def step():
     carry["state"], metrics = compiled(carry["state"], batch)
-    jax.block_until_ready(metrics)
+    return metrics
 
   images = sum(v.shape[0] for domain in batch.values() for k, v in domain.items()
                if k.startswith("image"))
-  summary = _summary(*_timed_loop(step, steps, warmup), images)
+  return step, compiled, images, compile_s
+
+
+def time_flax_digits(case: Case, steps: int, warmup: int, dtype: str = "float32") -> dict[str, Any]:
+  """The method's jitted train step (`flax_digits_step`)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  step, compiled, images, compile_s = flax_digits_step(case, dtype)
+  summary = _summary(*_timed_loop(lambda: jax.block_until_ready(step()), steps, warmup), images)
   return _flax_result(dtype, compile_s, summary, _xla_flops(compiled))
 
 
@@ -436,12 +444,11 @@ def torch_digits_supported(method: str) -> bool:
   return name == "source_only" or all(term in TERMS for term in name.split("+"))
 
 
-def time_torch_digits(case: Case, steps: int, warmup: int, dtype: str = "float32") -> dict[str, Any]:
-  """The same step in PyTorch: the network, losses, optimizer groups and
-  schedule of TLlib's example (`tljax.reference_torch.Reference`), fp32."""
-  del dtype
+def torch_digits_step(case: Case) -> tuple[Callable[[], None], bool]:
+  """`(step, source_only)`: one call of `step` is the method's digits train step
+  in PyTorch, the network, losses, optimizer groups and schedule of TLlib's
+  example (`tljax.reference_torch.Reference`), fp32, on fixed random batches."""
   import torch  # pylint: disable=g-import-not-at-top
-  from torch.utils.flop_counter import FlopCounterMode  # pylint: disable=g-import-not-at-top
 
   from tljax.reference_torch import Reference  # pylint: disable=g-import-not-at-top
 
@@ -468,6 +475,16 @@ def time_torch_digits(case: Case, steps: int, warmup: int, dtype: str = "float32
     if scheduler is not None:
       scheduler.step()
 
+  return step, source_only
+
+
+def time_torch_digits(case: Case, steps: int, warmup: int, dtype: str = "float32") -> dict[str, Any]:
+  """The same step in PyTorch (`torch_digits_step`), fp32."""
+  del dtype
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch.utils.flop_counter import FlopCounterMode  # pylint: disable=g-import-not-at-top
+
+  step, source_only = torch_digits_step(case)
   with FlopCounterMode(display=False) as counter:
     step()
   flops = float(counter.get_total_flops())

@@ -1,6 +1,7 @@
 r"""Where a backbone train step spends its time, by kind of op: Flax and PyTorch.
 
   taskset -c 0 python -m tljax.models.profile --model=resnet50 --size=112 --batch=16
+  taskset -c 0 python -m tljax.models.profile --digits=dann --batch=64 --top=5
 
 Flax: one step of `tljax.models.bench`'s train step runs under
 `jax.profiler`; every XLA:CPU thunk of the trace is matched to its instruction
@@ -36,17 +37,25 @@ _BATCH = None
 _DTYPE = None
 _TORCH = None
 _TOP = None
+_DIGITS = None
+_REPEATS = None
 
 
 def _define_flags() -> None:
   """Defines the command-line flags; called only when run as a program."""
-  global _MODEL, _SIZE, _BATCH, _DTYPE, _TORCH, _TOP
+  global _MODEL, _SIZE, _BATCH, _DTYPE, _TORCH, _TOP, _DIGITS, _REPEATS
   _MODEL = flags.DEFINE_string("model", "resnet50", "Backbone registry name.")
   _SIZE = flags.DEFINE_integer("size", 112, "Square image size.")
   _BATCH = flags.DEFINE_integer("batch", 16, "Images per step.")
   _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Flax compute dtype.")
   _TORCH = flags.DEFINE_bool("torch", True, "Also profile the PyTorch step.")
   _TOP = flags.DEFINE_integer("top", 0, "Also list the N slowest ops of each Flax category.")
+  _DIGITS = flags.DEFINE_string(
+      "digits", None, "Profile this method's digits train step (configs/<method>.py:digits, "
+      "--batch source + --batch target 28-px images) instead of a backbone.")
+  _REPEATS = flags.DEFINE_integer(
+      "repeats", 1, "Profile this many steps and keep each op's smallest time (on a loaded "
+      "machine, an op's time otherwise includes time its thread was descheduled).")
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (.+?) ([a-z][a-z0-9-]*)\((.*)$")
 _COPY_OPS = {"transpose", "copy", "bitcast", "parameter", "reshape", "slice", "pad",
@@ -148,35 +157,33 @@ class HloCategories:
     return "other elementwise " + ("forward" if forward else "backward")
 
 
-def profile_flax(model: str, size: int, batch: int, dtype: str = "float32",
-                 top: int = 0) -> dict[str, Any]:
-  """Category -> (milliseconds, op count) for one Flax train step."""
+def _profile_flax_call(run: Any, hlo_text: str, top: int, repeats: int = 1) -> dict[str, Any]:
+  """Category -> (milliseconds, op count) of one call of `run` (a jitted step
+  whose compiled HLO is `hlo_text`, returning arrays to wait for); with
+  `repeats` > 1, each op's smallest time over that many traced calls (on a
+  loaded machine, an op's time otherwise includes time its thread waited)."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  from tljax.models import bench  # pylint: disable=g-import-not-at-top
-
-  step, state, images, labels = bench.build_flax_step(
-      bench.Case("backbone", model, size, batch), dtype)
-  compiled = step.lower(state, images, labels).compile()
-  categories = HloCategories(compiled.as_text())
-  state, loss = compiled(state, images, labels)
-  loss.block_until_ready()
+  categories = HloCategories(hlo_text)
+  jax.block_until_ready(run())
   start, cpu_start = time.perf_counter(), time.process_time()
-  state, loss = compiled(state, images, labels)
-  loss.block_until_ready()
+  jax.block_until_ready(run())
   step_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
-  with tempfile.TemporaryDirectory() as directory:
-    jax.profiler.start_trace(directory)
-    state, loss = compiled(state, images, labels)
-    loss.block_until_ready()
-    jax.profiler.stop_trace()
-    trace = glob.glob(f"{directory}/**/*.xplane.pb", recursive=True)[-1]
-    data = jax.profiler.ProfileData.from_file(trace)
-    durations: collections.Counter[str] = collections.Counter()
-    for plane in data.planes:
-      for line in plane.lines:
-        for event in line.events:
-          durations[event.name] += event.duration_ns
+  durations: dict[str, float] = {}  # per op: its smallest time over the traced calls
+  for _ in range(max(repeats, 1)):
+    with tempfile.TemporaryDirectory() as directory:
+      jax.profiler.start_trace(directory)
+      jax.block_until_ready(run())
+      jax.profiler.stop_trace()
+      trace = glob.glob(f"{directory}/**/*.xplane.pb", recursive=True)[-1]
+      data = jax.profiler.ProfileData.from_file(trace)
+      call: collections.Counter[str] = collections.Counter()
+      for plane in data.planes:
+        for line in plane.lines:
+          for event in line.events:
+            call[event.name] += event.duration_ns
+    for name, nanoseconds in call.items():
+      durations[name] = min(durations.get(name, nanoseconds), nanoseconds)
   totals: collections.Counter[str] = collections.Counter()
   counts: collections.Counter[str] = collections.Counter()
   slowest = collections.defaultdict(list)
@@ -189,6 +196,32 @@ def profile_flax(model: str, size: int, batch: int, dtype: str = "float32",
                                 categories.instructions[name]["shape"].split("{")[0]))
   return {"step_s": step_s, "cpu_s": cpu_s, "ms": dict(totals), "count": dict(counts),
           "slowest": {k: sorted(v, reverse=True)[:top] for k, v in slowest.items()}}
+
+
+def profile_flax(model: str, size: int, batch: int, dtype: str = "float32",
+                 top: int = 0, repeats: int = 1) -> dict[str, Any]:
+  """Category -> (milliseconds, op count) for one Flax backbone train step."""
+  from tljax.models import bench  # pylint: disable=g-import-not-at-top
+
+  step, state, images, labels = bench.build_flax_step(
+      bench.Case("backbone", model, size, batch), dtype)
+  compiled = step.lower(state, images, labels).compile()
+  carry = {"state": state}
+
+  def run():
+    carry["state"], loss = compiled(carry["state"], images, labels)
+    return loss
+
+  return _profile_flax_call(run, compiled.as_text(), top, repeats)
+
+
+def profile_flax_digits(method: str, batch: int, dtype: str = "float32",
+                        top: int = 0, repeats: int = 1) -> dict[str, Any]:
+  """The same for a method's whole digits train step (`bench.flax_digits_step`)."""
+  from tljax.models import bench  # pylint: disable=g-import-not-at-top
+
+  run, compiled, _, _ = bench.flax_digits_step(bench.Case("digits", method, 28, batch), dtype)
+  return _profile_flax_call(run, compiled.as_text(), top, repeats)
 
 
 _TORCH_CATEGORIES = (
@@ -208,10 +241,38 @@ _TORCH_CATEGORIES = (
 )
 
 
-def profile_torch(model: str, size: int, batch: int) -> dict[str, Any]:
-  """Category -> self CPU milliseconds of one PyTorch train step."""
+def _profile_torch_call(train_step: Any, repeats: int = 1) -> dict[str, Any]:
+  """Category -> self CPU milliseconds of one call of a PyTorch train step
+  (with `repeats` > 1, each op's smallest time over that many calls)."""
   import torch  # pylint: disable=g-import-not-at-top
   from torch.profiler import ProfilerActivity  # pylint: disable=g-import-not-at-top
+
+  train_step()
+  start, cpu_start = time.perf_counter(), time.process_time()
+  train_step()
+  step_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+  self_ms: dict[str, float] = {}  # per aten op: its smallest total over the profiled calls
+  op_counts: dict[str, int] = {}
+  for _ in range(max(repeats, 1)):
+    with torch.profiler.profile(activities=[ProfilerActivity.CPU]) as profiler:
+      train_step()
+    for event in profiler.key_averages():
+      ms = event.self_cpu_time_total / 1e3
+      self_ms[event.key] = min(self_ms.get(event.key, ms), ms)
+      op_counts[event.key] = event.count
+  totals: collections.Counter[str] = collections.Counter()
+  counts: collections.Counter[str] = collections.Counter()
+  for key, ms in self_ms.items():
+    op = key.split("::")[-1]
+    category = next((c for k, c in _TORCH_CATEGORIES if k in op), "other")
+    totals[category] += ms
+    counts[category] += op_counts[key]
+  return {"step_s": step_s, "cpu_s": cpu_s, "ms": dict(totals), "count": dict(counts)}
+
+
+def profile_torch(model: str, size: int, batch: int, repeats: int = 1) -> dict[str, Any]:
+  """Category -> self CPU milliseconds of one PyTorch backbone train step."""
+  import torch  # pylint: disable=g-import-not-at-top
 
   from tljax.models import bench  # pylint: disable=g-import-not-at-top
 
@@ -226,20 +287,15 @@ def profile_torch(model: str, size: int, batch: int) -> dict[str, Any]:
     torch.nn.functional.cross_entropy(network(images), labels).backward()
     optimizer.step()
 
-  train_step()
-  start, cpu_start = time.perf_counter(), time.process_time()
-  train_step()
-  step_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
-  with torch.profiler.profile(activities=[ProfilerActivity.CPU]) as profiler:
-    train_step()
-  totals: collections.Counter[str] = collections.Counter()
-  counts: collections.Counter[str] = collections.Counter()
-  for event in profiler.key_averages():
-    op = event.key.split("::")[-1]
-    category = next((c for key, c in _TORCH_CATEGORIES if key in op), "other")
-    totals[category] += event.self_cpu_time_total / 1e3
-    counts[category] += event.count
-  return {"step_s": step_s, "cpu_s": cpu_s, "ms": dict(totals), "count": dict(counts)}
+  return _profile_torch_call(train_step, repeats)
+
+
+def profile_torch_digits(method: str, batch: int, repeats: int = 1) -> dict[str, Any]:
+  """The same for the method's digits step in PyTorch (`bench.torch_digits_step`)."""
+  from tljax.models import bench  # pylint: disable=g-import-not-at-top
+
+  step, _ = bench.torch_digits_step(bench.Case("digits", method, 28, batch))
+  return _profile_torch_call(step, repeats)
 
 
 def format_profile(result: dict[str, Any], framework: str) -> str:
@@ -261,12 +317,34 @@ def format_profile(result: dict[str, Any], framework: str) -> str:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  print(f"## {_MODEL.value} {_SIZE.value}px batch {_BATCH.value} {_DTYPE.value}\n")
-  print(format_profile(profile_flax(_MODEL.value, _SIZE.value, _BATCH.value, _DTYPE.value,
-                                    _TOP.value), "flax"))
-  if _TORCH.value:
+  with_torch = _TORCH.value
+  if with_torch:
+    try:
+      import torch  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      print("PyTorch is not installed: profiling Flax only.")
+      with_torch = False
+  repeats, batch = _REPEATS.value, _BATCH.value
+  # PyTorch first: once TensorFlow (the input pipeline's) is loaded, PyTorch's
+  # optimizers crash while importing their compiler in this environment.
+  if _DIGITS.value:
+    from tljax.models import bench  # pylint: disable=g-import-not-at-top
+
+    method = _DIGITS.value
+    torch_result = (profile_torch_digits(method, batch, repeats)
+                    if with_torch and bench.torch_digits_supported(method) else None)
+    print(f"## digits {method}, {batch} source + {batch} target images, {_DTYPE.value}\n")
+    flax_result = profile_flax_digits(method, batch, _DTYPE.value, _TOP.value, repeats)
+  else:
+    torch_result = (profile_torch(_MODEL.value, _SIZE.value, batch, repeats)
+                    if with_torch else None)
+    print(f"## {_MODEL.value} {_SIZE.value}px batch {batch} {_DTYPE.value}\n")
+    flax_result = profile_flax(_MODEL.value, _SIZE.value, batch, _DTYPE.value, _TOP.value,
+                               repeats)
+  print(format_profile(flax_result, "flax"))
+  if torch_result is not None:
     print()
-    print(format_profile(profile_torch(_MODEL.value, _SIZE.value, _BATCH.value), "torch"))
+    print(format_profile(torch_result, "torch"))
 
 
 if __name__ == "__main__":
