@@ -63,7 +63,7 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config.model.backbone_kwargs = ml_collections.ConfigDict({
       "widths": (16, 32, 64),
       "kernel_sizes": (3, 3, 3),
-      "conv_impl": "xla",  # or "im2col" (see tljax/models/small_cnn.py)
+      "conv_impl": "auto",  # CPU: "cpu"; accelerators: "xla" (see tljax/models/small_cnn.py)
       "kernel_init": "flax",  # or "torch" (PyTorch's Conv2d default)
   })
   config.model.bottleneck_dim = 256  # 0: no bottleneck

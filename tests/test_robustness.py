@@ -202,9 +202,12 @@ def test_resume_with_a_changed_config_needs_an_explicit_override(make_config, tm
   first = train.train_and_evaluate(make_config(**small), workdir, devices=jax.devices()[:1])
   with pytest.raises(workdir_lib.RunMismatchError, match=r"seed: 0 -> 7"):
     train.train_and_evaluate(make_config(seed=7, **small), workdir, devices=jax.devices()[:1])
-  # Fields that may change on a resume: a longer run continues.
-  longer = train.train_and_evaluate(make_config(total_steps=4, eval_every=2, checkpoint_every=2),
-                                    workdir, devices=jax.devices()[:1])
+  # Fields that may change on a resume: a longer run continues, and so does one
+  # whose convolutions are computed another way.
+  longer = train.train_and_evaluate(
+      make_config(total_steps=4, eval_every=2, checkpoint_every=2,
+                  **{"model.backbone_kwargs.conv_impl": "im2col"}),
+      workdir, devices=jax.devices()[:1])
   assert longer["step"] == 4 and longer["config_changes_allowed_on_resume"] == []
   # An explicit override is recorded.
   allowed = train.train_and_evaluate(

@@ -35,11 +35,14 @@ import numpy as np
 LOCK_NAME = ".lock"
 IDENTITY_NAME = "run.json"
 # Fields a resumed run may change: how long it runs, how often it logs,
-# evaluates and saves, and where it finds data and how it reads it. Everything
-# else defines the run's numbers.
+# evaluates and saves, where it finds data and how it reads it, and how the
+# convolutions are computed (the same function, rounded differently).
+# Everything else defines the run's numbers.
 RESUMABLE_FIELDS = ("total_steps", "log_every", "eval_every", "checkpoint_every",
                     "keep_checkpoints", "eval_batch_size", "data_dir", "manual_dir",
-                    "data.num_threads", "data.num_workers", "data.cache")
+                    "data.num_threads", "data.num_workers", "data.cache",
+                    # how the convolutions are computed, not what they compute
+                    "model.backbone_kwargs.conv_impl")
 
 
 class WorkdirInUseError(RuntimeError):
