@@ -71,6 +71,11 @@ def test_init_from_points_each_run_at_its_parents_workdir(tmp_path):
   bad["methods"]["shot"]["init_from"] = "erm"
   with pytest.raises(ValueError, match="init_from='erm' is not a row"):
     sweep.expand(bad)
+  cyclic = _chained_grid()
+  cyclic["methods"]["source_only"] = {"config": "configs/source_only.py:digits",
+                                      "init_from": "shot"}
+  with pytest.raises(ValueError, match="cycle: source_only -> shot -> source_only"):
+    sweep.expand(cyclic)
 
 
 def test_local_launch_starts_a_run_after_its_parent_and_skips_it_when_the_parent_fails(

@@ -157,6 +157,13 @@ def expand(grid: dict[str, Any]) -> list[Run]:
                          f"(rows: {sorted(grid['methods'])})")
       if init_from is not None and "model.init" in method_overrides:
         raise ValueError(f"method {method!r}: give init_from or a model.init override, not both")
+    chain, row = [method], init_from
+    while row is not None:  # init_from links must end at a row that starts fresh
+      if row in chain:
+        raise ValueError(f"init_from links form a cycle: {' -> '.join(chain + [row])}")
+      chain.append(row)
+      parent_spec = grid["methods"][row]
+      row = parent_spec.get("init_from") if isinstance(parent_spec, dict) else None
     for task, task_overrides in grid["tasks"].items():
       for seed in grid["seeds"]:
         overrides = {**common, **method_overrides, **task_overrides}
@@ -220,6 +227,8 @@ def launch_local(runs: Sequence[Run], out: str, parallel: int = 1) -> list[tuple
         waiting.remove(run)
         running.add(pool.submit(_run_locally, run, out))
       if not running:
+        if waiting:  # expand() rejects cycles, so a waiting run always has a parent to wait for
+          raise RuntimeError(f"runs wait for parents that never run: {[r.name for r in waiting]}")
         continue
       done, running = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
       for future in done:
