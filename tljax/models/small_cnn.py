@@ -10,8 +10,7 @@ parameter layout (HWIO kernel, bias) and the same function:
   gradient as a convolution whose feature axis is the batch, and its time grows
   faster than the batch (one core, a 14x14, 16 -> 32 channel layer: 2.1 ms for
   64 examples, 7.2 ms for 128, 2.9 ms as four slices of 32), so slicing makes
-  the digits step of a method that forwards 128 images 10-15% faster
-  (`experiments/results/profile.md`, section 6).
+  the digits steps 5-12% faster (`experiments/results/profile.md`, section 6).
 - `'im2col'`: gather the k*k shifted views, one matmul (slower than both at
   these sizes on the CPUs measured; kept for comparison).
 
@@ -66,12 +65,12 @@ def _sliced_fwd(x, kernel):
 def _sliced_bwd(residuals, dy):
   x, kernel = residuals
   dx = jax.vjp(lambda x_: _xla_conv(x_, kernel), x)[1](dy)[0]
-  dkernel = None
+  dkernel = jnp.zeros(kernel.shape, jnp.float32)  # summed in fp32 whatever the compute dtype
   for start in range(0, x.shape[0], KERNEL_GRAD_SLICE):
     piece = slice(start, start + KERNEL_GRAD_SLICE)
     grad = jax.vjp(lambda k_: _xla_conv(x[piece], k_), kernel)[1](dy[piece])[0]
-    dkernel = grad if dkernel is None else dkernel + grad
-  return dx, dkernel
+    dkernel = dkernel + grad.astype(jnp.float32)
+  return dx, dkernel.astype(kernel.dtype)
 
 
 conv_sliced_kernel_grad.defvjp(_sliced_fwd, _sliced_bwd)
