@@ -220,7 +220,8 @@ def profile_flax_digits(method: str, batch: int, dtype: str = "float32",
   """The same for a method's whole digits train step (`bench.flax_digits_step`)."""
   from tljax.models import bench  # pylint: disable=g-import-not-at-top
 
-  run, compiled, _, _ = bench.flax_digits_step(bench.Case("digits", method, 28, batch), dtype)
+  case = bench.Case("digits", method, bench.DIGITS_IMAGE[0], batch)
+  run, compiled, _, _ = bench.flax_digits_step(case, dtype)
   return _profile_flax_call(run, compiled.as_text(), top, repeats)
 
 
@@ -294,7 +295,7 @@ def profile_torch_digits(method: str, batch: int, repeats: int = 1) -> dict[str,
   """The same for the method's digits step in PyTorch (`bench.torch_digits_step`)."""
   from tljax.models import bench  # pylint: disable=g-import-not-at-top
 
-  step, _ = bench.torch_digits_step(bench.Case("digits", method, 28, batch))
+  step, _ = bench.torch_digits_step(bench.Case("digits", method, bench.DIGITS_IMAGE[0], batch))
   return _profile_torch_call(step, repeats)
 
 
