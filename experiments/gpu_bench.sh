@@ -6,6 +6,9 @@
 #   bash experiments/gpu_bench.sh --steps=20           # extra flags go to both runs
 #   GPU_BENCH_TINY=1 bash experiments/gpu_bench.sh     # smoke run: any machine, seconds
 #
+# Rows: ResNet-50 and ViT-B/16 train steps at 112 and 224 px, ResNet-50 frozen
+# to stage 3, every method's digits step, and the ResNet-50 DAN / DANN / CDAN
+# steps at 224 px fed by their input pipelines (JPEGs written for the run).
 # On an accelerator the Flax step uses XLA's native convolutions (conv_impl
 # 'auto') and jax.nn.dot_product_attention's default implementation; PyTorch
 # runs the same step on CUDA (bf16 through autocast). GPU_BENCH_OUT changes the
@@ -16,10 +19,14 @@ cd "$(dirname "$0")/.."
 out_dir=${GPU_BENCH_OUT:-experiments/results}
 mkdir -p "$out_dir"
 if [[ -n "${GPU_BENCH_TINY:-}" ]]; then
-  args=(--models=small_cnn --sizes=32 --batch=2 --steps=1 --warmup=0 --torch=false
-        --frozen=false --hugepages=false --matmul_size=256 --digits_methods=dann --digits_steps=1)
+  args=(--models=small_cnn --sizes=32 --batch=8 --steps=1 --warmup=0 --torch=false
+        --frozen=false --hugepages=false --matmul_size=256 --digits_methods=dann --digits_steps=1
+        --adapt_methods=dann --adapt_sizes=32 --adapt_backbone=resnet18 --adapt_images=31
+        --adapt_threads=1)
 else
-  args=(--models=resnet50,vit_base_patch16 --sizes=112,224 --batch=32 --steps=10 --warmup=2)
+  # + ResNet-50 DAN, DANN and CDAN steps at 224 px, batch 32 + 32, input pipeline on.
+  args=(--models=resnet50,vit_base_patch16 --sizes=112,224 --batch=32 --steps=10 --warmup=2
+        --adapt_sizes=224)
 fi
 
 device=$(python -c "import jax; print(jax.default_backend(), '|', jax.devices()[0].device_kind)")

@@ -13,10 +13,12 @@ pre-training pass the source batch alone), `torch.optim.SGD` over
 `get_parameters()`'s groups, and `LambdaLR(lambda x: lr * (1 + gamma x)^-decay)`
 stepped after each update (AFN: no scheduler, momentum 0.9 only for the
 bottleneck and head groups, no nesterov). The network is tljax's `small_cnn`
-classifier, so tljax's variables load into it (`Reference.load`).
+classifier, so tljax's variables load into it (`Reference.load`), or, for a
+ResNet backbone, torchvision's (randomly initialised; for timing only).
 
 Used by `tests/test_trajectory.py` (float64 trajectories against tljax's step)
-and `tljax.models.bench` (the digits step of each method, timed side by side).
+and `tljax.models.bench` (the digits step of each method, and ResNet-50 adaptation
+steps fed by their input pipelines, timed side by side).
 Needs PyTorch (`pip install -e '.[test]'`).
 """
 
@@ -104,6 +106,21 @@ class SmallCNN(tnn.Module):
     return x.permute(0, 2, 3, 1).flatten(1)
 
 
+def torchvision_backbone(name: str) -> tuple[tnn.Module, int]:
+  """`(module, features)`: torchvision's `name` (a ResNet) up to its global
+  average pool, as TLlib's backbones (`fc` replaced by the identity); random
+  initialisation. Only the timed steps use it (`tljax.models.bench`), not the
+  parity tests: tljax's variables load into `SmallCNN` only."""
+  import torchvision  # pylint: disable=g-import-not-at-top
+
+  if not name.startswith(("resnet", "resnext", "wide_resnet")):
+    raise ValueError(f"no torchvision counterpart for backbone {name!r}: a ResNet is needed")
+  network = getattr(torchvision.models, name)()
+  features = network.fc.in_features
+  network.fc = tnn.Identity()
+  return network, features
+
+
 class Bottleneck(tnn.Module):
   """TLlib's bottlenecks: Linear -> [BatchNorm1d] -> ReLU -> [Dropout], and AFN's
   block, whose kept units are rescaled by `sqrt(1 - p)` in training."""
@@ -146,12 +163,15 @@ class Classifier(tnn.Module):
   def __init__(self, model: ml_collections.ConfigDict, masks: dict | None, num_classes: int,
                image: tuple[int, int, int]):
     super().__init__()
-    widths = tuple(model.backbone_kwargs.widths)
-    self.backbone = SmallCNN(widths, image[2])
-    height, width = image[:2]
-    for _ in widths:  # each block halves the map (2x2 max-pool, floor)
-      height, width = height // 2, width // 2
-    features = height * width * widths[-1]
+    if model.name == "small_cnn":
+      widths = tuple(model.backbone_kwargs.widths)
+      self.backbone = SmallCNN(widths, image[2])
+      height, width = image[:2]
+      for _ in widths:  # each block halves the map (2x2 max-pool, floor)
+        height, width = height // 2, width // 2
+      features = height * width * widths[-1]
+    else:
+      self.backbone, features = torchvision_backbone(model.name)
     if model.bottleneck_dim:
       self.bottleneck = Bottleneck(features, model.bottleneck_dim, model.bottleneck_norm,
                                    model.bottleneck_dropout,
@@ -190,12 +210,21 @@ def entropy(p):
   return -(p * torch.log(p + 1e-5)).sum(dim=1)
 
 
+def _binary_cross_entropy(d, target, weight=None):
+  """`F.binary_cross_entropy`, outside autocast (which refuses it on CUDA): the
+  discriminator's sigmoid outputs are scored in fp32 at least."""
+  dtype = torch.promote_types(d.dtype, torch.float32)
+  with torch.autocast(d.device.type, enabled=False):
+    return F.binary_cross_entropy(d.to(dtype), target.to(dtype),
+                                  None if weight is None else weight.to(dtype))
+
+
 def domain_adversarial_loss(discriminator, grl, f_s, f_t):
   """TLlib's `DomainAdversarialLoss` (sigmoid outputs, mean reduction)."""
   d = discriminator(grl(torch.cat((f_s, f_t), dim=0)))
   d_s, d_t = d.chunk(2, dim=0)
-  return 0.5 * (F.binary_cross_entropy(d_s, torch.ones_like(d_s))
-                + F.binary_cross_entropy(d_t, torch.zeros_like(d_t)))
+  return 0.5 * (_binary_cross_entropy(d_s, torch.ones_like(d_s))
+                + _binary_cross_entropy(d_t, torch.zeros_like(d_t)))
 
 
 def conditional_domain_adversarial_loss(discriminator, grl, g_s, f_s, g_t, f_t, entropy_conditioning):
@@ -208,8 +237,8 @@ def conditional_domain_adversarial_loss(discriminator, grl, g_s, f_s, g_t, f_t, 
   weight = weight / torch.sum(weight) * f.size(0)
   label = torch.cat((torch.ones_like(d[:g_s.size(0)]), torch.zeros_like(d[g_s.size(0):])))
   if entropy_conditioning:
-    return F.binary_cross_entropy(d, label, weight.view_as(d))
-  return F.binary_cross_entropy(d, label)
+    return _binary_cross_entropy(d, label, weight.view_as(d))
+  return _binary_cross_entropy(d, label)
 
 
 def gaussian_kernel(x, alpha=1.0, sigma=None):
@@ -240,11 +269,12 @@ def index_matrix(n, linear, dtype=torch.float64):
 def joint_mmd(z_s, z_t, layer_kernels, linear):
   """TLlib's `JointMultipleKernelMaximumMeanDiscrepancy` (MK-MMD with one layer)."""
   n = z_s[0].size(0)
-  kernel_matrix = torch.ones(2 * n, 2 * n, dtype=z_s[0].dtype)
+  kernel_matrix = torch.ones(2 * n, 2 * n, dtype=z_s[0].dtype, device=z_s[0].device)
   for layer_s, layer_t, kernels in zip(z_s, z_t, layer_kernels):
     features = torch.cat([layer_s, layer_t], dim=0)
     kernel_matrix = kernel_matrix * sum(kernel(features) for kernel in kernels)
-  return (kernel_matrix * index_matrix(n, linear, kernel_matrix.dtype)).sum() + 2.0 / float(n - 1)
+  index = index_matrix(n, linear, kernel_matrix.dtype).to(kernel_matrix.device)
+  return (kernel_matrix * index).sum() + 2.0 / float(n - 1)
 
 
 def mdd_discrepancy(y_s, y_s_adv, y_t, y_t_adv, margin):
@@ -492,6 +522,20 @@ class Reference:
     snapshots[len(losses)] = self.variables()
     return losses, snapshots
 
+
+
+def tllib_train_transform(size: int = 224):
+  """TLlib's training transform (`utils.get_train_transform`, resizing 'default'):
+  `ResizeImage` to a square of `round(size * 256 / 224)` (256 at 224 px),
+  `RandomResizedCrop(size)`, `RandomHorizontalFlip`, `ToTensor`, ImageNet
+  normalisation; tljax's `imagenet_train` preprocessing does the same."""
+  from torchvision import transforms  # pylint: disable=g-import-not-at-top
+
+  resize = round(size * 256 / 224)
+  return transforms.Compose([
+      transforms.Resize((resize, resize)), transforms.RandomResizedCrop(size),
+      transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+      transforms.Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))])
 
 
 def matches(pattern: str, torch_name: str) -> bool:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,8 @@ from typing import Any
 from absl import app
 from absl import flags
 import numpy as np
+
+from tljax import cpu_time
 
 _IMAGES = None
 _IMAGE_SIDE = None
@@ -86,8 +87,9 @@ def _define_flags() -> None:
   _OUT = flags.DEFINE_string("out", None, "Write the figures as JSON here.")
 
 
-def write_office31_like(root: str, num_images: int, side: int, seed: int = 0) -> None:
-  """`num_images` JPEGs of `side` px in `root/amazon/images/<class>/`, over the 31 classes."""
+def write_office31_like(root: str, num_images: int, side: int, seed: int = 0,
+                        domain: str = "amazon") -> None:
+  """`num_images` JPEGs of `side` px in `root/<domain>/images/<class>/`, over the 31 classes."""
   import PIL.Image  # pylint: disable=g-import-not-at-top
   import skimage.data  # pylint: disable=g-import-not-at-top
 
@@ -98,7 +100,7 @@ def write_office31_like(root: str, num_images: int, side: int, seed: int = 0) ->
   rng = np.random.default_rng(seed)
   for index in range(num_images):
     name = OFFICE31_CLASSES[index % len(OFFICE31_CLASSES)]
-    folder = os.path.join(root, "amazon", "images", name)
+    folder = os.path.join(root, domain, "images", name)
     os.makedirs(folder, exist_ok=True)
     photo = photos[rng.integers(len(photos))]
     crop = int(min(photo.size) * rng.uniform(0.5, 1.0))
@@ -106,35 +108,6 @@ def write_office31_like(root: str, num_images: int, side: int, seed: int = 0) ->
     top = rng.integers(photo.size[1] - crop + 1)
     image = photo.crop((left, top, left + crop, top + crop)).resize((side, side))
     image.save(os.path.join(folder, f"frame_{index:04d}.jpg"), quality=90)
-
-
-def _cpu_seconds() -> float:
-  """CPU time of this process and its finished or running children (grain workers)."""
-  own = resource.getrusage(resource.RUSAGE_SELF)
-  children = resource.getrusage(resource.RUSAGE_CHILDREN)
-  total = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-  return total + _live_children_cpu()
-
-
-def _live_children_cpu() -> float:
-  """CPU time of running child processes, which RUSAGE_CHILDREN counts only once they exit."""
-  total = 0.0
-  ticks = os.sysconf("SC_CLK_TCK")
-  children = set()
-  try:
-    # A child belongs to the thread that started it: look under every thread.
-    for task in os.listdir("/proc/self/task"):
-      with open(f"/proc/self/task/{task}/children") as f:
-        children.update(f.read().split())
-  except OSError:
-    return 0.0
-  for pid in children:
-    try:
-      fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-      total += (int(fields[11]) + int(fields[12])) / ticks
-    except (OSError, IndexError, ValueError):
-      continue
-  return total
 
 
 def time_preprocess(domain, preprocess, count: int) -> dict[str, float]:
@@ -164,10 +137,10 @@ def time_pipeline(domain, preprocess, *, batch: int, steps: int, threads: int,
                                    prefetch=max(4, 2 * threads, 2 * workers))
   for _ in range(max(2, workers)):  # start-up (worker processes) and warm-up
     next(batches)
-  wall, cpu = time.perf_counter(), _cpu_seconds()
+  wall, cpu = time.perf_counter(), cpu_time.cpu_seconds()
   for _ in range(steps):
     batch_arrays = next(batches)
-  wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+  wall, cpu = time.perf_counter() - wall, cpu_time.cpu_seconds() - cpu
   assert batch_arrays["image"].shape[0] == batch
   close = getattr(batches, "close", None)
   if close is not None:

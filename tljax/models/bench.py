@@ -47,6 +47,15 @@ children only.
    parameter groups, schedule), where that restatement exists (ERM and the
    sums of DANN, CDAN, MDD, DAN, JAN, MCC, AFN and BSP); `-` elsewhere.
 
+5. The adaptation steps (`--adapt_methods`, default DAN, DANN and CDAN, at
+   `--adapt_sizes`): ResNet-50 with the method's networks
+   (`configs/<method>.py:office31`, random weights), `batch` source + `batch`
+   target images per step, each step taking its batches from the input
+   pipeline (JPEGs in Office-31's layout written for the run, decoded, cropped
+   and flipped as TLlib does: tljax's trainer pipeline with
+   `--adapt_threads` reader threads; PyTorch's `DataLoader` with as many
+   worker processes). Their `cpu s` include the pipeline's threads/workers.
+
 More rows: a case is a `Case`; `ROW_KINDS` maps its `kind` to the functions
 that time it in each framework (PyTorch optional), so another kind of step
 (e.g. a method's digits step) is one more entry and one more `Case` in
@@ -58,8 +67,10 @@ as well as wall time, and compare runs made back to back.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import platform
@@ -67,6 +78,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Sequence
 
@@ -89,6 +101,12 @@ _CASE = None
 _MATMUL_SIZE = None
 _DIGITS = None
 _DIGITS_STEPS = None
+_ADAPT = None
+_ADAPT_SIZES = None
+_ADAPT_BACKBONE = None
+_ADAPT_IMAGES = None
+_ADAPT_THREADS = None
+_ADAPT_DIR = None
 
 
 def _define_flags() -> None:
@@ -96,6 +114,7 @@ def _define_flags() -> None:
   importing this module for its functions defines no flags."""
   global _MODELS, _BATCH, _SIZES, _STEPS, _WARMUP, _DTYPE, _TORCH, _FROZEN, _HUGEPAGES
   global _XLA_FLAGS, _OUT, _WORKER, _CASE, _MATMUL_SIZE, _DIGITS, _DIGITS_STEPS
+  global _ADAPT, _ADAPT_SIZES, _ADAPT_BACKBONE, _ADAPT_IMAGES, _ADAPT_THREADS, _ADAPT_DIR
   _MODELS = flags.DEFINE_list("models", ["resnet50", "vit_base_patch16"],
                               "Backbone registry names.")
   _BATCH = flags.DEFINE_integer("batch", 32, "Images per step.")
@@ -125,6 +144,25 @@ def _define_flags() -> None:
       "images) gets a row; PyTorch beside those tljax.reference_torch restates.")
   _DIGITS_STEPS = flags.DEFINE_integer("digits_steps", 30,
                                        "Timed steps of each digits row (after the warm-up).")
+  _ADAPT = flags.DEFINE_list(
+      "adapt_methods", list(ADAPT_METHODS),
+      "Methods whose Office-31 step (configs/<method>.py:office31: ResNet-50, bottleneck, "
+      "the method's networks; `batch` source + `batch` target images) gets a row per "
+      "--adapt_sizes, fed by the input pipeline from JPEGs; PyTorch beside it, fed by a "
+      "DataLoader with TLlib's transforms.")
+  _ADAPT_SIZES = flags.DEFINE_list("adapt_sizes", ["112"], "Image sizes of the adaptation rows.")
+  _ADAPT_BACKBONE = flags.DEFINE_string("adapt_backbone", ADAPT_BACKBONE,
+                                        "Backbone of the adaptation rows (a ResNet).")
+  _ADAPT_IMAGES = flags.DEFINE_integer(
+      "adapt_images", 124, "JPEGs written per domain (300 px, Office-31's 31 classes) for the "
+      "adaptation rows; the pipelines cycle over them.")
+  _ADAPT_THREADS = flags.DEFINE_integer(
+      "adapt_threads", min(8, os.cpu_count() or 1),
+      "Input pipeline parallelism of the adaptation rows: tljax's reader threads "
+      "(config.data.num_threads), PyTorch's DataLoader worker processes.")
+  _ADAPT_DIR = flags.DEFINE_string(
+      "adapt_dir", None, "Folder for the adaptation rows' JPEGs and their TFDS build (reused "
+      "when it has them); default: a temporary folder, removed afterwards.")
 
 
 NUM_CLASSES = 1000
@@ -134,6 +172,10 @@ DIGITS_METHODS = ("source_only", "source_only_joint_bn", "dann", "cdan", "cdan_m
                   "dan", "jan", "mcc", "afn", "ddc", "deep_coral", "cmd", "entropy_min", "bnm",
                   "mcd", "adda", "dsan", "pseudo_label", "mean_teacher", "fixmatch", "shot")
 DIGITS_BATCH = 64
+# The adaptation rows by default (the ResNet-50 steps the GPU table reports).
+ADAPT_METHODS = ("dan", "dann", "cdan")
+ADAPT_BACKBONE = "resnet50"
+OFFICE31_CLASSES = 31
 _RESULT_PREFIX = "BENCH_RESULT "
 # PyTorch module prefixes frozen in the frozen-backbone case, and the matching
 # Flax parameter paths: torchvision's stem and stages 1-3.
@@ -153,6 +195,7 @@ class Case:
     frozen: regex over '/'-joined Flax parameter paths that are frozen (and
       whose BatchNorm layers use running statistics); empty for none.
     label: the row's name in the table.
+    method: kind 'adapt': the method whose `office31` config is timed.
   """
 
   kind: str
@@ -161,6 +204,7 @@ class Case:
   batch: int
   frozen: str = ""
   label: str = ""
+  method: str = ""
 
   @property
   def name(self) -> str:
@@ -178,25 +222,29 @@ def _summary(step_seconds: list[float], cpu_seconds: list[float],
           "images_per_s": batch / median, "cpu_s": statistics.median(cpu_seconds)}
 
 
-def _timed_loop(step: Callable[[], Any], steps: int, warmup: int) -> tuple[list[float], list[float]]:
-  """Wall and process-CPU seconds of each of `steps` calls of `step` (which
-  waits for its own result), after `warmup` untimed ones."""
+def _timed_loop(step: Callable[[], Any], steps: int, warmup: int,
+                cpu_clock: Callable[[], float] = time.process_time
+                ) -> tuple[list[float], list[float]]:
+  """Wall and CPU seconds (`cpu_clock`: this process's by default) of each of
+  `steps` calls of `step` (which waits for its own result), after `warmup`
+  untimed ones."""
   step_seconds, cpu_seconds = [], []
   for index in range(warmup + steps):
-    start, cpu_start = time.perf_counter(), time.process_time()
+    start, cpu_start = time.perf_counter(), cpu_clock()
     step()
     if index >= warmup:
       step_seconds.append(time.perf_counter() - start)
-      cpu_seconds.append(time.process_time() - cpu_start)
+      cpu_seconds.append(cpu_clock() - cpu_start)
   return step_seconds, cpu_seconds
 
 
-def _xla_flops(compiled) -> float:
-  """XLA's cost analysis of a compiled step: its FLOPs (0 when not reported)."""
+def _xla_flops(compiled, devices: int = 1) -> float:
+  """XLA's cost analysis of a compiled step: its FLOPs (0 when not reported).
+  A step partitioned over `devices` reports one device's share: times `devices`."""
   cost = compiled.cost_analysis() or {}
   if isinstance(cost, (list, tuple)):  # older JAX: one dict per computation
     cost = cost[0] if cost else {}
-  return float(cost.get("flops", 0.0))
+  return devices * float(cost.get("flops", 0.0))
 
 
 def _flax_result(dtype: str, compile_s: float, summary: dict[str, float],
@@ -432,7 +480,7 @@ def time_flax_digits(case: Case, steps: int, warmup: int, dtype: str = "float32"
 
   step, compiled, images, compile_s = flax_digits_step(case, dtype)
   summary = _summary(*_timed_loop(lambda: jax.block_until_ready(step()), steps, warmup), images)
-  return _flax_result(dtype, compile_s, summary, _xla_flops(compiled))
+  return _flax_result(dtype, compile_s, summary, _xla_flops(compiled, jax.device_count()))
 
 
 def torch_digits_supported(method: str) -> bool:
@@ -444,55 +492,245 @@ def torch_digits_supported(method: str) -> bool:
   return name == "source_only" or all(term in TERMS for term in name.split("+"))
 
 
-def torch_digits_step(case: Case) -> tuple[Callable[[], None], bool]:
-  """`(step, source_only)`: one call of `step` is the method's digits train step
-  in PyTorch, the network, losses, optimizer groups and schedule of TLlib's
-  example (`tljax.reference_torch.Reference`), fp32, on fixed random batches."""
+def _torch_device():
+  """`(device, synchronize)`: CUDA when PyTorch sees a GPU, else the CPU."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  if torch.cuda.is_available():
+    return "cuda", torch.cuda.synchronize
+  return "cpu", lambda: None
+
+
+def _torch_autocast(device: str, dtype: str):
+  """bf16 autocast on CUDA for `dtype='bfloat16'`; fp32 otherwise (and on CPU)."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  return torch.autocast(device, dtype=torch.bfloat16,
+                        enabled=dtype == "bfloat16" and device == "cuda")
+
+
+def _torch_reference(config, image: tuple[int, int, int], num_classes: int, device: str):
+  """`(reference, optimizer, scheduler, source_only)` of a tljax config's TLlib
+  example (`tljax.reference_torch.Reference`) on `device`, fp32 parameters,
+  in its adaptation phase (a method with source pre-training is timed after it)."""
   import torch  # pylint: disable=g-import-not-at-top
 
   from tljax.reference_torch import Reference  # pylint: disable=g-import-not-at-top
 
   torch.manual_seed(0)
-  config = _digits_config(case.model, case.batch)
   source_only = config.method.name == "source_only"
-  reference = Reference(config, None, num_classes=DIGITS_CLASSES, image=DIGITS_IMAGE,
+  reference = Reference(config, None, num_classes=num_classes, image=image,
                         afn_optimizer=config.method.name == "afn", source_only=source_only,
                         dtype=torch.float32)
-  # The adaptation phase (a method with source pre-training is timed after it).
+  reference.world.to(device)
   optimizer, scheduler = reference.optimizer(config.optimizer.learning_rate,
                                              extra=not source_only)
-  shape = (case.batch, DIGITS_IMAGE[2], *DIGITS_IMAGE[:2])
-  x_s, x_t = torch.randn(shape), torch.randn(shape)
-  labels = torch.randint(0, DIGITS_CLASSES, (case.batch,))
+  return reference, optimizer, scheduler, source_only
 
-  def step():
-    reference.train_mode()
-    optimizer.zero_grad(set_to_none=True)
+
+def _torch_update(reference, optimizer, scheduler, source_only, autocast, x_s, labels, x_t):
+  """One TLlib iteration: forward, loss, backward, SGD step, scheduler step."""
+  reference.train_mode()
+  optimizer.zero_grad(set_to_none=True)
+  with autocast:
     loss = (reference.source_only_loss(x_s, labels) if source_only
             else reference.adaptation_loss(x_s, labels, x_t))
-    loss.backward()
-    optimizer.step()
-    if scheduler is not None:
-      scheduler.step()
+  loss.backward()
+  optimizer.step()
+  if scheduler is not None:
+    scheduler.step()
+
+
+def torch_digits_step(case: Case, dtype: str = "float32") -> tuple[Callable[[], None], bool]:
+  """`(step, source_only)`: one call of `step` is the method's digits train step
+  in PyTorch, the network, losses, optimizer groups and schedule of TLlib's
+  example (`tljax.reference_torch.Reference`), on fixed random batches, on the
+  GPU when there is one (bf16 autocast there for `dtype='bfloat16'`); it waits
+  for the device."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  device, synchronize = _torch_device()
+  config = _digits_config(case.model, case.batch)
+  reference, optimizer, scheduler, source_only = _torch_reference(
+      config, DIGITS_IMAGE, DIGITS_CLASSES, device)
+  shape = (case.batch, DIGITS_IMAGE[2], *DIGITS_IMAGE[:2])
+  x_s, x_t = torch.randn(shape, device=device), torch.randn(shape, device=device)
+  labels = torch.randint(0, DIGITS_CLASSES, (case.batch,), device=device)
+  autocast = _torch_autocast(device, dtype)
+
+  def step():
+    _torch_update(reference, optimizer, scheduler, source_only, autocast, x_s, labels, x_t)
+    synchronize()
 
   return step, source_only
 
 
-def time_torch_digits(case: Case, steps: int, warmup: int, dtype: str = "float32") -> dict[str, Any]:
-  """The same step in PyTorch (`torch_digits_step`), fp32."""
-  del dtype
+def _torch_result(step: Callable[[], None], steps: int, warmup: int, dtype: str, images: int,
+                  cpu_clock: Callable[[], float] = time.process_time) -> dict[str, Any]:
+  """Counts one call's FLOPs, times the others; the row's PyTorch figures."""
   import torch  # pylint: disable=g-import-not-at-top
   from torch.utils.flop_counter import FlopCounterMode  # pylint: disable=g-import-not-at-top
 
-  step, source_only = torch_digits_step(case)
+  device, _ = _torch_device()
   with FlopCounterMode(display=False) as counter:
-    step()
+    step()  # untimed: the counter slows the step down
   flops = float(counter.get_total_flops())
-  summary = _summary(*_timed_loop(step, steps, warmup),
-                     case.batch if source_only else 2 * case.batch)
-  return {"framework": "torch", "dtype": "float32", **summary, "flops": flops,
-          "gflops_per_s": flops / summary["step_s"] / 1e9, "peak_bytes": _peak_rss_bytes(),
-          "peak_source": "rss", "threads": torch.get_num_threads(), "device": "cpu"}
+  summary = _summary(*_timed_loop(step, steps, warmup, cpu_clock), images)
+  peak = torch.cuda.max_memory_allocated() if device == "cuda" else _peak_rss_bytes()
+  return {"framework": "torch",
+          "dtype": "bfloat16" if dtype == "bfloat16" and device == "cuda" else "float32",
+          **summary, "flops": flops, "gflops_per_s": flops / summary["step_s"] / 1e9,
+          "peak_bytes": peak, "peak_source": "device" if device == "cuda" else "rss",
+          "threads": torch.get_num_threads(), "device": device}
+
+
+def time_torch_digits(case: Case, steps: int, warmup: int, dtype: str = "float32") -> dict[str, Any]:
+  """The same step in PyTorch (`torch_digits_step`)."""
+  step, source_only = torch_digits_step(case, dtype)
+  return _torch_result(step, steps, warmup, dtype,
+                       case.batch if source_only else 2 * case.batch)
+
+
+# ----------------------------------------------------------------------------
+# Adaptation steps on Office-31-sized images, input pipeline included (kind
+# 'adapt': `Case.model` is the backbone, `Case.method` the method).
+# ----------------------------------------------------------------------------
+
+ADAPT_IMAGE_SIDE = 300  # Office-31's Amazon images are 300 x 300
+
+
+def write_adapt_data(data_dir: str, config, num_images: int) -> None:
+  """JPEGs in Office-31's layout under `data_dir/office31/` for the config's
+  source and target domains (`tljax.data.bench.write_office31_like`), unless
+  already there."""
+  from tljax.data import bench as data_bench  # pylint: disable=g-import-not-at-top
+
+  for seed, name in enumerate((config.source, config.target)):
+    domain = name.split("/", 1)[1]
+    if not os.path.isdir(os.path.join(data_dir, "office31", domain)):
+      data_bench.write_office31_like(os.path.join(data_dir, "office31"), num_images,
+                                     ADAPT_IMAGE_SIDE, seed=seed, domain=domain)
+
+
+def adapt_config(case: Case, data_dir: str, threads: int):
+  """`configs/<case.method>.py:office31` for `case`: its backbone (random
+  weights: a step's cost does not depend on them), image size and batch, the
+  JPEGs of `data_dir`, `threads` reader threads."""
+  import importlib  # pylint: disable=g-import-not-at-top
+
+  config = importlib.import_module(f"configs.{case.method}").get_config("office31")
+  config.model.name = case.model
+  config.model.init = ""
+  config.data.image_size = case.size
+  config.batch_size = case.batch
+  config.manual_dir = os.path.join(data_dir, "office31")
+  config.data_dir = os.path.join(data_dir, "tfds")
+  config.data.num_threads = threads
+  return config
+
+
+def flax_adapt_step(case: Case, dtype: str = "float32", *, data_dir: str, threads: int
+                    ) -> tuple[Callable[[], Any], Any, int, float]:
+  """`(step, compiled, images per step, compile seconds)`: one call of `step`
+  takes the next batch from the trainer's input pipeline (`train._train_batches`:
+  JPEG decoding, TLlib's random resized crop and flip, `threads` threads,
+  prefetched onto the devices) and runs the method's jitted train step on it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+
+  from tljax import train  # pylint: disable=g-import-not-at-top
+
+  config = adapt_config(case, data_dir, threads)
+  if dtype != "float32":
+    config.model.dtype = dtype
+  devices = jax.devices()
+  mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  # The trainer's own data path (pylint: protected-access on purpose: the same code).
+  domains = train._open_data(config, data_dir)  # pylint: disable=protected-access
+  setup = train.build(config, domains.num_classes, mesh, domains.input_shape,
+                      num_target_examples=len(domains.target_train))
+  batches = train._train_batches(  # pylint: disable=protected-access
+      config, domains, setup.method, 0, NamedSharding(mesh, PartitionSpec("data")))
+  first = next(batches)
+  boundaries = setup.train_step.boundaries
+  start = time.perf_counter()
+  compiled = setup.train_step.lower(setup.state, first, boundaries[-1] if boundaries else 0
+                                    ).compile()
+  compile_s = time.perf_counter() - start
+  carry = {"state": setup.state}
+
+  def step():
+    carry["state"], metrics = compiled(carry["state"], next(batches))
+    return metrics
+
+  images = sum(v.shape[0] for domain in first.values() for k, v in domain.items()
+               if k.startswith("image"))
+  return step, compiled, images, compile_s
+
+
+def time_flax_adapt(case: Case, steps: int, warmup: int, dtype: str = "float32", *,
+                    data_dir: str, threads: int) -> dict[str, Any]:
+  """`flax_adapt_step`, timed; CPU seconds include the reader threads."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from tljax import cpu_time  # pylint: disable=g-import-not-at-top
+
+  step, compiled, images, compile_s = flax_adapt_step(case, dtype, data_dir=data_dir,
+                                                      threads=threads)
+  summary = _summary(*_timed_loop(lambda: jax.block_until_ready(step()), steps, warmup,
+                                  cpu_time.cpu_seconds), images)
+  return _flax_result(dtype, compile_s, summary, _xla_flops(compiled, jax.device_count()))
+
+
+def torch_adapt_step(case: Case, dtype: str = "float32", *, data_dir: str, threads: int
+                     ) -> tuple[Callable[[], None], bool]:
+  """`(step, source_only)`: the same iteration as TLlib's Office-31 example: one
+  batch per domain from a `DataLoader` over an `ImageFolder` with TLlib's
+  training transform (`reference_torch.tllib_train_transform`), `threads`
+  worker processes, moved to the device, then the step of `torch_digits_step`
+  with torchvision's backbone."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import torchvision  # pylint: disable=g-import-not-at-top
+
+  from tljax.reference_torch import tllib_train_transform  # pylint: disable=g-import-not-at-top
+
+  device, synchronize = _torch_device()
+  config = adapt_config(case, data_dir, threads)
+  reference, optimizer, scheduler, source_only = _torch_reference(
+      config, (case.size, case.size, 3), OFFICE31_CLASSES, device)
+  transform = tllib_train_transform(case.size)
+
+  def batches(name: str, seed: int):
+    folder = os.path.join(data_dir, "office31", name.split("/", 1)[1], "images")
+    loader = torch.utils.data.DataLoader(
+        torchvision.datasets.ImageFolder(folder, transform), batch_size=case.batch,
+        shuffle=True, drop_last=True, num_workers=threads, pin_memory=device == "cuda",
+        persistent_workers=threads > 0, generator=torch.Generator().manual_seed(seed))
+    while True:  # TLlib's ForeverDataIterator
+      for images, labels in loader:
+        yield (images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+
+  source = batches(config.source, 0)
+  target = None if source_only else batches(config.target, 1)
+  autocast = _torch_autocast(device, dtype)
+
+  def step():
+    x_s, labels = next(source)
+    x_t = None if target is None else next(target)[0]
+    _torch_update(reference, optimizer, scheduler, source_only, autocast, x_s, labels, x_t)
+    synchronize()
+
+  return step, source_only
+
+
+def time_torch_adapt(case: Case, steps: int, warmup: int, dtype: str = "float32", *,
+                     data_dir: str, threads: int) -> dict[str, Any]:
+  """`torch_adapt_step`, timed; CPU seconds include the DataLoader workers."""
+  from tljax import cpu_time  # pylint: disable=g-import-not-at-top
+
+  step, source_only = torch_adapt_step(case, dtype, data_dir=data_dir, threads=threads)
+  return _torch_result(step, steps, warmup, dtype,
+                       case.batch if source_only else 2 * case.batch, cpu_time.cpu_seconds)
 
 
 def time_matmul(framework: str, size: int = MATMUL_SIZE, repeats: int = 3) -> dict[str, Any]:
@@ -534,18 +772,25 @@ ROW_KINDS: dict[str, tuple[Callable[..., dict[str, Any]],
                            Callable[..., dict[str, Any]] | None]] = {
     "backbone": (time_flax, time_torch),
     "digits": (time_flax_digits, time_torch_digits),
+    "adapt": (time_flax_adapt, time_torch_adapt),  # + data_dir, threads
 }
 
 
 def default_cases(models: Sequence[str], sizes: Sequence[int], batch: int,
-                  frozen: bool, digits_methods: Sequence[str] = ()) -> list[Case]:
-  """The backbone rows, the frozen ResNet-50 rows, then one digits row per method."""
+                  frozen: bool, digits_methods: Sequence[str] = (),
+                  adapt_methods: Sequence[str] = (), adapt_sizes: Sequence[int] = (),
+                  adapt_backbone: str = ADAPT_BACKBONE) -> list[Case]:
+  """The backbone rows, the frozen ResNet-50 rows, one digits row per method,
+  then the ResNet-50 adaptation rows (method x size, `batch` per domain)."""
   cases = [Case("backbone", model, size, batch) for model in models for size in sizes]
   if frozen:
     cases += [Case("backbone", "resnet50", size, batch, frozen=FROZEN_STAGES_REGEX,
                    label="resnet50 frozen 1-3") for size in sizes]
   cases += [Case("digits", method, DIGITS_IMAGE[0], DIGITS_BATCH, label=f"digits {method}")
             for method in digits_methods]
+  cases += [Case("adapt", adapt_backbone, size, batch, method=method,
+                 label=f"{adapt_backbone} {method} + pipeline")
+            for size in adapt_sizes for method in adapt_methods]
   return cases
 
 
@@ -560,14 +805,18 @@ def _child_env(framework: str) -> dict[str, str]:
   return env
 
 
-def _run_worker(worker: str, case: Case | None = None) -> dict[str, Any]:
-  """Measures one case (or the matmul) in a fresh interpreter."""
+def _run_worker(worker: str, case: Case | None = None,
+                adapt_dir: str | None = None) -> dict[str, Any]:
+  """Measures one case (or the matmul) in a fresh interpreter (`adapt_dir`: the
+  JPEGs of the adaptation rows)."""
   steps = _DIGITS_STEPS.value if case is not None and case.kind == "digits" else _STEPS.value
   command = [sys.executable, "-m", "tljax.models.bench", f"--worker={worker}",
              f"--steps={steps}", f"--warmup={_WARMUP.value}", f"--dtype={_DTYPE.value}",
              f"--matmul_size={_MATMUL_SIZE.value}"]
   if case is not None:
     command.append(f"--case={json.dumps(dataclasses.asdict(case))}")
+  if case is not None and case.kind == "adapt":
+    command += [f"--adapt_dir={adapt_dir}", f"--adapt_threads={_ADAPT_THREADS.value}"]
   result = subprocess.run(command, capture_output=True, text=True, env=_child_env(worker),
                           check=False)
   for line in result.stdout.splitlines():
@@ -648,11 +897,40 @@ def _markdown(report: dict[str, Any], command: str) -> str:
       "`digits <method>`: the method's whole train step on the digits task (small CNN, "
       "`batch` source + `batch` target 28-px images), tljax's trainer against the same step "
       "in PyTorch written from TLlib's example (`tljax/reference_torch.py`), `-` where no "
-      "PyTorch restatement exists. Raw figures: the `.json` beside this file.",
+      "PyTorch restatement exists. `<backbone> <method> + pipeline`: the method's "
+      "Office-31 step (`configs/<method>.py:office31`, random weights, `batch` source + "
+      "`batch` target images) fed by the input pipeline from 300-px JPEGs: tljax's trainer "
+      "and reader threads against TLlib's example with a `DataLoader` (TLlib's transforms, "
+      "as many workers as tljax has threads); their `cpu s` include the pipeline. Raw "
+      "figures: the `.json` beside this file.",
       "",
       format_table(report["rows"], report["matmul"]),
       "",
   ])
+
+
+def _torch_supported(case: Case) -> bool:
+  if ROW_KINDS[case.kind][1] is None:
+    return False
+  if case.kind == "digits":
+    return torch_digits_supported(case.model)
+  if case.kind == "adapt":
+    return torch_digits_supported(case.method)
+  return True
+
+
+def _run_cases(cases: Sequence[Case], with_torch: bool,
+               adapt_dir: str | None) -> list[dict[str, Any]]:
+  rows = []
+  for case in cases:
+    row = {"case": case.name, "model": case.model, "size": case.size, "batch": case.batch,
+           "kind": case.kind, "frozen": case.frozen, "method": case.method,
+           "flax": _run_worker("flax", case, adapt_dir)}
+    if with_torch and _torch_supported(case):
+      row["torch"] = _run_worker("torch", case, adapt_dir)
+    rows.append(row)
+    print(f"done: {case.name}@{case.size}px", flush=True)
+  return rows
 
 
 def main(argv: Sequence[str]) -> None:
@@ -665,6 +943,9 @@ def main(argv: Sequence[str]) -> None:
       case = Case(**json.loads(_CASE.value))
       flax_timer, torch_timer = ROW_KINDS[case.kind]
       timer = flax_timer if _WORKER.value == "flax" else torch_timer
+      if case.kind == "adapt":
+        timer = functools.partial(timer, data_dir=_ADAPT_DIR.value,
+                                  threads=_ADAPT_THREADS.value)
       result = timer(case, _STEPS.value, _WARMUP.value, _DTYPE.value)
     print(_RESULT_PREFIX + json.dumps(result), flush=True)
     return
@@ -682,15 +963,18 @@ def main(argv: Sequence[str]) -> None:
     matmul["torch"] = _run_worker("torch_matmul")
   print(format_matmul(matmul), flush=True)
   sizes = [int(size) for size in _SIZES.value]
-  rows = []
-  for case in default_cases(_MODELS.value, sizes, _BATCH.value, _FROZEN.value, _DIGITS.value):
-    row = {"case": case.name, "model": case.model, "size": case.size, "batch": case.batch,
-           "kind": case.kind, "frozen": case.frozen, "flax": _run_worker("flax", case)}
-    if with_torch and ROW_KINDS[case.kind][1] is not None and (
-        case.kind != "digits" or torch_digits_supported(case.model)):
-      row["torch"] = _run_worker("torch", case)
-    rows.append(row)
-    print(f"done: {case.name}@{case.size}px", flush=True)
+  cases = default_cases(_MODELS.value, sizes, _BATCH.value, _FROZEN.value, _DIGITS.value,
+                        _ADAPT.value, [int(size) for size in _ADAPT_SIZES.value],
+                        _ADAPT_BACKBONE.value)
+  with contextlib.ExitStack() as stack:
+    adapt_dir = _ADAPT_DIR.value
+    if any(case.kind == "adapt" for case in cases):
+      if not adapt_dir:
+        adapt_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="tljax_bench_"))
+      for case in cases:
+        if case.kind == "adapt":
+          write_adapt_data(adapt_dir, adapt_config(case, adapt_dir, 1), _ADAPT_IMAGES.value)
+    rows = _run_cases(cases, with_torch, adapt_dir)
   report = {"date": datetime.datetime.now().isoformat(timespec="minutes"),
             "machine": _machine(), "load_before": load_before,
             "load_after": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
@@ -701,6 +985,7 @@ def main(argv: Sequence[str]) -> None:
   print(format_table(rows, matmul))
   if _OUT.value:
     base = _OUT.value[:-len(".json")] if _OUT.value.endswith(".json") else _OUT.value
+    os.makedirs(os.path.dirname(os.path.abspath(base)), exist_ok=True)
     with open(base + ".json", "w") as f:
       json.dump(report, f, indent=2)
     if not _OUT.value.endswith(".json"):
