@@ -7,7 +7,7 @@
 #   GPU_BENCH_TINY=1 bash experiments/gpu_bench.sh     # smoke run: any machine, seconds
 #
 # Rows: ResNet-50 and ViT-B/16 train steps at 112 and 224 px, ResNet-50 frozen
-# to stage 3, every method's digits step, and the ResNet-50 DAN / DANN / CDAN
+# to stage 3, every method's digits step, and the ResNet-50 ERM / DAN / DANN / CDAN
 # steps at 224 px fed by their input pipelines (JPEGs written for the run).
 # On an accelerator the Flax step uses XLA's native convolutions (conv_impl
 # 'auto') and jax.nn.dot_product_attention's default implementation; PyTorch
@@ -24,7 +24,7 @@ if [[ -n "${GPU_BENCH_TINY:-}" ]]; then
         --adapt_methods=dann --adapt_sizes=32 --adapt_backbone=resnet18 --adapt_images=31
         --adapt_threads=1)
 else
-  # + ResNet-50 DAN, DANN and CDAN steps at 224 px, batch 32 + 32, input pipeline on.
+  # + ResNet-50 ERM, DAN, DANN and CDAN steps at 224 px, batch 32 + 32, input pipeline on.
   args=(--models=resnet50,vit_base_patch16 --sizes=112,224 --batch=32 --steps=10 --warmup=2
         --adapt_sizes=224)
 fi

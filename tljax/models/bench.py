@@ -47,8 +47,8 @@ children only.
    parameter groups, schedule), where that restatement exists (ERM and the
    sums of DANN, CDAN, MDD, DAN, JAN, MCC, AFN and BSP); `-` elsewhere.
 
-5. The adaptation steps (`--adapt_methods`, default DAN, DANN and CDAN, at
-   `--adapt_sizes`): ResNet-50 with the method's networks
+5. The adaptation steps (`--adapt_methods`, default ERM, DAN, DANN and CDAN,
+   at `--adapt_sizes`): ResNet-50 with the method's networks
    (`configs/<method>.py:office31`, random weights), `batch` source + `batch`
    target images per step, each step taking its batches from the input
    pipeline (JPEGs in Office-31's layout written for the run, decoded, cropped
@@ -172,8 +172,9 @@ DIGITS_METHODS = ("source_only", "source_only_joint_bn", "dann", "cdan", "cdan_m
                   "dan", "jan", "mcc", "afn", "ddc", "deep_coral", "cmd", "entropy_min", "bnm",
                   "mcd", "adda", "dsan", "pseudo_label", "mean_teacher", "fixmatch", "shot")
 DIGITS_BATCH = 64
-# The adaptation rows by default (the ResNet-50 steps the GPU table reports).
-ADAPT_METHODS = ("dan", "dann", "cdan")
+# The adaptation rows by default: ERM (the source batch alone), then the
+# ResNet-50 DA steps the GPU table reports.
+ADAPT_METHODS = ("source_only", "dan", "dann", "cdan")
 ADAPT_BACKBONE = "resnet50"
 OFFICE31_CLASSES = 31
 _RESULT_PREFIX = "BENCH_RESULT "
