@@ -185,6 +185,39 @@ def test_intervals_and_comparisons_with_the_baselines(tmp_path):
   assert "| dann | 71.0 | [" in text and "| better |" in text
 
 
+def test_a_grid_names_its_own_baselines(tmp_path):
+  """`baselines` in a grid: rows compared with every row, or one baseline per row."""
+  out = str(tmp_path)
+  values = {"erm+base": [0.50, 0.52, 0.51], "erm+big": [0.70, 0.72, 0.71],
+            "erm+small": [0.40, 0.60, 0.55], "source_only": [0.9, 0.9, 0.9]}
+  for method, accuracies in values.items():
+    for seed, accuracy in enumerate(accuracies):
+      _fake_run(out, method, "T", seed, accuracy, {})
+  grid = {"methods": dict.fromkeys(values, "configs/source_only.py:digits"), "tasks": {"T": {}},
+          "seeds": [0, 1, 2]}
+  per_row = sweep.collect(out, {**grid, "baselines": {"erm+big": "erm+base",
+                                                      "erm+small": "erm+base"}})
+  rows = {r["method"]: r for r in per_row["rows"]}
+  assert (rows["erm+big"]["baseline"], rows["erm+big"]["vs_baseline"]) == ("erm+base", "better")
+  assert rows["erm+small"]["vs_baseline"] == "not distinguishable"
+  assert rows["erm+base"]["vs_baseline"] == "" and "vs_source_only" not in rows["erm+big"]
+  text = sweep.render_markdown(per_row, "T")
+  assert "| seeds | baseline | vs baseline |" in text and "| erm+base | better |" in text
+  md, csv_path = sweep.write_tables(str(tmp_path / "table"), per_row, "T")
+  with open(csv_path) as f:
+    assert f.readline().strip().endswith("reference,baseline,vs_baseline")
+  listed = sweep.collect(out, {**grid, "baselines": ["erm+base"]})
+  rows = {r["method"]: r for r in listed["rows"]}
+  assert rows["source_only"]["vs_erm+base"] == "better" and "vs_source_only" not in rows["erm+big"]
+  assert "| vs erm+base |" in sweep.render_markdown(listed, "T")
+
+  grid_file = tmp_path / "grid.py"
+  grid_file.write_text("def get_grid():\n  return {'methods': {'a': 'x.py'}, 'tasks': {'T': {}}, "
+                       "'seeds': [0], 'baselines': {'a': 'b'}}\n")
+  with pytest.raises(ValueError, match=r"'baselines' names \['b'\], not rows of the grid"):
+    sweep.load_grid(str(grid_file))
+
+
 def test_select_picks_the_configuration_a_validator_prefers(tmp_path):
   """SND (higher is better) and DEV (lower is better) choose among settings of
   a method and among all rows; the oracle picks the best accuracy."""

@@ -15,6 +15,10 @@ A grid file defines `get_grid()` returning a dict:
     tasks:   {column name: {config field: value}}, e.g. {"A→W": {"source": ..., "target": ...}}
     seeds:   [0, 1, 2]
     overrides (optional): {config field: value} applied to every run
+    baselines (optional): the rows `collect` compares the others with: row
+              names, each compared with every row (default: `source_only`,
+              `adabn`), or {row: its baseline row} for a baseline per row
+              (e.g. each variant against its method's unchanged setting)
 
 Each run is `python -m tljax.main --config=SPEC --workdir=OUT/<method>/<task>/seed<k>
 --config.seed=k --config.<field>=<value> ...`, with its own workdir. `launch`
@@ -27,9 +31,10 @@ gathers every `results.json` into `PREFIX.md` and `PREFIX.csv` (default
 `OUT/results`): target
 accuracy mean ± std over seeds per method and task, an average column, and wall
 time, beside reference numbers when given; a 95% interval per row and a verdict
-against the `source_only` / `adabn` rows (better / worse when the intervals do
-not overlap); and with `--select`, the configuration each unsupervised
-validator picks per task, beside the oracle's pick.
+against the baseline rows (`source_only` / `adabn` unless the grid names
+others; better / worse when the intervals do not overlap); and with `--select`,
+the configuration each unsupervised validator picks per task, beside the
+oracle's pick.
 """
 
 from __future__ import annotations
@@ -140,6 +145,16 @@ def load_grid(path: str) -> dict[str, Any]:
   missing = {"methods", "tasks", "seeds"} - set(grid)
   if missing:
     raise ValueError(f"{path}: get_grid() lacks {sorted(missing)}")
+  baselines = grid.get("baselines", ())
+  if isinstance(baselines, str):
+    raise ValueError(f"{path}: 'baselines' is a list of rows or a {{row: baseline}} dict, "
+                     f"not the string {baselines!r}")
+  named = (set(baselines) | set(baselines.values()) if isinstance(baselines, Mapping)
+           else set(baselines))
+  unknown = sorted(named - set(grid["methods"]))
+  if unknown:
+    raise ValueError(f"{path}: 'baselines' names {unknown}, not rows of the grid "
+                     f"(rows: {sorted(grid['methods'])})")
   return grid
 
 
@@ -340,14 +355,31 @@ def collect(out: str, grid: dict[str, Any] | None = None,
                    "reference": (reference or {}).get((method, names[task])),
                    "runs": results})
   by_key = {(r["method"], r["task"]): r for r in rows}
-  for row in rows:
-    for baseline in BASELINES:
-      row[f"vs_{baseline}"] = compare(row, by_key.get((baseline, row["task"])))
-  return {"rows": rows, "methods": methods, "tasks": [names[t] for t in tasks]}
+  baselines = (grid or {}).get("baselines", BASELINES)
+  table = {"rows": rows, "methods": methods, "tasks": [names[t] for t in tasks]}
+  if isinstance(baselines, Mapping):  # one baseline per row
+    table["baseline_of"] = dict(baselines)
+    for row in rows:
+      row["baseline"] = baselines.get(row["method"], "")
+      row["vs_baseline"] = compare(row, by_key.get((row["baseline"], row["task"])))
+  else:
+    table["baselines"] = list(baselines)
+    for row in rows:
+      for baseline in baselines:
+        row[f"vs_{baseline}"] = compare(row, by_key.get((baseline, row["task"])))
+  return table
 
 
-# Rows a collected table compares every method with (when the grid has them).
+# Rows a collected table compares every method with, unless the grid names its
+# own (when the grid has them).
 BASELINES = ("source_only", "adabn")
+
+
+def _comparison_fields(table: Mapping[str, Any]) -> list[str]:
+  """The comparison keys of a collected table's rows (and CSV columns)."""
+  if "baseline_of" in table:
+    return ["baseline", "vs_baseline"]
+  return [f"vs_{b}" for b in table.get("baselines", BASELINES)]
 
 
 def read_reference(path: str) -> dict[tuple[str, str], float]:
@@ -391,19 +423,28 @@ def render_markdown(table: dict[str, Any], title: str) -> str:
 
 def _render_comparisons(table: dict[str, Any]) -> str:
   """Per task: the 95% interval of each method and its verdict against the baselines."""
-  present = [b for b in BASELINES if any(r["method"] == b for r in table["rows"])]
-  if not present:
-    return ""
+  methods = {r["method"] for r in table["rows"]}
+  if "baseline_of" in table:
+    if not set(table["baseline_of"].values()) & methods:
+      return ""
+    columns = ["baseline", "vs baseline"]
+    cells = lambda r: [r["baseline"] or "–", r["vs_baseline"] or "–"]
+  else:
+    present = [b for b in table.get("baselines", BASELINES) if b in methods]
+    if not present:
+      return ""
+    columns = [f"vs {b}" for b in present]
+    cells = lambda r: [r[f"vs_{b}"] or "–" for b in present]
   out = []
   for task in table["tasks"]:
     rows = [r for r in table["rows"] if r["task"] == task]
-    header = ["method", "mean", "95% interval", "seeds"] + [f"vs {b}" for b in present]
+    header = ["method", "mean", "95% interval", "seeds"] + columns
     out += [f"### {task}: 95% intervals and comparisons", "",
             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
       out.append("| " + " | ".join(
           [r["method"], f"{r['mean']:.1f}", f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}]",
-           str(r["seeds"])] + [r[f"vs_{b}"] or "–" for b in present]) + " |")
+           str(r["seeds"])] + cells(r)) + " |")
     out.append("")
   out.append("Intervals: Student-t over seeds. A method is `better` or `worse` than a "
              "baseline only when the two intervals do not overlap; otherwise the data "
@@ -498,7 +539,7 @@ def write_tables(prefix: str, table: dict[str, Any], title: str) -> tuple[str, s
     f.write(render_markdown(table, title))
   with open(csv_path, "w", newline="") as f:
     fields = ["method", "task", "seeds", "mean", "std", "ci_low", "ci_high", "source_mean",
-              "wall_time_s", "reference"] + [f"vs_{b}" for b in BASELINES]
+              "wall_time_s", "reference"] + _comparison_fields(table)
     writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(table["rows"])

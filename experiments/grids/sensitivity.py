@@ -14,10 +14,15 @@ per domain, 2,000 steps at the same learning rate):
               (`model.backbone_kwargs.kernel_init=torch`)
   batch32     32 source + 32 target examples per step
   batch128    128 + 128 per step
+  xla_conv    the convolutions' kernel gradients from XLA's own convolution
+              (`model.backbone_kwargs.conv_impl=xla`) instead of the CPU
+              default's sum over slices of 32 examples: the same function,
+              rounded differently
 
 A difference between a variant and `base` smaller than the spread over seeds
 says the published numbers do not depend on that choice; a larger one says a
-comparison across code bases must match it.
+comparison across code bases must match it. `collect` compares each variant
+with its method's `base` row (95% Student-t intervals over the 3 seeds).
 """
 
 METHODS = ("source_only", "dann")
@@ -26,6 +31,7 @@ VARIANTS = {
     "torch_init": {"model.backbone_kwargs.kernel_init": "torch"},
     "batch32": {"batch_size": 32},
     "batch128": {"batch_size": 128},
+    "xla_conv": {"model.backbone_kwargs.conv_impl": "xla"},
 }
 # configs/default.py's `synth` task, as overrides of the `digits` one.
 SYNTH = {"source": "synth_digits", "target": "digits_full", "target_split": "all",
@@ -38,4 +44,5 @@ def get_grid():
                   for m in METHODS for v, overrides in VARIANTS.items()},
       "tasks": {"Digits→Digits-M": {}, "Synth→Digits": SYNTH},
       "seeds": [0, 1, 2],
+      "baselines": {f"{m}+{v}": f"{m}+base" for m in METHODS for v in VARIANTS if v != "base"},
   }
