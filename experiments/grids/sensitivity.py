@@ -1,10 +1,10 @@
-"""How much the initialiser and the batch size move ERM and DANN, on both embedded tasks.
+"""How much the initialiser, the batch size and rounding move ERM and DANN, on both embedded tasks.
 
     python -m tljax.sweep launch --grid=experiments/grids/sensitivity.py \
         --out=/tmp/tljax/sweeps/sensitivity --parallel=2
     python -m tljax.sweep collect --grid=experiments/grids/sensitivity.py \
         --out=/tmp/tljax/sweeps/sensitivity --to=experiments/results/sensitivity \
-        --title="Sensitivity: initialiser and batch size"
+        --title="Sensitivity: initialiser, batch size, rounding"
 
 Rows are (method, variant), columns the two tasks. Variants change one thing
 against the shared recipe (flax's default convolution initialiser, batch 64
