@@ -20,18 +20,23 @@ out_dir=${GPU_BENCH_OUT:-experiments/results}
 mkdir -p "$out_dir"
 if [[ -n "${GPU_BENCH_TINY:-}" ]]; then
   args=(--models=small_cnn --sizes=32 --batch=8 --steps=1 --warmup=0 --torch=false
-        --frozen=false --hugepages=false --matmul_size=256 --digits_methods=dann --digits_steps=1
-        --adapt_methods=dann --adapt_sizes=32 --adapt_backbone=resnet18 --adapt_images=31
-        --adapt_threads=1)
+        --frozen=false --hugepages=false --matmul_size=256 --digits_steps=1 --adapt_sizes=32
+        --adapt_backbone=resnet18 --adapt_images=31 --adapt_threads=1)
+  # One row of each kind in fp32; the bf16 pass times the backbone row only.
+  float32_args=(--digits_methods=dann --adapt_methods=dann)
+  bfloat16_args=(--digits_methods= --adapt_methods=)
 else
   # + ResNet-50 ERM, DAN, DANN and CDAN steps at 224 px, batch 32 + 32, input pipeline on.
   args=(--models=resnet50,vit_base_patch16 --sizes=112,224 --batch=32 --steps=10 --warmup=2
         --adapt_sizes=224)
+  float32_args=()
+  bfloat16_args=()
 fi
 
 device=$(python -c "import jax; print(jax.default_backend(), '|', jax.devices()[0].device_kind)")
 for dtype in float32 bfloat16; do
-  python -m tljax.models.bench "${args[@]}" --dtype="$dtype" \
+  dtype_args="${dtype}_args[@]"
+  python -m tljax.models.bench "${args[@]}" "${!dtype_args}" --dtype="$dtype" \
     --out="$out_dir/gpu_bench_$dtype" "$@"
 done
 

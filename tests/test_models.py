@@ -831,9 +831,10 @@ def test_gpu_bench_script_runs_tiny_on_cpu(tmp_path):
   text = (tmp_path / "gpu_bench.md").read_text()
   assert "### float32" in text and "### bfloat16" in text and "| small_cnn | 32 | 8 |" in text
   assert "| resnet18 dann + pipeline | 32 | 8 |" in text
+  kinds = {"float32": ["backbone", "digits", "adapt"], "bfloat16": ["backbone"]}  # tiny sizes
   for dtype in ("float32", "bfloat16"):
     report = json.loads((tmp_path / f"gpu_bench_{dtype}.json").read_text())
-    assert [row["kind"] for row in report["rows"]] == ["backbone", "digits", "adapt"]
+    assert [row["kind"] for row in report["rows"]] == kinds[dtype]
     for row in report["rows"]:
       assert row["flax"]["dtype"] == dtype and row["flax"]["flops"] > 0, row["case"]
 
