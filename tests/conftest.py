@@ -26,6 +26,9 @@ import pathlib  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# The methods whose runs `test_new_methods.py` checks end to end (finite, resumed
+# bit for bit, one device = two).
+NEW_METHODS = ["adda", "mcd", "bnm", "dsan", "pseudo_label", "mean_teacher", "fixmatch", "shot"]
 
 
 @pytest.fixture(scope="session")

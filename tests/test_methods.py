@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from conftest import REPO, tiny_config
+from conftest import NEW_METHODS, REPO, tiny_config
 from tljax import losses, train
 from tljax.methods import base, create_method, method_names, terms
 
@@ -115,7 +115,8 @@ def _short_run(name, digits_data_dir, tmp_path, **method_fields):
     return [json.loads(l) for l in f if '"train"' in l]
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+# (`test_new_methods.py` runs NEW_METHODS itself, on one and two devices.)
+@pytest.mark.parametrize("name", sorted(set(CONFIGS) - set(NEW_METHODS)))
 def test_short_run(name, digits_data_dir, tmp_path):
   lines = _short_run(name, digits_data_dir, tmp_path)
   assert len(lines) == 2 and all(np.isfinite(l["loss"]) for l in lines)

@@ -1046,6 +1046,10 @@ def test_bench_digits_rows_time_a_method_in_both_frameworks():
   assert 0.5 < ours["flops"] / theirs["flops"] < 2, (ours["flops"], theirs["flops"])
   assert bench.torch_digits_supported("cdan_mcc") and bench.torch_digits_supported("source_only")
   assert not bench.torch_digits_supported("mcd")
+  # Adaptation rows read the method's office31 config.
+  adapt = lambda m: bench.Case("adapt", "resnet18", 32, 4, method=m)  # pylint: disable=unnecessary-lambda-assignment
+  assert bench._torch_supported(adapt("cdan_mcc")) and bench._torch_supported(adapt("source_only"))  # pylint: disable=protected-access
+  assert not bench._torch_supported(adapt("mcd"))  # pylint: disable=protected-access
   table = bench.format_table([{"case": case.name, "size": 28, "batch": 8, "flax": ours,
                                "torch": theirs}], {})
   assert "digits dann" in table

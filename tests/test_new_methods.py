@@ -25,7 +25,7 @@ import pytest
 import scipy.spatial.distance
 
 import tljax.losses as L
-from conftest import REPO, flat, set_fields, tiny_config, train_lines
+from conftest import NEW_METHODS, REPO, flat, set_fields, tiny_config, train_lines
 from tljax import train
 from tljax.data import pipeline, preprocess, registry
 from tljax.methods import TrainState, create_method, method_names
@@ -33,8 +33,6 @@ from tljax.methods.shot import SHOT, cluster_pseudo_labels
 from tljax.workdir import state_at
 
 sys.path.insert(0, str(REPO))  # the configs package
-
-NEW_METHODS = ["adda", "mcd", "bnm", "dsan", "pseudo_label", "mean_teacher", "fixmatch", "shot"]
 
 
 def _softmax(x):

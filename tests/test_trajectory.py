@@ -299,7 +299,7 @@ def _write_table(path: str) -> None:
       "",
       "`TLJAX_PARITY_TABLE=experiments/results/trajectory_parity.md pytest tests/test_trajectory.py`:",
       "tljax (`train.build`, jitted step) against a PyTorch reference written from TLlib's",
-      f"definitions, same initial weights, batches and dropout masks, float64 on both sides;",
+      "definitions, same initial weights, batches and dropout masks, float64 on both sides;",
       f"two-block small CNN on 8x8 images, bottleneck {BOTTLENECK}, {NUM_CLASSES} classes, "
       f"{BATCH} examples per domain.",
       "Largest relative difference (max |tljax - torch| / max |torch| per tensor, worst tensor)",

@@ -20,7 +20,6 @@ from typing import Any
 
 from absl import app, flags
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -49,13 +48,33 @@ def _define_flags() -> None:
   flags.mark_flag_as_required("config")
 
 
+def data_mesh() -> jax.sharding.Mesh:
+  """The trainer's mesh: every device on one "data" axis."""
+  devices = jax.devices()
+  return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def compile_last_phase(setup: train.Setup, state: Any, batch: dict) -> tuple[Any, float]:
+  """`(compiled step, compile seconds)` of `setup`'s train step for `batch` in
+  its last phase (a method with phases, e.g. source pre-training first, spends
+  all but its first steps there)."""
+  boundaries = setup.train_step.boundaries
+  start = time.perf_counter()
+  compiled = setup.train_step.lower(state, batch, boundaries[-1] if boundaries else 0).compile()
+  return compiled, time.perf_counter() - start
+
+
+def images_per_step(batch: dict) -> int:
+  """Every image a step reads: each domain's `image` and its extra views."""
+  return sum(v.shape[0] for domain in batch.values() for k, v in domain.items()
+             if k.startswith("image"))
+
+
 def prepare_train_step(config: ml_collections.ConfigDict, *, num_classes: int,
                        seed: int = 0) -> tuple[Any, Any, Any, dict, float]:
   """`(setup, compiled step, state, batch, compile seconds)` of a config's train
-  step on a synthetic batch of its shapes (a method with phases, e.g. source
-  pre-training first, in its last phase)."""
-  devices = jax.devices()
-  mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  step on a synthetic batch of its shapes, in its last phase."""
+  mesh = data_mesh()
   batch_sharding = NamedSharding(mesh, P("data"))
   setup = train.build(config, num_classes, mesh, num_target_examples=2 * config.batch_size)
   rng = np.random.default_rng(seed)
@@ -75,11 +94,8 @@ def prepare_train_step(config: ml_collections.ConfigDict, *, num_classes: int,
   batch_ = {k: v for k, v in batch_.items() if k in setup.method.inputs}
   for view in setup.method.target_views:
     batch_["target"][view] = batch(False)["image"]
-  state = setup.state
-  start = time.perf_counter()
-  last_phase = setup.train_step.boundaries[-1] if setup.train_step.boundaries else 0
-  compiled = setup.train_step.lower(state, batch_, last_phase).compile()
-  return setup, compiled, state, batch_, time.perf_counter() - start
+  compiled, compile_s = compile_last_phase(setup, setup.state, batch_)
+  return setup, compiled, setup.state, batch_, compile_s
 
 
 def time_train_step(config: ml_collections.ConfigDict, *, num_classes: int, steps: int,
@@ -96,8 +112,7 @@ def time_train_step(config: ml_collections.ConfigDict, *, num_classes: int, step
     state, metrics = compiled(state, batch_)
   jax.block_until_ready((state, metrics))
   step_s = (time.perf_counter() - start) / steps
-  images = sum(v.shape[0] for domain in batch_.values() for k, v in domain.items()
-               if k.startswith("image"))
+  images = images_per_step(batch_)
   figures = {
       "compile_s": compile_s,
       "step_ms": 1e3 * step_s,

@@ -75,7 +75,6 @@ def lmmd(source_features: jax.Array, target_features: jax.Array, source_labels: 
   """
   source = as_float_matrix(source_features)
   target = as_float_matrix(target_features)
-  n_s = source.shape[0]
   joint = jnp.concatenate([source, target])
   distances = pairwise_squared_distances(joint)
   n = joint.shape[0]

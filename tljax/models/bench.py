@@ -470,9 +470,7 @@ def flax_digits_step(case: Case, dtype: str = "float32") -> tuple[Callable[[], A
     carry["state"], metrics = compiled(carry["state"], batch)
     return metrics
 
-  images = sum(v.shape[0] for domain in batch.values() for k, v in domain.items()
-               if k.startswith("image"))
-  return step, compiled, images, compile_s
+  return step, compiled, config_bench.images_per_step(batch), compile_s
 
 
 def time_flax_digits(case: Case, steps: int, warmup: int, dtype: str = "float32") -> dict[str, Any]:
@@ -484,13 +482,18 @@ def time_flax_digits(case: Case, steps: int, warmup: int, dtype: str = "float32"
   return _flax_result(dtype, compile_s, summary, _xla_flops(compiled, jax.device_count()))
 
 
-def torch_digits_supported(method: str) -> bool:
-  """Whether `tljax.reference_torch` restates `method`'s step (TLlib's ERM and
-  the sums of its DANN, CDAN, MDD, DAN, JAN, MCC, AFN and BSP terms)."""
+def torch_method_supported(name: str) -> bool:
+  """Whether `tljax.reference_torch` restates the step of the method named
+  `name` (a config's `method.name`): TLlib's ERM and the sums of its DANN, CDAN,
+  MDD, DAN, JAN, MCC, AFN and BSP terms."""
   from tljax.reference_torch import TERMS  # pylint: disable=g-import-not-at-top
 
-  name = _digits_config(method, 2).method.name
   return name == "source_only" or all(term in TERMS for term in name.split("+"))
+
+
+def torch_digits_supported(method: str) -> bool:
+  """`torch_method_supported` for `configs/<method>.py:digits`."""
+  return torch_method_supported(_digits_config(method, 2).method.name)
 
 
 def _torch_device():
@@ -636,16 +639,15 @@ def flax_adapt_step(case: Case, dtype: str = "float32", *, data_dir: str, thread
   takes the next batch from the trainer's input pipeline (`train._train_batches`:
   JPEG decoding, TLlib's random resized crop and flip, `threads` threads,
   prefetched onto the devices) and runs the method's jitted train step on it."""
-  import jax  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
 
+  from tljax import bench as config_bench  # pylint: disable=g-import-not-at-top
   from tljax import train  # pylint: disable=g-import-not-at-top
 
   config = adapt_config(case, data_dir, threads)
   if dtype != "float32":
     config.model.dtype = dtype
-  devices = jax.devices()
-  mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = config_bench.data_mesh()
   # The trainer's own data path (pylint: protected-access on purpose: the same code).
   domains = train._open_data(config, data_dir)  # pylint: disable=protected-access
   setup = train.build(config, domains.num_classes, mesh, domains.input_shape,
@@ -653,20 +655,14 @@ def flax_adapt_step(case: Case, dtype: str = "float32", *, data_dir: str, thread
   batches = train._train_batches(  # pylint: disable=protected-access
       config, domains, setup.method, 0, NamedSharding(mesh, PartitionSpec("data")))
   first = next(batches)
-  boundaries = setup.train_step.boundaries
-  start = time.perf_counter()
-  compiled = setup.train_step.lower(setup.state, first, boundaries[-1] if boundaries else 0
-                                    ).compile()
-  compile_s = time.perf_counter() - start
+  compiled, compile_s = config_bench.compile_last_phase(setup, setup.state, first)
   carry = {"state": setup.state}
 
   def step():
     carry["state"], metrics = compiled(carry["state"], next(batches))
     return metrics
 
-  images = sum(v.shape[0] for domain in first.values() for k, v in domain.items()
-               if k.startswith("image"))
-  return step, compiled, images, compile_s
+  return step, compiled, config_bench.images_per_step(first), compile_s
 
 
 def time_flax_adapt(case: Case, steps: int, warmup: int, dtype: str = "float32", *,
@@ -916,7 +912,7 @@ def _torch_supported(case: Case) -> bool:
   if case.kind == "digits":
     return torch_digits_supported(case.model)
   if case.kind == "adapt":
-    return torch_digits_supported(case.method)
+    return torch_method_supported(adapt_config(case, "", 0).method.name)
   return True
 
 
