@@ -169,7 +169,7 @@ def test_intervals_and_comparisons_with_the_baselines(tmp_path):
   import scipy.stats
   out = str(tmp_path)
   values = {"source_only": [0.50, 0.52, 0.51], "dann": [0.70, 0.72, 0.71],
-            "mcc": [0.40, 0.60, 0.55]}
+            "mcc": [0.40, 0.60, 0.55], "bsp": [0.55, 0.58, 0.55]}
   for method, accuracies in values.items():
     for seed, accuracy in enumerate(accuracies):
       _fake_run(out, method, "T", seed, accuracy, {})
@@ -181,8 +181,20 @@ def test_intervals_and_comparisons_with_the_baselines(tmp_path):
   assert rows["dann"]["vs_source_only"] == "better"
   assert rows["mcc"]["vs_source_only"] == "not distinguishable"
   assert rows["source_only"]["vs_source_only"] == ""
+  # Paired by seed: BSP's intervals of the mean overlap ERM's, but every seed
+  # gains 4-6 points over ERM's run of that seed.
+  assert rows["bsp"]["vs_source_only"] == "not distinguishable"
+  half = scipy.stats.t.ppf(0.975, 2) * statistics.stdev([5.0, 6.0, 4.0]) / 3 ** 0.5
+  assert rows["bsp"]["paired_vs_source_only"] == "better"
+  assert rows["bsp"]["delta_vs_source_only"] == pytest.approx(5.0)
+  assert rows["bsp"]["delta_low_vs_source_only"] == pytest.approx(5.0 - half)
+  assert rows["bsp"]["delta_high_vs_source_only"] == pytest.approx(5.0 + half)
+  assert rows["mcc"]["paired_vs_source_only"] == "not distinguishable"  # -10, +8, +4
+  assert rows["source_only"]["paired_vs_source_only"] == ""
+  assert rows["dann"]["paired_vs_adabn"] == ""  # no adabn rows
   text = sweep.render_markdown(table, "T")
   assert "| dann | 71.0 | [" in text and "| better |" in text
+  assert "| not distinguishable | +5.0 [+2.5, +7.5] better |" in text
 
 
 def test_a_grid_names_its_own_baselines(tmp_path):
@@ -205,7 +217,9 @@ def test_a_grid_names_its_own_baselines(tmp_path):
   assert "| seeds | baseline | vs baseline |" in text and "| erm+base | better |" in text
   md, csv_path = sweep.write_tables(str(tmp_path / "table"), per_row, "T")
   with open(csv_path) as f:
-    assert f.readline().strip().endswith("reference,baseline,vs_baseline")
+    assert f.readline().strip().endswith(
+        "reference,baseline,vs_baseline,paired_vs_baseline,delta_vs_baseline,"
+        "delta_low_vs_baseline,delta_high_vs_baseline")
   listed = sweep.collect(out, {**grid, "baselines": ["erm+base"]})
   rows = {r["method"]: r for r in listed["rows"]}
   assert rows["source_only"]["vs_erm+base"] == "better" and "vs_source_only" not in rows["erm+big"]

@@ -30,9 +30,11 @@ the next submission) from a template. `collect`
 gathers every `results.json` into `PREFIX.md` and `PREFIX.csv` (default
 `OUT/results`): target
 accuracy mean ± std over seeds per method and task, an average column, and wall
-time, beside reference numbers when given; a 95% interval per row and a verdict
-against the baseline rows (`source_only` / `adabn` unless the grid names
-others; better / worse when the intervals do not overlap); and with `--select`,
+time, beside reference numbers when given; a 95% interval per row and two
+verdicts against the baseline rows (`source_only` / `adabn` unless the grid
+names others): better / worse when the intervals of the mean do not overlap,
+and the paired difference from the baseline's run of the same seed with its
+interval (better / worse when it excludes 0); and with `--select`,
 the configuration each unsupervised validator picks per task, beside the
 oracle's pick.
 """
@@ -312,6 +314,45 @@ def compare(row: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> str:
   return "not distinguishable"
 
 
+def paired_difference(row: Mapping[str, Any], baseline: Mapping[str, Any] | None,
+                      level: float = 0.95) -> dict[str, Any] | None:
+  """The mean per-seed difference `row - baseline` (points) over the seeds both
+  ran, its Student-t interval, and 'better' / 'worse' when the interval
+  excludes 0 ('not distinguishable' otherwise). None without two shared seeds.
+
+  Runs of one seed share the seed of their data order and initialisers, so
+  much of the seed-to-seed spread cancels in the difference: a paired
+  comparison can separate methods whose intervals of the mean overlap.
+  """
+  if baseline is None or row is baseline:
+    return None
+  seeds = sorted(set(row["by_seed"]) & set(baseline["by_seed"]))
+  if len(seeds) < 2:
+    return None
+  differences = [row["by_seed"][s] - baseline["by_seed"][s] for s in seeds]
+  mean = statistics.fmean(differences)
+  low, high = confidence_interval(differences, level)
+  verdict = "better" if low > 0 else "worse" if high < 0 else "not distinguishable"
+  return {"delta": mean, "low": low, "high": high, "seeds": len(seeds), "verdict": verdict}
+
+
+def _compare_fields(row: Mapping[str, Any], baseline: Mapping[str, Any] | None,
+                    suffix: str) -> dict[str, Any]:
+  """A row's comparison columns with one baseline: `vs_<suffix>` (intervals
+  of the mean) and the paired difference (`paired_vs_<suffix>`, `delta_...`)."""
+  paired = paired_difference(row, baseline)
+  return {f"vs_{suffix}": compare(row, baseline),
+          f"paired_vs_{suffix}": paired["verdict"] if paired else "",
+          f"delta_vs_{suffix}": paired["delta"] if paired else None,
+          f"delta_low_vs_{suffix}": paired["low"] if paired else None,
+          f"delta_high_vs_{suffix}": paired["high"] if paired else None}
+
+
+def _seed_of(directory: str) -> int | str:
+  """`seed3` -> 3 (the sweep's run directories); other names are kept as they are."""
+  return int(directory[4:]) if directory.startswith("seed") and directory[4:].isdigit() else directory
+
+
 def collect(out: str, grid: dict[str, Any] | None = None,
             reference: dict[tuple[str, str], float] | None = None) -> dict[str, Any]:
   """Gathers `results.json` files below `out` into per-(method, task) statistics.
@@ -329,8 +370,8 @@ def collect(out: str, grid: dict[str, Any] | None = None,
     rel = os.path.relpath(root, out).split(os.sep)
     if len(rel) != 3:
       continue
-    method, task, _ = rel
-    found[(method, task)].append(result)
+    method, task, seed = rel
+    found[(method, task)].append({**result, "_seed": _seed_of(seed)})
   if grid is not None:
     methods = list(grid["methods"])
     tasks = [_slug(t) for t in grid["tasks"]]
@@ -353,6 +394,7 @@ def collect(out: str, grid: dict[str, Any] | None = None,
                    "source_mean": _mean_std([100 * r["source_accuracy"] for r in results])[0],
                    "wall_time_s": statistics.fmean(r.get("wall_time_s", float("nan")) for r in results),
                    "reference": (reference or {}).get((method, names[task])),
+                   "by_seed": {r["_seed"]: 100 * r["target_accuracy"] for r in results},
                    "runs": results})
   by_key = {(r["method"], r["task"]): r for r in rows}
   baselines = (grid or {}).get("baselines", BASELINES)
@@ -361,12 +403,12 @@ def collect(out: str, grid: dict[str, Any] | None = None,
     table["baseline_of"] = dict(baselines)
     for row in rows:
       row["baseline"] = baselines.get(row["method"], "")
-      row["vs_baseline"] = compare(row, by_key.get((row["baseline"], row["task"])))
+      row.update(_compare_fields(row, by_key.get((row["baseline"], row["task"])), "baseline"))
   else:
     table["baselines"] = list(baselines)
     for row in rows:
       for baseline in baselines:
-        row[f"vs_{baseline}"] = compare(row, by_key.get((baseline, row["task"])))
+        row.update(_compare_fields(row, by_key.get((baseline, row["task"])), baseline))
   return table
 
 
@@ -377,9 +419,13 @@ BASELINES = ("source_only", "adabn")
 
 def _comparison_fields(table: Mapping[str, Any]) -> list[str]:
   """The comparison keys of a collected table's rows (and CSV columns)."""
-  if "baseline_of" in table:
-    return ["baseline", "vs_baseline"]
-  return [f"vs_{b}" for b in table.get("baselines", BASELINES)]
+  suffixes = (["baseline"] if "baseline_of" in table
+              else list(table.get("baselines", BASELINES)))
+  fields = ["baseline"] if "baseline_of" in table else []
+  for suffix in suffixes:
+    fields += [f"{k}_{suffix}" for k in ("vs", "paired_vs", "delta_vs", "delta_low_vs",
+                                         "delta_high_vs")]
+  return fields
 
 
 def read_reference(path: str) -> dict[tuple[str, str], float]:
@@ -424,17 +470,23 @@ def render_markdown(table: dict[str, Any], title: str) -> str:
 def _render_comparisons(table: dict[str, Any]) -> str:
   """Per task: the 95% interval of each method and its verdict against the baselines."""
   methods = {r["method"] for r in table["rows"]}
+  def paired(r, suffix):
+    if not r[f"paired_vs_{suffix}"]:
+      return "–"
+    return (f"{r[f'delta_vs_{suffix}']:+.1f} [{r[f'delta_low_vs_{suffix}']:+.1f}, "
+            f"{r[f'delta_high_vs_{suffix}']:+.1f}] {r[f'paired_vs_{suffix}']}")
+
   if "baseline_of" in table:
     if not set(table["baseline_of"].values()) & methods:
       return ""
-    columns = ["baseline", "vs baseline"]
-    cells = lambda r: [r["baseline"] or "–", r["vs_baseline"] or "–"]
+    columns = ["baseline", "vs baseline", "paired Δ vs baseline"]
+    cells = lambda r: [r["baseline"] or "–", r["vs_baseline"] or "–", paired(r, "baseline")]
   else:
     present = [b for b in table.get("baselines", BASELINES) if b in methods]
     if not present:
       return ""
-    columns = [f"vs {b}" for b in present]
-    cells = lambda r: [r[f"vs_{b}"] or "–" for b in present]
+    columns = [c for b in present for c in (f"vs {b}", f"paired Δ vs {b}")]
+    cells = lambda r: [c for b in present for c in (r[f"vs_{b}"] or "–", paired(r, b))]
   out = []
   for task in table["tasks"]:
     rows = [r for r in table["rows"] if r["task"] == task]
@@ -446,9 +498,12 @@ def _render_comparisons(table: dict[str, Any]) -> str:
           [r["method"], f"{r['mean']:.1f}", f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}]",
            str(r["seeds"])] + cells(r)) + " |")
     out.append("")
-  out.append("Intervals: Student-t over seeds. A method is `better` or `worse` than a "
-             "baseline only when the two intervals do not overlap; otherwise the data "
-             "cannot tell them apart (`not distinguishable`).")
+  out.append("Intervals: Student-t over seeds. `vs`: a method is `better` or `worse` than "
+             "a baseline only when the two intervals do not overlap; otherwise the data "
+             "cannot tell them apart (`not distinguishable`). `paired Δ`: the mean "
+             "difference in points from the baseline's run of the same seed, its 95% "
+             "interval, and `better` / `worse` when that interval excludes 0 (pairing "
+             "by seed removes the spread the two runs share).")
   return "\n".join(out)
 
 
