@@ -14,7 +14,8 @@ pass, and `target_oracle` the network trained on labelled target data. SHOT
 times exclude that source run).
 
 The target test split has 298 images (one run's standard error is about 2.9
-points): rank methods on the synthetic task (`experiments/grids/synth.py`).
+points): compare methods seed by seed (the collected table's paired Δ), and
+on the synthetic task too (`experiments/grids/synth.py`).
 `--only=REGEX` launches a subset.
 
 Progressive trade-off schedules (the JAN paper's rule, which TLlib does not
