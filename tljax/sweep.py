@@ -333,19 +333,19 @@ def paired_difference(row: Mapping[str, Any], baseline: Mapping[str, Any] | None
   mean = statistics.fmean(differences)
   low, high = confidence_interval(differences, level)
   verdict = "better" if low > 0 else "worse" if high < 0 else "not distinguishable"
-  return {"delta": mean, "low": low, "high": high, "seeds": len(seeds), "verdict": verdict}
+  return {"delta": mean, "low": low, "high": high, "verdict": verdict}
 
 
 def _compare_fields(row: Mapping[str, Any], baseline: Mapping[str, Any] | None,
                     suffix: str) -> dict[str, Any]:
   """A row's comparison columns with one baseline: `vs_<suffix>` (intervals
   of the mean) and the paired difference (`paired_vs_<suffix>`, `delta_...`)."""
-  paired = paired_difference(row, baseline)
+  paired = paired_difference(row, baseline) or {}
   return {f"vs_{suffix}": compare(row, baseline),
-          f"paired_vs_{suffix}": paired["verdict"] if paired else "",
-          f"delta_vs_{suffix}": paired["delta"] if paired else None,
-          f"delta_low_vs_{suffix}": paired["low"] if paired else None,
-          f"delta_high_vs_{suffix}": paired["high"] if paired else None}
+          f"paired_vs_{suffix}": paired.get("verdict", ""),
+          f"delta_vs_{suffix}": paired.get("delta"),
+          f"delta_low_vs_{suffix}": paired.get("low"),
+          f"delta_high_vs_{suffix}": paired.get("high")}
 
 
 def _seed_of(directory: str) -> int | str:
