@@ -25,9 +25,27 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # parameters, dropout and data order all derive from it
 
-  # Task: `dataset[/config]` TFDS names; target labels are only used for evaluation.
+  # Task (tljax/data/task.py): `dataset[/config]` names, or image_folder:PATH /
+  # image_list:FILE. `source`: the labelled domain, or several separated by
+  # commas (multi-source adaptation, domain generalisation). `target`: the
+  # unlabelled domain, whose labels only evaluation reads; "" for none (domain
+  # generalisation). `test_domains`: held-out domains (comma-separated), read
+  # only by the final evaluation.
   config.source = "digits"
   config.target = "digits_m"
+  config.test_domains = ""
+  # How the source's and target's classes relate: closed_set (the same), partial
+  # (the target has a subset), open_set (the target also has classes the source
+  # lacks, which evaluation reads as one "unknown" label), universal (both have
+  # private classes). "": closed_set, or the setting of `data.label_sets`.
+  # Checked against the domains' class lists: a mismatch names the setting.
+  config.setting = ""
+  # Open-set / universal evaluation: a target example is "unknown" when its
+  # largest known-class probability is below this (TLlib's open-set rule and
+  # default); methods with their own rule (OSBP, UAN) override it.
+  config.unknown_threshold = 0.8
+  # Regression tasks (float factors): the training loss on the labelled data.
+  config.regression_loss = "l2"  # l2 (TLlib's mse) | l1
   config.source_split = "train"
   config.target_split = "train"
   config.eval_source_split = "test"
@@ -56,6 +74,27 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   # budgets of fine-tuning: 0.01, 0.1, 1.0); every class keeps at least one.
   config.data.source_fraction = 1.0
   config.data.source_subset_seed = 0
+  # Class selections (names, indices or ranges a-b, comma-separated; "" = all)
+  # of the labelled domains and of the target / held-out domains, or a named
+  # protocol that sets both and the setting (tljax.data.task.PRESETS, e.g.
+  # office31_partial, office31_open_set, digits_universal).
+  config.data.source_classes = ""
+  config.data.target_classes = ""
+  config.data.label_sets = ""
+  # Semi-supervised: N labelled examples per class of the source split (seeded
+  # by source_subset_seed); when the target names the same dataset and split,
+  # the rest of it is the unlabelled data. 0: every label.
+  config.data.labels_per_class = 0
+  # Training-domain validation (DomainBed): a seeded, class-stratified part of
+  # each labelled domain's training split held out as `source_val` for the
+  # source-based validators. 0: use `source_val_split` instead.
+  config.data.holdout_fraction = 0.0
+  config.data.holdout_seed = 0
+  # Several labelled domains: each contributes `batch_size` examples to every
+  # step ('per_domain', TLlib's / DomainBed's way), or they are pooled into one
+  # stream of `batch_size` examples ('pooled': a single-source method on the
+  # union of the sources).
+  config.data.source_sampling = "per_domain"
 
   # Network: backbone -> bottleneck -> head, returning (features, logits).
   config.model = ml_collections.ConfigDict()

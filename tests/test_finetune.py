@@ -442,7 +442,7 @@ def test_delta_attention_is_computed_once_and_checkpointed(runs):
 def test_label_fraction_and_label_map_reach_the_run(digits_data_dir, tmp_path):
   config = _method_config("finetune", digits_data_dir, total_steps=2, eval_every=2,
                           **{"data.source_fraction": 0.1, "data.label_map": "parity"})
-  domains = train._open_data(config, str(tmp_path / "data"))  # pylint: disable=protected-access
+  domains = train.open_data(config, str(tmp_path / "data"))
   full = open_domain("digits_m", "train", data_dir=digits_data_dir)
   digit_labels = views.domain_labels(full)
   kept = views.stratified_indices(digit_labels % 2, 0.1, seed=0)

@@ -81,6 +81,68 @@ def accuracy_report(pred: Predictions, num_classes: int) -> dict[str, Any]:
           "num_examples": int(len(correct))}
 
 
+def open_set_report(predicted: np.ndarray, labels: np.ndarray, num_known: int) -> dict[str, Any]:
+  """The open-set and universal measures of predictions in `{0..K-1, K}`
+  (`K = num_known` is "unknown") against labels in the same range.
+
+  Per-class accuracy is the recall of each class present in `labels`:
+  OS is their mean over the known classes and unknown, OS* over the known
+  classes, UNK the unknown class's, and the H-score the harmonic mean of OS*
+  and UNK (0 when either is 0), the measure of current open-set and
+  universal papers (TLlib's `HOS`; Fu et al. 2020).
+  """
+  predicted, labels = np.asarray(predicted), np.asarray(labels)
+  count = np.bincount(labels, minlength=num_known + 1)
+  hits = np.bincount(labels, weights=predicted == labels, minlength=num_known + 1)
+  per_class = np.where(count > 0, hits / np.maximum(count, 1), np.nan)
+  known = per_class[:num_known]
+  os_star = float(np.nanmean(known)) if np.any(count[:num_known]) else float("nan")
+  unk = float(per_class[num_known]) if count[num_known] else float("nan")
+  present = per_class[count > 0]
+  h_score = (0.0 if (os_star == 0 or unk == 0) else 2 * os_star * unk / (os_star + unk))
+  return {"accuracy": float(np.mean(predicted == labels)), "os": float(np.mean(present)),
+          "os_star": os_star, "unk": unk, "h_score": float(h_score),
+          "mean_class_accuracy": float(np.mean(present)),
+          "per_class_accuracy": [None if np.isnan(a) else float(a) for a in per_class],
+          "num_examples": int(len(labels))}
+
+
+def regression_report(pred: Predictions, factor_names: Sequence[str]) -> dict[str, Any]:
+  """Mean absolute error per factor and over factors (TLlib's image
+  regression measure), and the root mean squared error."""
+  outputs = pred.logits.astype(np.float64)
+  targets = np.asarray(pred.labels, np.float64).reshape(outputs.shape)
+  error = outputs - targets
+  per_factor = np.mean(np.abs(error), axis=0)
+  return {"mae": float(np.mean(per_factor)),
+          "mae_per_factor": {name: float(v) for name, v in zip(factor_names, per_factor)},
+          "rmse": float(np.sqrt(np.mean(error**2))), "num_examples": int(len(outputs))}
+
+
+def task_report(pred: Predictions, labels: Any, predicted: np.ndarray | None = None
+                ) -> dict[str, Any]:
+  """The measures a task is judged by on one labelled split (`labels`: its
+  `tljax.data.task.LabelSpace`): accuracies (closed-set, partial), the
+  open-set measures when the split holds unknown examples (`predicted`: the
+  method's labels, unknown included), or regression errors. `primary` is the
+  number the task is tabulated by (`labels.primary_metric`)."""
+  if labels.kind == "regression":
+    report = regression_report(pred, labels.names)
+  elif predicted is not None:
+    # The loss is over the known-class examples (unknown ones have no output
+    # in universal models, and an untrained one in open-set models).
+    known = pred.labels < labels.num_known
+    loss = (accuracy_report(Predictions(pred.features[known], pred.logits[known],
+                                        pred.labels[known]), labels.num_outputs)["loss"]
+            if np.any(known) else float("nan"))
+    report = {**open_set_report(predicted, pred.labels, labels.num_known), "loss": loss}
+  else:
+    report = accuracy_report(pred, labels.num_outputs)
+  report["primary"] = report[labels.primary_metric] if labels.primary_metric in report else (
+      report["accuracy"])
+  return report
+
+
 def _subsample(pred: Predictions, max_examples: int) -> Predictions:
   """At most `max_examples` rows, evenly spaced (deterministic)."""
   n = len(pred.labels)
@@ -90,13 +152,18 @@ def _subsample(pred: Predictions, max_examples: int) -> Predictions:
   return Predictions(pred.features[index], pred.logits[index], pred.labels[index])
 
 
-def validator_values(source_val: Predictions | None, target: Predictions, *,
-                     names: Sequence[str], max_examples: int) -> dict[str, float]:
+def validator_values(source_val: Predictions | None, target: Predictions | None, *,
+                     names: Sequence[str], max_examples: int,
+                     label_kind: str = "classification") -> dict[str, float]:
   """The validators `names` from held-out source predictions (None: only the
-  target-only validators) and unlabelled target predictions."""
-  target = _subsample(target, max_examples)
-  inputs = {"target_logits": jnp.asarray(target.logits),
-            "target_features": jnp.asarray(target.features)}
+  target-only validators) and unlabelled target predictions (None: only the
+  source-based ones, e.g. domain generalisation); validators of another label
+  kind than the task's are skipped."""
+  inputs = {}
+  if target is not None:
+    target = _subsample(target, max_examples)
+    inputs.update(target_logits=jnp.asarray(target.logits),
+                  target_features=jnp.asarray(target.features))
   if source_val is not None:
     source_val = _subsample(source_val, max_examples)
     inputs.update(source_logits=jnp.asarray(source_val.logits),
@@ -107,7 +174,8 @@ def validator_values(source_val: Predictions | None, target: Predictions, *,
     raise ValueError(f"config.validation.validators names unknown validators {unknown}; "
                      f"known: {sorted(n for n in validators_lib.VALIDATORS if n != ORACLE)}")
   usable = [n for n in names if n != ORACLE and all(
-      k in inputs for k in validators_lib.VALIDATORS[n].inputs)]
+      k in inputs for k in validators_lib.VALIDATORS[n].inputs)
+            and validators_lib.VALIDATORS[n].label_kind in (label_kind, "any")]
   values = validators_lib.evaluate(inputs, usable)
   return {name: float(value) for name, value in values.items()}
 
@@ -128,8 +196,11 @@ class Selection:
   written before `source_eval_accuracy` existed hold the evaluation split's
   source accuracy under `source_accuracy`.)"""
 
-  def __init__(self):
+  def __init__(self, oracle_higher_is_better: bool = True):
+    # The oracle is the task's target metric: an accuracy or H-score (higher
+    # is better) or a regression error (lower).
     self.records: dict[int, dict[str, float]] = {}
+    self.oracle_higher_is_better = oracle_higher_is_better
 
   def add(self, step: int, record: Mapping[str, float]) -> None:
     self.records[int(step)] = dict(record)
@@ -154,7 +225,8 @@ class Selection:
 
   def selected(self) -> dict[str, int]:
     """`validator -> step` it selects (the oracle included)."""
-    return validators_lib.select_steps(self._scores())
+    return validators_lib.select_steps(self._scores(),
+                                       directions={ORACLE: self.oracle_higher_is_better})
 
   def steps_to_keep(self) -> set[int]:
     return set(self.selected().values())
@@ -165,6 +237,7 @@ class Selection:
     for name, step in sorted(self.selected().items()):
       record = self.records[step]
       out[name] = {"step": step, "score": record[name],
+                   "target_metric": record.get(ORACLE),
                    "target_accuracy": record.get("target_accuracy"),
                    "source_accuracy": record.get(SOURCE_EVAL, record.get("source_accuracy")),
                    "higher_is_better": validators_lib.VALIDATORS[name].higher_is_better}
@@ -175,7 +248,8 @@ class Selection:
     run's evaluations, oriented so that +1 means 'ranks them as the oracle'
     (None with fewer than two evaluations or a constant score)."""
     correlations = validators_lib.rank_correlations(self._scores(), oriented=True)
-    return {k: None if np.isnan(v) else float(v) for k, v in correlations.items()}
+    sign = 1.0 if self.oracle_higher_is_better else -1.0  # +1: ranks as the oracle does
+    return {k: None if np.isnan(v) else sign * float(v) for k, v in correlations.items()}
 
 
 @dataclasses.dataclass

@@ -1,8 +1,8 @@
 """Training and evaluation: the one path every tljax run takes.
 
 `train_and_evaluate(config, workdir)` reads top to bottom in phases, each a
-short function: `_open_run` (config checks, mesh), `_open_data` (the
-domains), `build` (mesh-replicated state, the method's step context, the
+short function: `_open_run` (config checks, mesh), `open_data` (the
+task: its domains, label space and views, `tljax.data.task`), `build` (mesh-replicated state, the method's step context, the
 jitted steps), `_claim_workdir` (lock, run identity, config.json: nothing is
 written before the config, data and model are known good), `_restore` (the
 latest checkpoint that restores), `_train` (the loop: steps, evaluations with
@@ -54,7 +54,8 @@ from tljax import evaluation
 from tljax import features as features_lib
 from tljax import models, optim
 from tljax import workdir as workdir_lib
-from tljax.data import open_domain, pipeline, preprocess, views
+from tljax.data import open_domain, pipeline, preprocess, registry, views
+from tljax.data import task as task_lib
 from tljax.methods import base as methods_base
 from tljax.methods import create_method
 from tljax.methods.base import TrainState
@@ -159,6 +160,8 @@ class Setup:
   train_step: PhasedStep  # (state, batch[, step]) -> (state, metrics); donates state
   predict: Any  # jitted: (classifier variables, images) -> (features, logits)
   batch_statistics: Any  # jitted: (classifier variables, images) -> scaled batch stats
+  # jitted: (state variables, features, logits, threshold) -> labels, unknown included
+  predict_labels: Any = None
   source_of_init: str = ""
 
 
@@ -179,20 +182,29 @@ def _assemble(classifier_vars: dict, network_vars: Mapping[str, dict]) -> tuple[
 
 def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.sharding.Mesh,
           input_shape: tuple[int, ...] | None = None, *,
-          num_target_examples: int = 0) -> Setup:
+          num_target_examples: int = 0, labels: task_lib.LabelSpace | None = None,
+          num_source_domains: int = 1, has_target: bool = True) -> Setup:
   """Initialises the train state (replicated over `mesh`) and jits the steps.
 
   Args:
     config: the run's config.
-    num_classes: classes of the task.
+    num_classes: outputs of the model's head (`labels.num_outputs`).
     mesh: the `('data',)` mesh.
     input_shape: one example's input shape (default: square RGB images of
       `config.data.image_size`).
     num_target_examples: size of the target training split (for methods that
       keep per-example state).
+    labels: the task's label space (default: a closed-set classification of
+      `num_classes` classes).
+    num_source_domains: labelled domains in each batch.
+    has_target: whether the task has an unlabelled target domain.
   """
   replicated = NamedSharding(mesh, P())
+  if labels is None:
+    labels = task_lib.LabelSpace(task_lib.CLASSIFICATION,
+                                 tuple(str(c) for c in range(num_classes)))
   method = create_method(config.method, num_classes=num_classes)
+  method.check_task(labels, has_target=has_target, num_source_domains=num_source_domains)
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   if input_shape is None:
     input_shape = (config.data.image_size, config.data.image_size, 3)
@@ -205,7 +217,9 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
     outputs = methods_base.DomainOutputs(features, features, logits, logits,
                                          jnp.zeros((2,), jnp.int32))
     probe_ctx = methods_base.StepContext(classifier, networks, {}, {}, None, num_classes,
-                                         num_target_examples)
+                                         num_target_examples, labels=labels,
+                                         num_source_domains=num_source_domains,
+                                         regression_loss=config.regression_loss)
     network_vars = method.init_networks(probe_ctx, method_rng, cls_vars, outputs)
     return _assemble(cls_vars, network_vars)
 
@@ -224,7 +238,9 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
                                              schedule=schedule, lr_scale=specs[name].lr_scale)
                 for name, mask in trainable.items()}
   ctx = methods_base.StepContext(classifier, networks, optimizers, trainable, schedule,
-                                 num_classes, num_target_examples)
+                                 num_classes, num_target_examples, labels=labels,
+                                 num_source_domains=num_source_domains,
+                                 regression_loss=config.regression_loss)
 
   def init_state(rng, params, model_state):
     variables = {"params": params, **model_state}
@@ -256,9 +272,10 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
                        out_shardings=replicated)
   statistics_fn = jax.jit(functools.partial(_batch_statistics, classifier=classifier),
                           out_shardings=replicated)
+  predict_labels_fn = jax.jit(functools.partial(method.predict_labels, ctx))
   return Setup(method=method, ctx=ctx, state=state, frozen_norm=frozen_norm, train_step=step_fn,
                predict=predict_fn, batch_statistics=statistics_fn,
-               source_of_init=source_of_init)
+               predict_labels=predict_labels_fn, source_of_init=source_of_init)
 
 
 def _load_pretrained(params: dict, model_state: dict, config) -> tuple[dict, dict, str]:
@@ -290,18 +307,52 @@ def _load_pretrained(params: dict, model_state: dict, config) -> tuple[dict, dic
 
 @dataclasses.dataclass(frozen=True)
 class Domains:
-  """The splits a run reads. `source_val` (held-out labelled source, for the
-  validators) is None when `config.source_val_split` is empty."""
+  """The splits a run reads, built from the config by `open_data` (the task
+  contract, `tljax.data.task`).
+
+  Attributes:
+    source_train: the labelled training examples of every labelled domain,
+      pooled; each example carries its domain's position (`domain`).
+    target_train: the unlabelled training examples (their labels never reach
+      the step); None without a target (domain generalisation).
+    source_eval: the labelled domains' evaluation splits, pooled.
+    target_eval: the target's evaluation split (labels in `labels.eval_names`:
+      target-private classes are `labels.unknown_label`); None without a target.
+    source_val: held-out labelled data for the source-based validators
+      (training-domain validation); None when `config.source_val_split` is
+      empty or the domains have no held-out part.
+    labels: the label space (classes or factors, setting).
+    input_shape: one example's input shape.
+    source_trains: each labelled domain's training examples (per-domain sampling).
+    tests: held-out domains (`config.test_domains`), by name: read only by the
+      final evaluation.
+    extra: a method's `extra_domains`: `{key: (training split, evaluation split)}`.
+  """
 
   source_train: Any
   target_train: Any
   source_eval: Any
   target_eval: Any
   source_val: Any
-  num_classes: int
+  labels: task_lib.LabelSpace
   input_shape: tuple[int, ...]
-  # A method's `extra_domains`: {key: (training split, evaluation split)}.
+  source_trains: tuple[Any, ...] = ()
+  tests: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   extra: Mapping[str, tuple[Any, Any]] = dataclasses.field(default_factory=dict)
+
+  @property
+  def num_classes(self) -> int:
+    """Outputs of the model's head (`labels.num_outputs`)."""
+    return self.labels.num_outputs
+
+  @property
+  def num_source_domains(self) -> int:
+    return max(len(self.source_trains), 1)
+
+
+def domain_names(value: str) -> tuple[str, ...]:
+  """The domains a config field names: one, or several separated by commas."""
+  return tuple(name.strip() for name in str(value or "").split(",") if name.strip())
 
 
 def _open_eval_split(name: str, split: str, train_split: str, field: str, open_kwargs) -> Any:
@@ -318,8 +369,6 @@ def _open_eval_split(name: str, split: str, train_split: str, field: str, open_k
 def _only_split_instead(name: str, split: str, open_kwargs) -> str | None:
   """The domain's one split when `split` names another (a folder or list has
   only 'train'); None when `split` exists or the domain has several."""
-  from tljax.data import registry  # pylint: disable=g-import-not-at-top
-
   splits = registry.available_splits(name, data_dir=open_kwargs["data_dir"],
                                      manual_dir=open_kwargs["manual_dir"],
                                      skip_corrupt=open_kwargs["skip_corrupt"])
@@ -327,76 +376,223 @@ def _only_split_instead(name: str, split: str, open_kwargs) -> str | None:
   return splits[0] if wanted not in splits and len(splits) == 1 else None
 
 
-def _open_data(config: ml_collections.ConfigDict, workdir: str) -> Domains:
-  open_kwargs = dict(data_dir=config.data_dir, manual_dir=config.manual_dir,
-                     cache=config.data.cache, skip_corrupt=config.data.skip_corrupt)
+@dataclasses.dataclass
+class _Raw:
+  """The splits of one domain as opened, before the task's views."""
+
+  name: str
+  train: Any = None
+  eval: Any = None
+  val: Any = None
+
+
+def _open_raw(config: ml_collections.ConfigDict, open_kwargs: dict) -> tuple[
+    list[_Raw], _Raw | None, list[_Raw]]:
+  """Opens the labelled, unlabelled and held-out domains' splits."""
+  sources, targets = domain_names(config.source), domain_names(config.target)
+  tests = domain_names(config.test_domains)
+  if not sources:
+    raise ValueError("config.source names no domain: give the labelled domain(s), e.g. "
+                     "--config.source=digits (several: --config.source=synth_digits,digits)")
+  if len(targets) > 1:
+    raise ValueError(f"config.target={config.target!r} names {len(targets)} domains; a run "
+                     "adapts to one target: name the others in config.test_domains to "
+                     "evaluate on them, or launch one run per target")
+  overlap = sorted((set(sources) | set(targets)) & set(tests))
+  if overlap:
+    raise ValueError(f"config.test_domains names {overlap}, which the run also trains on; "
+                     "held-out domains must be apart from config.source and config.target")
   if jax.process_count() > 1:
     # Process 0 builds missing datasets first; the others then only read them.
     if jax.process_index() == 0:
-      for name in {config.source, config.target}:
-        open_domain(name, config.source_split if name == config.source else config.target_split,
-                    **{**open_kwargs, "cache": False})
+      for name in (*sources, *targets, *tests):
+        registry.available_splits(name, data_dir=open_kwargs["data_dir"],
+                                  manual_dir=open_kwargs["manual_dir"],
+                                  skip_corrupt=open_kwargs["skip_corrupt"])
     multihost_utils.sync_global_devices("tljax: datasets built")
-  source_train = open_domain(config.source, config.source_split, **open_kwargs)
-  target_train = open_domain(config.target, config.target_split, **open_kwargs)
-  if source_train.class_names != target_train.class_names:
-    raise ValueError(
-        f"source {config.source!r} and target {config.target!r} have different classes: "
-        f"{source_train.class_names[:5]}... vs {target_train.class_names[:5]}...; "
-        "domain adaptation needs one label space")
-  source_eval = _open_eval_split(config.source, config.eval_source_split, config.source_split,
-                                 "eval_source_split", open_kwargs)
-  target_eval = _open_eval_split(config.target, config.eval_target_split, config.target_split,
-                                 "eval_target_split", open_kwargs)
-  source_val = None
-  if config.source_val_split == config.eval_source_split:
-    source_val = source_eval
-  elif config.source_val_split:
-    only = _only_split_instead(config.source, config.source_val_split, open_kwargs)
-    if only is not None:
-      # Held-out source data does not exist; validating on training data would
-      # flatter the source-based validators, so they are left out.
-      logging.warning("%s has only the %r split: no held-out source data, so the validators "
-                      "that need it are skipped; set config.source_val_split to a part of "
-                      "it (e.g. 'train[90%%:]', with source_split='train[:90%%]').",
-                      config.source, only)
-    else:
-      source_val = open_domain(config.source, config.source_val_split, **open_kwargs)
-  logging.info("Source %s:%s (%d), target %s:%s (%d, labels unused), %d classes.",
-               config.source, config.source_split, len(source_train), config.target,
-               config.target_split, len(target_train), source_train.num_classes)
+  labelled = []
+  for name in sources:
+    raw = _Raw(name, train=open_domain(name, config.source_split, **open_kwargs))
+    raw.eval = _open_eval_split(name, config.eval_source_split, config.source_split,
+                                "eval_source_split", open_kwargs)
+    if config.source_val_split == config.eval_source_split:
+      raw.val = raw.eval
+    elif config.source_val_split and not config.data.holdout_fraction:
+      only = _only_split_instead(name, config.source_val_split, open_kwargs)
+      if only is not None:
+        # Held-out source data does not exist; validating on training data would
+        # flatter the source-based validators, so they are left out.
+        logging.warning("%s has only the %r split: no held-out source data, so the validators "
+                        "that need it are skipped; set config.data.holdout_fraction (e.g. 0.2) "
+                        "or config.source_val_split to a part of it (e.g. 'train[90%%:]', with "
+                        "source_split='train[:90%%]').", name, only)
+      else:
+        raw.val = open_domain(name, config.source_val_split, **open_kwargs)
+    labelled.append(raw)
+  target = None
+  if targets:
+    target = _Raw(targets[0], train=open_domain(targets[0], config.target_split, **open_kwargs))
+    target.eval = _open_eval_split(targets[0], config.eval_target_split, config.target_split,
+                                   "eval_target_split", open_kwargs)
+  held_out = [_Raw(name, eval=_open_eval_split(name, config.eval_target_split, "train",
+                                               "eval_target_split", open_kwargs))
+              for name in tests]
+  return labelled, target, held_out
+
+
+def _each(raws: Sequence[_Raw], fn) -> None:
+  """Applies `fn` to every split of `raws`, keeping splits that are one object one."""
+  for raw in raws:
+    done = {}
+    for field in ("train", "eval", "val"):
+      split = getattr(raw, field)
+      if split is not None:
+        if id(split) not in done:
+          done[id(split)] = fn(split)
+        setattr(raw, field, done[id(split)])
+
+
+def _label_space(config, labelled: list[_Raw], target: _Raw | None,
+                 held_out: list[_Raw]) -> tuple[task_lib.LabelSpace, tuple[int, ...],
+                                                Mapping[str, tuple[int, ...]]]:
+  """The label space, the labelled domains' kept classes, and the kept
+  classes of each unlabelled or held-out domain (dataset indices)."""
+  first = labelled[0].train
+  kinds = {raw.train.label_kind for raw in labelled}
+  kinds |= {raw.eval.label_kind for raw in ([target] if target else []) + held_out}
+  if len(kinds) > 1:
+    raise ValueError(f"the domains mix classification and regression labels ({config.source} "
+                     f"-> {config.target or config.test_domains}); a run has one kind of label")
+  preset = task_lib.preset(config.data.label_sets) if config.data.label_sets else None
+  if first.label_kind == task_lib.REGRESSION:
+    if preset or config.data.source_classes or config.data.target_classes or (
+        config.setting not in ("", "closed_set")):
+      raise ValueError("class selections and label-set settings apply to classification; "
+                       f"{first.name} is a regression domain (factors {', '.join(first.factor_names)})")
+    for raw in labelled[1:] + ([target] if target else []) + held_out:
+      split = raw.train or raw.eval
+      if split.factor_names != first.factor_names:
+        raise ValueError(f"{raw.name} predicts {split.factor_names}, {first.name} "
+                         f"{first.factor_names}: the domains must share their factors")
+    return task_lib.LabelSpace(task_lib.REGRESSION, first.factor_names), (), {}
+  setting = config.setting or (preset.setting if preset else "closed_set")
+  if preset and config.setting and config.setting != preset.setting:
+    raise ValueError(f"config.data.label_sets={config.data.label_sets!r} is a {preset.setting} "
+                     f"protocol, but config.setting={config.setting!r}: drop one of them")
+  source_spec = config.data.source_classes or (
+      preset.source(first.class_names) if preset and preset.source else "")
+  keep = task_lib.select_classes(source_spec, first.class_names, field="config.data.source_classes")
+  names = tuple(first.class_names[i] for i in keep)
+  for raw in labelled[1:]:
+    if raw.train.class_names != first.class_names:
+      raise ValueError(f"labelled domains {first.name} and {raw.name} have different classes; "
+                       "several labelled domains must share one label space")
+  others = {}
+  for raw in ([target] if target else []) + held_out:
+    classes = (raw.train or raw.eval).class_names
+    spec = config.data.target_classes or (
+        preset.target(first.class_names) if preset and preset.target else "")
+    others[raw.name] = task_lib.select_classes(spec, classes, field="config.data.target_classes")
+  if target is not None:
+    target_classes = target.train.class_names
+    labels = task_lib.label_space(names, [target_classes[i] for i in others[target.name]],
+                                  setting=setting, source=config.source, target=config.target)
+  else:
+    labels = task_lib.label_space(names, None, setting=setting, source=config.source,
+                                  target=config.test_domains)
+  for raw in held_out:
+    classes = raw.eval.class_names
+    unknown = [classes[i] for i in others[raw.name] if classes[i] not in names]
+    if unknown and not labels.has_unknown:
+      raise ValueError(f"held-out domain {raw.name} has classes the labelled domains lack "
+                       f"({_short(unknown)}); select its classes with data.target_classes or "
+                       "declare --config.setting=open_set")
+  return labels, keep, others
+
+
+def _short(names: Sequence[str]) -> str:
+  return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+
+
+def open_data(config: ml_collections.ConfigDict, workdir: str) -> Domains:
+  """Opens the domains `config` names and applies the task's views: class
+  selections and the unknown label (`config.setting`, `config.data.label_sets`,
+  `data.source_classes` / `data.target_classes`), the semi-supervised split
+  (`data.labels_per_class`), training-domain hold-outs (`data.holdout_fraction`),
+  label maps and label budgets, and (for heads on frozen features) the feature
+  cache under `workdir`.
+
+  Raises:
+    ValueError: domains that contradict the declared setting or each other, a
+      class selection that names nothing, and the errors of `open_domain`.
+  """
+  open_kwargs = dict(data_dir=config.data_dir, manual_dir=config.manual_dir,
+                     cache=config.data.cache, skip_corrupt=config.data.skip_corrupt)
+  labelled, target, held_out = _open_raw(config, open_kwargs)
+  every = labelled + ([target] if target else []) + held_out
   if config.get("features") is not None:
     # Heads on cached features: every split becomes feature vectors of a frozen network.
     extractor = features_lib.create_extractor(config.features)
     cache_dir = config.features.cache_dir or os.path.join(workdir, "feature_cache")
-    source_train, target_train, source_eval, target_eval = (
-        features_lib.feature_domain(extractor, d, cache_dir, num_threads=config.data.num_threads)
-        for d in (source_train, target_train, source_eval, target_eval))
-    if source_val is not None:
-      source_val = (source_eval if config.source_val_split == config.eval_source_split
-                    else features_lib.feature_domain(extractor, source_val, cache_dir,
-                                                     num_threads=config.data.num_threads))
-  # Views (after the feature cache, which keeps the dataset's own labels): every
-  # split's labels under `data.label_map`, and a stratified part of the
-  # labelled training split (`data.source_fraction`).
+    _each(every, lambda d: features_lib.feature_domain(extractor, d, cache_dir,
+                                                       num_threads=config.data.num_threads))
+  # Views (after the feature cache, which keeps the dataset's own labels).
   label_map = config.data.get("label_map")
-  same_val = source_val is source_eval
-  source_train, target_train, source_eval, target_eval = (
-      views.map_labels(d, label_map) for d in (source_train, target_train, source_eval,
-                                               target_eval))
-  if source_val is not None:
-    source_val = source_eval if same_val else views.map_labels(source_val, label_map)
-  fraction = config.data.get("source_fraction", 1.0)
-  source_train = views.stratified_subset(source_train, fraction,
-                                         config.data.get("source_subset_seed", 0))
-  if label_map or fraction != 1:
+  if label_map:
+    _each(every, lambda d: views.map_labels(d, label_map))
+  labels, keep, others = _label_space(config, labelled, target, held_out)
+  if labels.kind == task_lib.CLASSIFICATION:
+    if len(keep) < labelled[0].train.num_classes:
+      _each(labelled, lambda d: task_lib.restrict_classes(d, keep))
+    for raw in ([target] if target else []) + held_out:
+      kept = others[raw.name]
+      table = task_lib.target_table(raw.eval.class_names, labels)
+      _each([raw], lambda d: task_lib.restrict_classes(d, kept, table, labels.eval_names))
+  per_class = config.data.labels_per_class
+  if per_class:
+    # Semi-supervised: N labels per class; the rest of the same split is the
+    # unlabelled data when the target names that split.
+    if len(labelled) != 1:
+      raise ValueError("config.data.labels_per_class takes one labelled domain")
+    raw = labelled[0]
+    raw.train, rest = task_lib.split_labelled(raw.train, per_class,
+                                              config.data.source_subset_seed)
+    if target is not None and (target.name, config.target_split) == (raw.name,
+                                                                      config.source_split):
+      target.train = rest
+  if config.data.holdout_fraction:
+    for i, raw in enumerate(labelled):
+      raw.train, raw.val = task_lib.holdout(raw.train, config.data.holdout_fraction,
+                                            config.data.holdout_seed + i)
+  fraction = config.data.source_fraction
+  for raw in labelled:
+    raw.train = views.stratified_subset(raw.train, fraction, config.data.source_subset_seed)
+  source_name = ",".join(raw.name for raw in labelled)
+  source_trains = tuple(raw.train for raw in labelled)
+  source_train = task_lib.pooled([raw.train for raw in labelled], source_name)
+  source_eval = task_lib.pooled([raw.eval for raw in labelled], source_name)
+  vals = [raw.val for raw in labelled]
+  source_val = None
+  if all(v is not None for v in vals):
+    same = all(raw.val is raw.eval for raw in labelled)
+    source_val = source_eval if same else task_lib.pooled(vals, source_name)
+  if label_map or fraction != 1 or per_class:
     logging.info("Labels: %s; labelled training examples: %d.", label_map or "the dataset's",
                  len(source_train))
-  # From the target split: source-free methods never read the source training split.
+  target_train = target.train if target else None
+  logging.info("Labelled %s:%s (%d), unlabelled %s (labels unused)%s; %s.", source_name,
+               config.source_split, len(source_train),
+               f"{target.name}:{target_train.split} ({len(target_train)})" if target else "none",
+               f"; held out: {', '.join(r.name for r in held_out)}" if held_out else "",
+               labels.describe())
+  # One example's shape, from the split every method reads (source-free
+  # methods never read the source training split).
+  example = (target_train or source_train).source[0]
   input_shape = preprocess.from_config(config.data.eval_preprocess, config.data.image_size)(
-      target_train.source[0], np.random.default_rng(0))["image"].shape
-  return Domains(source_train, target_train, source_eval, target_eval, source_val,
-                 source_train.num_classes, tuple(input_shape))
+      example, np.random.default_rng(0))["image"].shape
+  return Domains(source_train, target_train, source_eval, target.eval if target else None,
+                 source_val, labels, tuple(input_shape), source_trains=source_trains,
+                 tests={raw.name: raw.eval for raw in held_out})
 
 
 def _open_extra_domains(config: ml_collections.ConfigDict, domains: Domains,
@@ -438,17 +634,45 @@ def _device_batches(batches: Iterator[dict], sharding: NamedSharding,
     yield queue.popleft()
 
 
-def _train_batches(config, domains: Domains, method, first_step: int,
-                   sharding: NamedSharding) -> Iterator[dict]:
-  """`{'source': ..., 'target': ...}` global batches of the domains the method reads."""
+def _source_stream(config, domains: Domains, preprocess_fn, **kwargs) -> Iterator[dict]:
+  """The labelled batches: `batch_size` examples of each labelled domain
+  (`data.source_sampling='per_domain'`), or of their union ('pooled'), each
+  example with its domain's position under `domain`. Across processes, a
+  multi-domain batch is not ordered by domain: group by `domain`."""
+  def tagged(batches, index):
+    for batch in batches:
+      batch["domain"] = np.full(len(batch["label"]), index, np.int32)
+      yield batch
+
+  sampling = config.data.source_sampling
+  if len(domains.source_trains) <= 1 or sampling == "pooled":
+    batches = pipeline.train_batches(domains.source_train, preprocess=preprocess_fn,
+                                     seed=2 * config.seed, **kwargs)
+    return batches if len(domains.source_trains) > 1 else tagged(batches, 0)
+  # Domain 0 draws as a single-source run would; the others apart from it and
+  # from the target's and extra domains' seeds.
+  streams = [tagged(pipeline.train_batches(d, preprocess=preprocess_fn,
+                                           seed=2 * config.seed + 2**24 * i, **kwargs), i)
+             for i, d in enumerate(domains.source_trains)]
+  return ({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+          for parts in zip(*streams))
+
+
+def train_batches(config, domains: Domains, method, first_step: int,
+                  sharding: NamedSharding) -> Iterator[dict]:
+  """`{'source': ..., 'target': ...}` global batches of the domains the method
+  reads, from step `first_step` on, as global arrays sharded by `sharding`.
+
+  `source` holds `image`, `label`, `index` (the example's position in its
+  domain's split) and `domain`; `target` the same without `label` (target labels
+  never reach the step), plus the views in `method.target_views`."""
   kwargs = dict(global_batch_size=config.batch_size, start_step=first_step,
                 process_index=jax.process_index(), process_count=jax.process_count(),
                 num_threads=config.data.num_threads, num_workers=config.data.num_workers)
   train_pp = preprocess.from_config(config.data.train_preprocess, config.data.image_size)
   streams = {}
   if "source" in method.inputs:
-    streams["source"] = pipeline.train_batches(domains.source_train, preprocess=train_pp,
-                                               seed=2 * config.seed, **kwargs)
+    streams["source"] = _source_stream(config, domains, train_pp, **kwargs)
   if "target" in method.inputs:
     target_pp = train_pp
     if method.target_views:
@@ -772,32 +996,39 @@ def _checkpoint_manager(run: Run, selection: evaluation.Selection | None = None
 
 
 def _evaluate(run: Run, setup: Setup, domains: Domains, state: TrainState) -> dict:
-  """One evaluation: accuracies on the evaluation splits and the validators."""
+  """One evaluation: the task's measures on the evaluation splits, and the validators."""
   config = run.config
-  variables = setup.method.eval_variables(
-      setup.ctx, state,
-      lambda v: recompute_batch_statistics(setup, v, domains.target_train, config,
-                                           run.batch_sharding))
+  labels = domains.labels
+  has_target = domains.target_train is not None
+  variables = _eval_variables(run, setup, domains, state)
   predict = lambda domain: predict_all(setup, variables, domain, config, run.batch_sharding)
-  source, target = predict(domains.source_eval), predict(domains.target_eval)
+  source = predict(domains.source_eval)
   source_val = None
   if domains.source_val is not None:
     source_val = source if domains.source_val is domains.source_eval else predict(domains.source_val)
-  same_target = (config.target_split == config.eval_target_split
-                 or len(domains.target_train) == len(domains.target_eval) and
-                 domains.target_eval.split == domains.target_train.split)
-  unlabelled = target if same_target else predict(domains.target_train)
-  source_report = evaluation.accuracy_report(source, domains.num_classes)
-  target_report = evaluation.accuracy_report(target, domains.num_classes)
+  source_report = evaluation.task_report(source, labels)
+  record = {evaluation.SOURCE_EVAL: source_report["primary"]}
+  named = {"source": source}
+  unlabelled = target_report = None
+  if has_target:
+    target = named["target"] = predict(domains.target_eval)
+    same_target = (config.target_split == config.eval_target_split
+                   or len(domains.target_train) == len(domains.target_eval) and
+                   domains.target_eval.split == domains.target_train.split)
+    unlabelled = target if same_target else predict(domains.target_train)
+    target_report = evaluation.task_report(target, labels,
+                                           _predicted(setup, state, target, labels, config))
+    # The oracle is the task's target measure (accuracy, H-score or MAE), read
+    # with target labels: TLlib's model selection, unavailable in practice.
+    record.update({evaluation.ORACLE: target_report["primary"],
+                   "target_accuracy": target_report.get("accuracy")})
   values = evaluation.validator_values(source_val, unlabelled,
                                        names=tuple(config.validation.validators),
-                                       max_examples=config.validation.max_examples)
+                                       max_examples=config.validation.max_examples,
+                                       label_kind=labels.kind)
   # The `source_accuracy` validator (held-out source split) keeps its name; the
-  # evaluation split's source accuracy is reported beside it.
-  record = {**values, evaluation.ORACLE: target_report["accuracy"],
-            "target_accuracy": target_report["accuracy"],
-            evaluation.SOURCE_EVAL: source_report["accuracy"]}
-  named = {"source": source, "target": target}
+  # evaluation split's source measure is reported beside it.
+  record = {**values, **record}
 
   def predict_named(name: str) -> evaluation.Predictions:
     if name not in named:
@@ -809,11 +1040,84 @@ def _evaluate(run: Run, setup: Setup, domains: Domains, state: TrainState) -> di
           "method": {k: float(v) for k, v in method_metrics.items()}}
 
 
+def _eval_variables(run: Run, setup: Setup, domains: Domains, state: TrainState) -> dict:
+  """The classifier variables the method evaluates (AdaBN: BatchNorm statistics
+  recomputed over the target training split, or the labelled one without a target)."""
+  statistics_domain = domains.target_train if domains.target_train is not None else (
+      domains.source_train)
+  return setup.method.eval_variables(
+      setup.ctx, state,
+      lambda v: recompute_batch_statistics(setup, v, statistics_domain, run.config,
+                                           run.batch_sharding))
+
+
+def _predicted(setup: Setup, state: TrainState, pred: evaluation.Predictions, labels,
+               config) -> np.ndarray | None:
+  """The method's labels of a split that may hold unknown examples (open-set,
+  universal), None otherwise."""
+  if not labels.has_unknown:
+    return None
+  return np.asarray(setup.predict_labels(state.variables, jnp.asarray(pred.features),
+                                         jnp.asarray(pred.logits),
+                                         float(config.unknown_threshold)))
+
+
+def _evaluate_held_out(run: Run, setup: Setup, domains: Domains, state: TrainState,
+                       selection: evaluation.Selection) -> dict[str, Any]:
+  """The final evaluation of the held-out domains (`config.test_domains`), the
+  only time they are read: with the final parameters (the test-domain oracle
+  of DomainBed, which selects no checkpoint) and with each checkpoint a
+  validator selected (`source_accuracy` on held-out labelled data is
+  DomainBed's training-domain validation)."""
+  if not domains.tests:
+    return {}
+  labels, config = domains.labels, run.config
+
+  def evaluate_at(at_state):
+    variables = _eval_variables(run, setup, domains, at_state)
+    reports = {}
+    for name, domain in domains.tests.items():
+      pred = predict_all(setup, variables, domain, config, run.batch_sharding)
+      reports[name] = evaluation.task_report(pred, labels,
+                                             _predicted(setup, at_state, pred, labels, config))
+    primary = float(np.mean([r["primary"] for r in reports.values()]))
+    return {"domains": reports, "primary": primary}
+
+  final = evaluate_at(state)
+  selected = {}
+  picks = {name: pick["step"] for name, pick in selection.report().items()
+           if name != evaluation.ORACLE}
+  restored = {int(state.step): final}
+  for name, step in sorted(picks.items()):
+    if step not in restored:
+      restored[step] = evaluate_at(_restore_step(run, setup, step))
+    selected[name] = {"step": step, **restored[step]}
+  logging.info("Held-out %s: %s %.4g with the final parameters%s.", ", ".join(domains.tests),
+               labels.primary_metric, final["primary"],
+               "".join(f"; {v['primary']:.4g} at step {v['step']} ({k})"
+                       for k, v in selected.items()))
+  return {"final": final, "selected": selected}
+
+
+def _restore_step(run: Run, setup: Setup, step: int) -> TrainState:
+  """The state of checkpoint `step` (kept because a validator selected it)."""
+  manager = _checkpoint_manager(run)
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=run.replicated), setup.state)
+  try:
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  finally:
+    manager.close()
+
+
 def _eval_scalars(result: dict) -> dict[str, float]:
-  return {"source_accuracy": result["source"]["accuracy"],
-          "target_accuracy": result["target"]["accuracy"],
-          "target_mean_class_accuracy": result["target"]["mean_class_accuracy"],
-          "source_loss": result["source"]["loss"], "target_loss": result["target"]["loss"]}
+  """The logged numbers of one evaluation: each split's measures but the per-class lists."""
+  scalars = {}
+  for split in ("source", "target"):
+    for key, value in (result[split] or {}).items():
+      if isinstance(value, (int, float)) and key not in ("num_examples", "primary"):
+        scalars[f"{split}_{key}"] = value
+  return scalars
 
 
 def _refresh(run: Run, setup: Setup, domains: Domains, state: TrainState) -> TrainState:
@@ -837,8 +1141,9 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState, writer,
   and a checkpoint before exiting on SIGTERM/SIGINT."""
   config, method = run.config, setup.method
   first_step, total = int(state.step), config.total_steps
-  refresh_every = method.refresh_interval(-(-len(domains.target_train) // config.batch_size))
-  batches = _train_batches(config, domains, method, first_step, run.batch_sharding)
+  refreshed = domains.target_train if domains.target_train is not None else domains.source_train
+  refresh_every = method.refresh_interval(-(-len(refreshed) // config.batch_size))
+  batches = train_batches(config, domains, method, first_step, run.batch_sharding)
   manager = _checkpoint_manager(run, selection)
   stop = _StopRequest().install()
   window = TrainWindow(total)
@@ -888,7 +1193,7 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState, writer,
         flush()
         last_eval = _evaluate(run, setup, domains, state)
         selection.add(step, last_eval["record"])
-        _log_eval(writer, step, last_eval)
+        _log_eval(writer, step, last_eval, domains.labels)
         selected = step in selection.steps_to_keep()
       if step % config.checkpoint_every == 0 or step == total or preempted or selected:
         flush()
@@ -910,40 +1215,83 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState, writer,
   return state, last_eval, train_time, first_step
 
 
-def _log_eval(writer, step: int, result: dict) -> None:
+def _log_eval(writer, step: int, result: dict, labels: task_lib.LabelSpace) -> None:
   scalars = _eval_scalars(result)
   writer.write_scalars(step, {f"eval/{k}": v for k, v in {**scalars, **result["method"]}.items()})
-  writer.write_scalars(step, {f"validators/{k}": v for k, v in result["record"].items()})
+  writer.write_scalars(step, {f"validators/{k}": v for k, v in result["record"].items()
+                              if v is not None})
   shown = ", ".join(f"{k} {v:.4g}" for k, v in result["record"].items()
                     if k not in evaluation.NOT_VALIDATORS)
-  logging.info("eval @ %d: source accuracy %.2f%%, target accuracy %.2f%% | %s", step,
-               100 * scalars["source_accuracy"], 100 * scalars["target_accuracy"], shown)
+  metric = labels.primary_metric
+  parts = [f"source {metric} {_shown(result['source']['primary'], metric)}"]
+  if result["target"] is not None:
+    parts.append(f"target {metric} {_shown(result['target']['primary'], metric)}")
+  logging.info("eval @ %d: %s | %s", step, ", ".join(parts), shown)
+
+
+def _shown(value: float, metric: str) -> str:
+  """A measure as the log shows it: fractions as percentages, errors as they are."""
+  return f"{value:.4g}" if metric == "mae" else f"{100 * value:.2f}%"
+
+
+def _primary(domains: Domains, last_eval: dict, held_out: Mapping[str, Any]) -> dict[str, Any]:
+  """The one number a run is tabulated by (`sweep collect`): the target's
+  measure at the last step, or with held-out domains their mean measure at the
+  checkpoint training-domain validation selects (DomainBed's protocol; the
+  final parameters where nothing selects)."""
+  labels = domains.labels
+  if held_out:
+    pick = held_out["selected"].get("source_accuracy") or held_out["selected"].get("source_mae")
+    value = (pick or held_out["final"])["primary"]
+    name, selection = f"test_{labels.primary_metric}", (
+        "training-domain validation" if pick else "final step")
+  else:
+    target = last_eval["target"]
+    value = None if target is None else target["primary"]
+    name, selection = f"target_{labels.primary_metric}", "final step"
+  return {"name": name, "value": value, "higher_is_better": labels.higher_is_better,
+          "selection": selection}
 
 
 def _write_results(run: Run, setup: Setup, domains: Domains, state: TrainState, last_eval: dict,
-                   selection: evaluation.Selection, train_time: float,
-                   first_step: int) -> dict[str, Any]:
-  """results.json: the final numbers, the oracle-best step, and each validator's pick."""
+                   selection: evaluation.Selection, held_out: Mapping[str, Any],
+                   train_time: float, first_step: int) -> dict[str, Any]:
+  """results.json: the final numbers, the oracle-best step, each validator's
+  pick, and the held-out domains' final evaluation."""
   config = run.config
-  source, target = last_eval["source"], last_eval["target"]
+  source, target = last_eval["source"], last_eval["target"] or {}
+  labels = domains.labels
   steps_timed = config.total_steps - first_step - 1
   picks = selection.report()
   oracle = picks.pop(evaluation.ORACLE, None)
   results = {
+      # The number the task is judged by (accuracy, H-score, MAE; see `primary_metric`).
+      "primary_metric": _primary(domains, last_eval, held_out),
+      "task": {"kind": labels.kind, "setting": labels.setting, "labels": list(labels.names),
+               "target_classes": [labels.names[i] for i in labels.target_classes],
+               "source": config.source, "target": config.target or None,
+               "test_domains": list(domains.tests)},
       # Final: the last step, what a run without any selection reports.
-      "target_accuracy": target["accuracy"],
-      "source_accuracy": source["accuracy"],
-      "target_mean_class_accuracy": target["mean_class_accuracy"],
-      "target_per_class_accuracy": target["per_class_accuracy"],
-      "source_per_class_accuracy": source["per_class_accuracy"],
-      "target_eval": f"{config.target}:{domains.target_eval.split}",
+      "target_accuracy": target.get("accuracy"),
+      "source_accuracy": source.get("accuracy"),
+      "target_mean_class_accuracy": target.get("mean_class_accuracy"),
+      "target_per_class_accuracy": target.get("per_class_accuracy"),
+      "source_per_class_accuracy": source.get("per_class_accuracy"),
+      # Every measure of the last evaluation (open-set OS / OS* / UNK / H-score,
+      # regression errors per factor, ...).
+      "target_report": last_eval["target"],
+      "source_report": source,
+      "target_eval": (f"{config.target}:{domains.target_eval.split}"
+                      if domains.target_eval is not None else None),
       "source_eval": f"{config.source}:{domains.source_eval.split}",
       "step": int(state.step),
-      # Oracle-best: the evaluation with the highest target accuracy, chosen
+      # Oracle-best: the evaluation with the best target measure, chosen
       # with target labels (TLlib's protocol; unavailable in practice).
       "oracle_best": oracle,
-      # What each unsupervised validator picks, and that step's target accuracy.
+      # What each unsupervised validator picks, and that step's target measure.
       "selected": picks,
+      # Held-out domains, read once at the end: final parameters and each pick.
+      "test": held_out or None,
       "validators_final": {k: v for k, v in last_eval["record"].items()
                            if k not in evaluation.NOT_VALIDATORS},
       "validator_rank_correlation": selection.rank_correlations(),
@@ -985,9 +1333,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   config = ml_collections.ConfigDict(config)  # a copy
   run = _open_run(config, workdir, devices)
-  domains = _open_data(config, workdir)
+  domains = open_data(config, workdir)
   setup = build(config, domains.num_classes, run.mesh, domains.input_shape,
-                num_target_examples=len(domains.target_train))
+                num_target_examples=len(domains.target_train or ()), labels=domains.labels,
+                num_source_domains=domains.num_source_domains,
+                has_target=domains.target_train is not None)
   domains = _open_extra_domains(config, domains, setup.method)
   _claim_workdir(run, allow_changes)
   try:
@@ -998,20 +1348,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     state = _restore(run, setup)
     selection = evaluation.Selection.from_metrics(os.path.join(workdir, "metrics.jsonl"),
                                                   int(state.step))
+    selection.oracle_higher_is_better = domains.labels.higher_is_better
     writer = _create_writer(workdir, int(state.step))
     try:
       state, last_eval, train_time, first_step = _train(run, setup, domains, state, writer,
                                                         selection)
       if last_eval is None:  # nothing left to train: the run had already finished
         last_eval = _evaluate(run, setup, domains, state)
-      results = _write_results(run, setup, domains, state, last_eval, selection, train_time,
-                               first_step)
+      held_out = _evaluate_held_out(run, setup, domains, state, selection)
+      results = _write_results(run, setup, domains, state, last_eval, selection, held_out,
+                               train_time, first_step)
     finally:
       writer.close()
   finally:
     if run.lock is not None:
       run.lock.release()
-  logging.info("Done: target accuracy %.2f%%, source accuracy %.2f%% (%s in all).",
-               100 * results["target_accuracy"], 100 * results["source_accuracy"],
+  primary = results["primary_metric"]
+  logging.info("Done: %s %s (%s), source %s %s (%s in all).", primary["name"],
+               _shown(primary["value"], domains.labels.primary_metric), primary["selection"],
+               domains.labels.primary_metric,
+               _shown(results["source_report"]["primary"], domains.labels.primary_metric),
                _format_duration(results["wall_time_s"]))
   return results

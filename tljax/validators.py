@@ -99,6 +99,17 @@ def source_accuracy(logits: jax.Array, labels: jax.Array, *,
 
 
 @jax.jit
+@jax.jit
+def source_mae(predictions: jax.Array, targets: jax.Array, *,
+               mask: jax.Array | None = None) -> jax.Array:
+  """Mean absolute error of `(n, F)` regression predictions over held-out
+  labelled rows (`mask` 1) and factors: the regression counterpart of
+  `source_accuracy`, lower is better."""
+  predictions, targets = as_float(predictions), as_float(targets)
+  error = jnp.mean(jnp.abs(predictions - targets.reshape(predictions.shape)), axis=-1)
+  return _masked_mean(error, _row_mask(error.shape[0], mask))
+
+
 def target_entropy(logits: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
   """Mean prediction entropy `1/n sum_i -sum_c p_ic log p_ic`, `p = softmax(logits)`.
 
@@ -544,12 +555,15 @@ class Validator:
     compute: `inputs mapping -> scalar`; None when the evaluation loop
       computes the value itself (the oracle).
     description: one line for tables and logs.
+    label_kind: the tasks it applies to: 'classification' (it reads class
+      logits or labels), 'regression', or 'any'.
   """
   name: str
   higher_is_better: bool
   inputs: tuple[str, ...]
   compute: Callable[[Mapping[str, Any]], jax.Array] | None
   description: str
+  label_kind: str = "classification"
 
 
 def _importance_weights_of(a: Mapping[str, Any]) -> jax.Array:
@@ -599,8 +613,13 @@ VALIDATORS: dict[str, Validator] = {v.name: v for v in (
               ("source_logits", "source_labels", "source_features", "target_features"),
               _risk_entry(iwcv_risk),
               "importance-weighted source cross-entropy (Sugiyama et al. 2007)"),
+    Validator("source_mae", False, ("source_logits", "source_labels"),
+              lambda a: source_mae(a["source_logits"], a["source_labels"],
+                                   mask=a.get("source_mask")),
+              "mean absolute error on held-out source data (regression)", "regression"),
     Validator("oracle", True, ("target_logits", "target_labels"), None,
-              "target accuracy, with target labels (computed by the evaluation loop)"),
+              "the task's target metric, with target labels (computed by the evaluation "
+              "loop; for regression its mean absolute error, lower is better)", "any"),
 )}
 
 
@@ -751,7 +770,7 @@ def rank_correlations(records: Records, *, reference: str = "oracle",
 
 __all__ = [
     "SND_TEMPERATURE", "DEFAULT_L2", "DEFAULT_NEWTON_ITERATIONS", "LOSSES", "INPUTS",
-    "source_accuracy", "target_entropy", "bnm_score", "snd",
+    "source_accuracy", "source_mae", "target_entropy", "bnm_score", "snd",
     "DomainClassifier", "fit_domain_classifier", "density_ratio", "importance_weights",
     "per_example_loss", "iwcv_risk", "dev_risk", "dev", "iwcv",
     "Validator", "VALIDATORS", "evaluate", "spearman", "select_steps", "rank_correlations",

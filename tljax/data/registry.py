@@ -64,17 +64,24 @@ class Domain:
       the encoded file (JPEG/PNG bytes) for datasets of images of any size, so
       that preprocessing decodes only the resolution it needs
       (`preprocess.decode_image` turns either into an RGB array).
-    class_names: names of the label's classes.
+    class_names: names of the label's classes (classification).
+    factor_names: names of the label's float factors (regression: the label
+      is a `(F,)` float vector); empty for classification.
   """
 
   name: str
   split: str
   source: Sequence[dict[str, Any]]
   class_names: tuple[str, ...]
+  factor_names: tuple[str, ...] = ()
 
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
+
+  @property
+  def label_kind(self) -> str:
+    return "regression" if self.factor_names else "classification"
 
   def __len__(self) -> int:
     return len(self.source)
@@ -92,7 +99,10 @@ class _InMemorySource(Sequence):
     images = [e["image"] for e in examples]
     stackable = all(isinstance(x, np.ndarray) and x.shape == images[0].shape for x in images)
     self._images = np.stack(images) if stackable and images else images
-    self._labels = np.asarray([e["label"] for e in examples], np.int64)
+    labels = [e["label"] for e in examples]
+    # Class indices, or float factors (regression).
+    floats = bool(labels) and np.asarray(labels[0]).dtype.kind == "f"
+    self._labels = np.asarray(labels, np.float32 if floats else np.int64)
 
   def __len__(self) -> int:
     return len(self._labels)
@@ -267,10 +277,18 @@ def open_domain(name: str, split: str, *, data_dir: str | None = None,
       file, unreadable images (`image_files.UnreadableImageError`).
     FileNotFoundError: files a builder needs are missing.
   """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   builder = _builder(name, data_dir, manual_dir, skip_corrupt)
   _check_split(name, split, _splits(builder))
   source = builder.as_data_source(split=split, decoders=_decoders(builder))
   if cache:
     source = _InMemorySource(source)
-  return Domain(name=name, split=split, source=source,
-                class_names=tuple(builder.info.features["label"].names))
+  label = builder.info.features["label"]
+  if isinstance(label, tfds.features.ClassLabel):
+    return Domain(name=name, split=split, source=source, class_names=tuple(label.names))
+  # Regression: a float vector, its factors named in the builder's metadata.
+  factors = tuple((builder.info.metadata or {}).get("factor_names", ()))
+  if len(factors) != int(np.prod(label.shape)):
+    factors = tuple(f"factor{i}" for i in range(int(np.prod(label.shape))))
+  return Domain(name=name, split=split, source=source, class_names=(), factor_names=factors)

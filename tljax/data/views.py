@@ -83,10 +83,13 @@ def _read(source: Sequence[Mapping[str, Any]], indices: np.ndarray) -> list[dict
 
 
 class _ViewSource:
-  """Examples `indices` of `source` (all when None), labels through `table` (None: kept)."""
+  """Examples `indices` of `source` (all when None), labels through `table`
+  (None: kept), and a `domain` index added to each example (None: none)."""
 
-  def __init__(self, source, indices: np.ndarray | None, table: np.ndarray | None):
+  def __init__(self, source, indices: np.ndarray | None, table: np.ndarray | None,
+               domain_index: int | None = None):
     self._source, self._indices, self._table = source, indices, table
+    self._domain_index = domain_index
 
   def __len__(self) -> int:
     return len(self._source) if self._indices is None else len(self._indices)
@@ -95,6 +98,8 @@ class _ViewSource:
     example = dict(example)
     if self._table is not None:
       example["label"] = self._table[int(example["label"])]
+    if self._domain_index is not None:
+      example["domain"] = np.int32(self._domain_index)
     return example
 
   def __getitem__(self, index: int) -> dict[str, Any]:
@@ -105,6 +110,36 @@ class _ViewSource:
     indices = np.asarray(indices)
     inner = indices if self._indices is None else self._indices[indices]
     return [self._mapped(e) for e in _read(self._source, inner)]
+
+
+class _ConcatSource:
+  """Several sources one after the other (each example keeps the `domain`
+  index its view adds)."""
+
+  def __init__(self, sources: Sequence[Any]):
+    self._sources = list(sources)
+    self._starts = np.cumsum([0] + [len(s) for s in self._sources])
+
+  def __len__(self) -> int:
+    return int(self._starts[-1])
+
+  def _locate(self, indices: np.ndarray) -> np.ndarray:
+    return np.searchsorted(self._starts, indices, side="right") - 1
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    part = int(self._locate(np.asarray([index]))[0])
+    return self._sources[part][int(index - self._starts[part])]
+
+  def get_batch(self, indices: np.ndarray) -> list[dict[str, Any]]:
+    indices = np.asarray(indices)
+    parts = self._locate(indices)
+    out: list[dict[str, Any] | None] = [None] * len(indices)
+    for part in np.unique(parts):
+      where = np.flatnonzero(parts == part)
+      examples = _read(self._sources[part], indices[where] - self._starts[part])
+      for i, example in zip(where, examples):
+        out[i] = example
+    return out
 
 
 def map_labels(domain: Domain, name: str | None) -> Domain:
@@ -118,8 +153,36 @@ def map_labels(domain: Domain, name: str | None) -> Domain:
 
 
 def domain_labels(domain: Domain) -> np.ndarray:
-  """Every label of `domain`, in order (read in batches, images included)."""
-  return np.asarray([e["label"] for e in _read(domain.source, np.arange(len(domain)))], np.int64)
+  """Every label of `domain`, in order: `(n,)` int64 class labels, or `(n, F)`
+  float32 factors for a regression domain (read in batches, images included)."""
+  labels = [e["label"] for e in _read(domain.source, np.arange(len(domain)))]
+  if domain.factor_names:
+    return np.asarray(labels, np.float32).reshape(len(labels), len(domain.factor_names))
+  return np.asarray(labels, np.int64)
+
+
+def subset(domain: Domain, indices: np.ndarray | None, table: np.ndarray | None, *,
+           class_names: Sequence[str] | None = None, split: str | None = None) -> Domain:
+  """`domain` restricted to examples `indices` (None: all), labels mapped
+  through `table` (None: kept), with new class names and split name if given."""
+  changes = {"source": _ViewSource(domain.source, indices, table)}
+  if class_names is not None:
+    changes["class_names"] = tuple(class_names)
+  if split is not None:
+    changes["split"] = split
+  return dataclasses.replace(domain, **changes)
+
+
+def with_domain_index(domain: Domain, index: int) -> Domain:
+  """`domain` whose examples carry `domain: index` (multi-domain batches)."""
+  return dataclasses.replace(domain, source=_ViewSource(domain.source, None, None, index))
+
+
+def concatenate(domains: Sequence[Domain], *, name: str) -> Domain:
+  """Domains of one label space as one, each example tagged with its domain's position."""
+  sources = [_ViewSource(d.source, None, None, i) for i, d in enumerate(domains)]
+  split = "+".join(sorted({d.split for d in domains}))
+  return dataclasses.replace(domains[0], name=name, split=split, source=_ConcatSource(sources))
 
 
 def stratified_indices(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -145,4 +208,5 @@ def stratified_subset(domain: Domain, fraction: float, seed: int) -> Domain:
 
 
 __all__ = ["LabelMap", "LABEL_MAPS", "get_label_map", "mapped_num_classes", "map_label_array",
-           "map_labels", "domain_labels", "stratified_indices", "stratified_subset"]
+           "map_labels", "domain_labels", "subset", "with_domain_index", "concatenate",
+           "stratified_indices", "stratified_subset"]

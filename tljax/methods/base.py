@@ -206,6 +206,12 @@ class StepContext:
       per phase of `Method.phase_boundaries`. None: any step.
     variant: the host's static choice for this step (`Method.step_variant`);
       None when the step must decide itself.
+    labels: the task's label space (`tljax.data.task.LabelSpace`: classes or
+      regression factors, the label-set setting); None outside a task
+      (a closed-set classification of `num_classes` classes).
+    num_source_domains: labelled domains in the batch (`batch['source']['domain']`
+      holds each example's).
+    regression_loss: 'l2' or 'l1', the supervised loss of regression tasks.
   """
 
   classifier: nn.Module
@@ -217,6 +223,28 @@ class StepContext:
   num_target_examples: int = 0
   steps: tuple[int, int | None] | None = None
   variant: Any = None
+  labels: Any = None
+  num_source_domains: int = 1
+  regression_loss: str = "l2"
+
+  @property
+  def is_regression(self) -> bool:
+    return self.labels is not None and self.labels.kind == "regression"
+
+  def supervised_loss(self, outputs: jax.Array, labels: jax.Array) -> jax.Array:
+    """The task's loss on labelled examples: cross-entropy over integer labels,
+    or for regression the mean squared (`'l2'`, TLlib's `mse_loss`) or absolute
+    (`'l1'`) error over examples and factors."""
+    if self.is_regression:
+      error = outputs - labels.astype(outputs.dtype)
+      return jnp.mean(error**2) if self.regression_loss == "l2" else jnp.mean(jnp.abs(error))
+    return cross_entropy(outputs, labels)
+
+  def supervised_metrics(self, outputs: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+    """What a step logs of its labelled predictions: accuracy, or the mean absolute error."""
+    if self.is_regression:
+      return {"source_train_mae": jnp.mean(jnp.abs(outputs - labels.astype(outputs.dtype)))}
+    return {"source_train_accuracy": accuracy(outputs, labels)}
 
   def before(self, step: int) -> bool | None:
     """Whether every step this compiled step runs for is below `step` (a
@@ -367,6 +395,26 @@ class Method:
   target_views: ClassVar[tuple[str, ...]] = ()
   refresh_every: ClassVar[int] = 0
   refresh_domain: ClassVar[str] = "target"
+  label_kinds: ClassVar[tuple[str, ...]] = ("classification",)
+  settings: ClassVar[tuple[str, ...] | None] = None
+
+  def check_task(self, labels: Any, *, has_target: bool, num_source_domains: int) -> None:
+    """Refuses a task this method cannot train (before anything is written).
+    `labels` is the task's `LabelSpace`. Override to add a method's own
+    conditions (e.g. several labelled domains)."""
+    name = type(self).__name__
+    if labels.kind not in self.label_kinds:
+      raise ValueError(f"{name} trains {' or '.join(self.label_kinds)} tasks, and this task is "
+                       f"{labels.kind} ({labels.describe()}); choose a method for it")
+    if self.settings is not None and labels.setting not in self.settings:
+      raise ValueError(f"{name} is a method for the {' / '.join(self.settings)} setting, and "
+                       f"this task is {labels.setting}; set --config.setting (and the classes "
+                       "with data.label_sets or data.source_classes / data.target_classes)")
+    if "target" in self.inputs and not has_target:
+      raise ValueError(f"{name} reads an unlabelled target domain, and config.target is empty "
+                       "(domain generalisation); name the target, or choose a method that reads "
+                       "only the labelled domains")
+    del num_source_domains
 
   # ------------------------------------------------------------- construction
 
@@ -459,6 +507,20 @@ class Method:
     recomputes BatchNorm statistics over the target training split (AdaBN)."""
     del ctx, batch_statistics
     return owned(state.variables, CLASSIFIER)
+
+  def predict_labels(self, ctx: StepContext, variables: Variables, features: jax.Array,
+                     logits: jax.Array, threshold: float) -> jax.Array:
+    """Open-set and universal evaluation: each target example's label, a
+    known class or `ctx.labels.unknown_label`. By default TLlib's rule: the
+    largest known-class probability (softmax over every output) below
+    `threshold` (`config.unknown_threshold`) means unknown. `variables` are
+    the state's (every owner), for methods whose rule reads their own networks
+    (UAN's discriminator). Jitted by the trainer."""
+    del variables, features
+    known = ctx.labels.num_known
+    probabilities = jax.nn.softmax(logits.astype(jnp.float32))[:, :known]
+    labels = jnp.argmax(probabilities, -1)
+    return jnp.where(jnp.max(probabilities, -1) < threshold, ctx.labels.unknown_label, labels)
 
   def eval_metrics(self, ctx: StepContext, state: TrainState,
                    predict: Callable) -> dict[str, float]:

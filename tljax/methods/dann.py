@@ -23,6 +23,9 @@ class DANN(terms.ReversalTerm):
   """The domain-adversarial loss of a discriminator behind gradient reversal."""
 
   hidden_sizes: Sequence[int]
+  # The discriminator reads features only: TLlib runs it on regressors too
+  # (examples/domain_adaptation/image_regression/dann.py).
+  label_kinds = ("classification", "regression")
 
   @nn.compact
   def __call__(self, outputs, *, step, train=True):

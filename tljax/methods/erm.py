@@ -24,9 +24,10 @@ from tljax.methods import base, register, terms
 @register("source_only")
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SourceOnly(base.Method):
-  """ERM: cross-entropy on the source batch, which alone goes through the network."""
+  """ERM: the supervised loss on the source batch, which alone goes through the network."""
 
   inputs = ("source",)
+  label_kinds = ("classification", "regression")
 
   def loss(self, ctx, variables, batch, step, rng):
     return terms.source_only_loss(ctx, variables, batch, rng)

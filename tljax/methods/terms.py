@@ -25,7 +25,7 @@ is the same as weighting the whole term.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import flax.linen as nn
 import jax
@@ -54,6 +54,8 @@ class Term(nn.Module):
 
   trade_off: float
   trade_off_warmup: int
+  # The label kinds the term is defined for (its outputs read class logits, or not).
+  label_kinds: ClassVar[tuple[str, ...]] = ("classification",)
 
   def __call__(self, outputs: DomainOutputs, *, step: jax.Array,
                train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -142,6 +144,12 @@ class TermsMethod(base.Method):
     if self.forward not in FORWARDS:
       raise ValueError(f"config.method.forward must be one of {FORWARDS}, got {self.forward!r}")
 
+  @property
+  def label_kinds(self) -> tuple[str, ...]:
+    """The kinds every term is defined for (no term: both)."""
+    kinds = ("classification", "regression")
+    return tuple(k for k in kinds if all(k in term.label_kinds for _, term in self.terms))
+
   def networks(self, num_classes, classifier):
     return dict(self.terms)
 
@@ -168,7 +176,7 @@ class TermsMethod(base.Method):
     outputs, variables = ctx.forward_domains(variables, source["image"], target["image"],
                                              source["label"], forward_rng,
                                              joint=self.forward == "joint")
-    cls_loss = base.cross_entropy(outputs.source_logits, outputs.source_labels)
+    cls_loss = ctx.supervised_loss(outputs.source_logits, outputs.source_labels)
     transfer = jnp.zeros((), float)
     metrics = {}
     for (name, term), key in zip(self.terms, jax.random.split(term_rng, max(len(self.terms), 1))):
@@ -182,8 +190,7 @@ class TermsMethod(base.Method):
       if term.trade_off_warmup > 0:
         metrics[prefix + "warmup_scale"] = scale
     metrics.update(cls_loss=cls_loss, transfer_loss=transfer,
-                   source_train_accuracy=base.accuracy(outputs.source_logits,
-                                                       outputs.source_labels))
+                   **ctx.supervised_metrics(outputs.source_logits, outputs.source_labels))
     return cls_loss + transfer, (variables, metrics)
 
   def train_step(self, ctx, state, batch, rng):
@@ -198,12 +205,13 @@ class TermsMethod(base.Method):
 
 def source_only_loss(ctx: base.StepContext, variables: base.Variables, batch: dict,
                      rng: jax.Array) -> tuple[jax.Array, tuple[base.Variables, dict]]:
-  """ERM's loss: cross-entropy on the source batch, which alone goes through the network."""
+  """ERM's loss: the task's supervised loss (cross-entropy, or a regression
+  error) on the source batch, which alone goes through the network."""
   source = batch["source"]
   (_, logits), variables = ctx.apply_classifier(variables, source["image"], train=True, rng=rng)
-  cls_loss = base.cross_entropy(logits, source["label"])
+  cls_loss = ctx.supervised_loss(logits, source["label"])
   return cls_loss, (variables, {"cls_loss": cls_loss,
-                                "source_train_accuracy": base.accuracy(logits, source["label"])})
+                                **ctx.supervised_metrics(logits, source["label"])})
 
 
 def source_only_update(ctx: base.StepContext, state: base.TrainState, batch: dict,

@@ -649,7 +649,7 @@ def flax_adapt_step(case: Case, dtype: str = "float32", *, data_dir: str, thread
     config.model.dtype = dtype
   mesh = config_bench.data_mesh()
   # The trainer's own data path (pylint: protected-access on purpose: the same code).
-  domains = train._open_data(config, data_dir)  # pylint: disable=protected-access
+  domains = train.open_data(config, data_dir)
   setup = train.build(config, domains.num_classes, mesh, domains.input_shape,
                       num_target_examples=len(domains.target_train))
   batches = train._train_batches(  # pylint: disable=protected-access
