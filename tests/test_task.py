@@ -302,3 +302,29 @@ def _mesh():
 def _batch_sharding():
   from jax.sharding import NamedSharding, PartitionSpec as P
   return NamedSharding(_mesh(), P("data"))
+
+
+def test_sweep_tabulates_each_run_by_its_primary_measure_in_its_direction():
+  from tljax import sweep
+  def run(seed, mae):
+    return {"primary_metric": {"name": "target_mae", "value": mae, "higher_is_better": False},
+            "_seed": seed}
+  assert sweep.run_value(run(0, 0.2)) == 0.2  # an error stays as it is
+  assert sweep.run_value({"primary_metric": {"name": "target_h_score", "value": 0.5,
+                                             "higher_is_better": True}}) == 50.0
+  assert sweep.run_value({"target_accuracy": 0.25}) == 25.0  # results before primary_metric
+  row = {"by_seed": {0: 0.10, 1: 0.12, 2: 0.11}, "higher_is_better": False}
+  baseline = {"by_seed": {0: 0.20, 1: 0.21, 2: 0.22}}
+  # Lower error than the baseline on every seed: better.
+  assert sweep.paired_difference(row, baseline)["verdict"] == "better"
+  assert sweep.paired_difference({**row, "higher_is_better": True}, baseline)["verdict"] == "worse"
+
+
+def test_leave_one_domain_out_columns():
+  from tljax import sweep
+  tasks = sweep.leave_one_domain_out(["a", "b", "c"])
+  assert tasks == {"→a": {"source": "b,c", "target": "", "test_domains": "a"},
+                   "→b": {"source": "a,c", "target": "", "test_domains": "b"},
+                   "→c": {"source": "a,b", "target": "", "test_domains": "c"}}
+  multi = sweep.leave_one_domain_out(["a", "b"], target=True, name="{held_out}")
+  assert multi["a"] == {"source": "b", "target": "a", "test_domains": ""}

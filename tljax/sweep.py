@@ -69,12 +69,13 @@ _REFERENCE = None
 _TITLE = None
 _TO = None
 _SELECT = None
+_MEASURE = None
 
 
 def _define_flags() -> None:
   """Defines the command-line flags; called only when run as a program, so that
   importing this module for its functions defines no flags."""
-  global _COMMAND, _GRID, _OUT, _PARALLEL, _SLURM, _SUBMIT, _ONLY, _REFERENCE, _TITLE, _TO, _SELECT
+  global _COMMAND, _GRID, _OUT, _PARALLEL, _SLURM, _SUBMIT, _ONLY, _REFERENCE, _TITLE, _TO, _SELECT, _MEASURE
   _COMMAND = flags.DEFINE_enum("command", None, ["launch", "collect", "list"],
                                "What to do (also accepted as the first argument).")
   _GRID = flags.DEFINE_string("grid", None, "Grid file defining get_grid().")
@@ -86,6 +87,11 @@ def _define_flags() -> None:
   _REFERENCE = flags.DEFINE_string("reference", None, "CSV of reference accuracies (method,task,accuracy).")
   _TITLE = flags.DEFINE_string("title", None, "Title of the collected table.")
   _TO = flags.DEFINE_string("to", None, "Write the tables to TO.md and TO.csv (default OUT/results).")
+  _MEASURE = flags.DEFINE_enum(
+      "measure", "primary", ["primary", "test_final"],
+      "collect: each run's primary measure (the target's, or the held-out domains' under "
+      "training-domain validation), or the held-out domains' with the final parameters "
+      "(DomainBed's test-domain oracle).")
   _SELECT = flags.DEFINE_list(
       "select", [], "collect: also pick, per task, the configuration each named validator "
       "(tljax/validators.py; 'all' for every one) would choose from unlabelled target data, "
@@ -307,11 +313,52 @@ def compare(row: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> str:
   """'better' / 'worse' when the 95% intervals do not overlap, else 'not distinguishable'."""
   if baseline is None or row is baseline:
     return ""
+  up, down = ("better", "worse") if row.get("higher_is_better", True) else ("worse", "better")
   if row["ci_low"] > baseline["ci_high"]:
-    return "better"
+    return up
   if row["ci_high"] < baseline["ci_low"]:
-    return "worse"
+    return down
   return "not distinguishable"
+
+
+def leave_one_domain_out(domains: Sequence[str], *, target: bool = False,
+                         name: str = "→{held_out}", **fields: Any) -> dict[str, dict[str, Any]]:
+  """A grid's `tasks` for the leave-one-domain-out protocol (domain
+  generalisation, multi-source adaptation): one column per domain, trained
+  on all the others. The held-out domain is `test_domains` (read only by the
+  final evaluation; `target` empty), or with `target=True` the unlabelled
+  target (multi-source adaptation). `fields` are added to every column."""
+  tasks = {}
+  for held_out in domains:
+    sources = ",".join(d for d in domains if d != held_out)
+    columns = {"source": sources, **({"target": held_out, "test_domains": ""} if target
+                                     else {"target": "", "test_domains": held_out})}
+    tasks[name.format(held_out=held_out)] = {**columns, **fields}
+  return tasks
+
+
+def run_value(result: Mapping[str, Any], measure: str = "primary") -> float | None:
+  """One run's number in a table: its `primary_metric` (`measure='primary'`:
+  the target measure, or the held-out domains' under training-domain
+  validation), or `'test_final'`: the held-out domains' with the final
+  parameters (DomainBed's test-domain oracle). Fractions (accuracy, H-score)
+  in percent, errors (MAE) as they are. Results written before
+  `primary_metric` existed read as target accuracy."""
+  primary = result.get("primary_metric") or {"name": "target_accuracy",
+                                             "value": result.get("target_accuracy")}
+  if measure == "primary":
+    value = primary["value"]
+  elif measure == "test_final":
+    value = ((result.get("test") or {}).get("final") or {}).get("primary")
+  else:
+    raise ValueError(f"unknown measure {measure!r}: 'primary' or 'test_final'")
+  if value is None:
+    return None
+  return value if primary["name"].endswith("mae") else 100 * value
+
+
+def higher_is_better(result: Mapping[str, Any]) -> bool:
+  return (result.get("primary_metric") or {}).get("higher_is_better", True)
 
 
 def paired_difference(row: Mapping[str, Any], baseline: Mapping[str, Any] | None,
@@ -332,7 +379,8 @@ def paired_difference(row: Mapping[str, Any], baseline: Mapping[str, Any] | None
   differences = [row["by_seed"][s] - baseline["by_seed"][s] for s in seeds]
   mean = statistics.fmean(differences)
   low, high = confidence_interval(differences, level)
-  verdict = "better" if low > 0 else "worse" if high < 0 else "not distinguishable"
+  up, down = ("better", "worse") if row.get("higher_is_better", True) else ("worse", "better")
+  verdict = up if low > 0 else down if high < 0 else "not distinguishable"
   return {"delta": mean, "low": low, "high": high, "verdict": verdict}
 
 
@@ -354,12 +402,19 @@ def _seed_of(directory: str) -> int | str:
 
 
 def collect(out: str, grid: dict[str, Any] | None = None,
-            reference: dict[tuple[str, str], float] | None = None) -> dict[str, Any]:
+            reference: dict[tuple[str, str], float] | None = None,
+            measure: str = "primary") -> dict[str, Any]:
   """Gathers `results.json` files below `out` into per-(method, task) statistics.
+
+  Args:
+    out: the sweep directory.
+    grid: the grid (row and column order, baselines).
+    reference: published numbers by (method, task).
+    measure: which number of each run (`run_value`).
 
   Returns:
     `{"rows": [{"method", "task", "seeds", "mean", "std", "wall_time_s"}],
-      "methods": [...], "tasks": [...]}` with accuracies in percent.
+      "methods": [...], "tasks": [...], "metric": name}` with fractions in percent.
   """
   found: dict[tuple[str, str], list[dict]] = collections.defaultdict(list)
   for root, _, files in os.walk(out):
@@ -386,19 +441,25 @@ def collect(out: str, grid: dict[str, Any] | None = None,
       results = found.get((method, task), [])
       if not results:
         continue
-      accuracies = [100 * r["target_accuracy"] for r in results]
-      mean, std = _mean_std(accuracies)
-      low, high = confidence_interval(accuracies)
+      results = [r for r in results if run_value(r, measure) is not None]
+      if not results:
+        continue
+      values = [run_value(r, measure) for r in results]
+      mean, std = _mean_std(values)
+      low, high = confidence_interval(values)
       rows.append({"method": method, "task": names[task], "seeds": len(results), "mean": mean,
                    "std": std, "ci_low": low, "ci_high": high,
-                   "source_mean": _mean_std([100 * r["source_accuracy"] for r in results])[0],
+                   "source_mean": _mean_std([_source_value(r) for r in results])[0],
                    "wall_time_s": statistics.fmean(r.get("wall_time_s", float("nan")) for r in results),
                    "reference": (reference or {}).get((method, names[task])),
-                   "by_seed": {r["_seed"]: 100 * r["target_accuracy"] for r in results},
+                   "by_seed": {r["_seed"]: v for r, v in zip(results, values)},
+                   "higher_is_better": higher_is_better(results[0]),
+                   "metric": _metric_name(results[0], measure),
                    "runs": results})
   by_key = {(r["method"], r["task"]): r for r in rows}
   baselines = (grid or {}).get("baselines", BASELINES)
-  table = {"rows": rows, "methods": methods, "tasks": [names[t] for t in tasks]}
+  table = {"rows": rows, "methods": methods, "tasks": [names[t] for t in tasks],
+           "metric": rows[0]["metric"] if rows else _metric_name({}, measure)}
   if isinstance(baselines, Mapping):  # one baseline per row
     table["baseline_of"] = dict(baselines)
     for row in rows:
@@ -415,6 +476,31 @@ def collect(out: str, grid: dict[str, Any] | None = None,
 # Rows a collected table compares every method with, unless the grid names its
 # own (when the grid has them).
 BASELINES = ("source_only", "adabn")
+
+
+def _source_value(result: Mapping[str, Any]) -> float:
+  """A run's measure on the labelled domains' evaluation splits (percent for fractions)."""
+  report = result.get("source_report") or {"primary": result.get("source_accuracy")}
+  value = report.get("primary", report.get("accuracy"))
+  if value is None:
+    return float("nan")
+  name = (result.get("primary_metric") or {}).get("name", "")
+  return value if name.endswith("mae") else 100 * value
+
+
+_METRIC_TEXT = {"accuracy": "accuracy (%)", "h_score": "H-score (%)", "mae": "mean absolute error"}
+
+
+def _metric_name(result: Mapping[str, Any], measure: str) -> str:
+  """What a table's numbers are, in words."""
+  name = (result.get("primary_metric") or {}).get("name", "target_accuracy")
+  where, _, metric = name.partition("_")
+  text = _METRIC_TEXT.get(metric, metric)
+  if where == "test":
+    selection = ("final parameters (test-domain oracle)" if measure == "test_final"
+                 else "checkpoint chosen by training-domain validation")
+    return f"held-out domain {text}, {selection}"
+  return f"target {text} on the target evaluation split"
 
 
 def _comparison_fields(table: Mapping[str, Any]) -> list[str]:
@@ -459,8 +545,9 @@ def render_markdown(table: dict[str, Any], title: str) -> str:
     cells.append(f"{statistics.fmean(r['wall_time_s'] for r in present):.0f} s")
     lines.append("| " + " | ".join(cells) + " |")
   lines.append("")
-  lines.append("Target accuracy (%) on the target evaluation split, mean ± std over seeds; "
-               "`source acc.` is the source evaluation accuracy.")
+  metric = table.get("metric", "target accuracy (%) on the target evaluation split")
+  lines.append(f"{metric[0].upper()}{metric[1:]}, mean ± std over seeds; `source acc.` is the "
+               "same measure on the labelled domains' evaluation splits.")
   comparisons = _render_comparisons(table)
   if comparisons:
     lines += ["", comparisons]
@@ -503,7 +590,7 @@ def _render_comparisons(table: dict[str, Any]) -> str:
              "cannot tell them apart (`not distinguishable`). `paired Δ`: the mean "
              "difference in points from the baseline's run of the same seed, its 95% "
              "interval, and `better` / `worse` when that interval excludes 0 (pairing "
-             "by seed removes the spread the two runs share).")
+             "by seed removes the spread the two runs share; for errors, lower is better).")
   return "\n".join(out)
 
 
@@ -631,7 +718,7 @@ def main(argv):
       sys.exit(1)
     return
   reference = read_reference(_REFERENCE.value) if _REFERENCE.value else None
-  table = collect(_OUT.value, grid, reference)
+  table = collect(_OUT.value, grid, reference, measure=_MEASURE.value)
   prefix = _TO.value or os.path.join(_OUT.value, "results")
   md_path, csv_path = write_tables(prefix, table, _TITLE.value or os.path.basename(os.path.abspath(_OUT.value)))
   if _SELECT.value:
