@@ -120,7 +120,8 @@ def _train_test(members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def half_indices(labels: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
-  """Disjoint, class-stratified halves, `source` (mnist5k) and `target` (mnist5k_m), each split train/test."""
+  """Disjoint, class-stratified halves, `source` (mnist5k) and `target` (mnist5k_m),
+  each split train/test."""
   rng = np.random.default_rng(_HALF_SEED)
   out = {d: {"train": [], "test": []} for d in ("source", "target")}
   for label in range(NUM_CLASSES):
@@ -170,7 +171,7 @@ def to_uci_8x8(image: np.ndarray) -> np.ndarray:
 
 
 def upscale_8x8(images: np.ndarray) -> np.ndarray:
-  """(N, 8, 8) floats in [0, 1] -> (N, 28, 28): the bilinear upscaling `tljax.data.digits` applies."""
+  """(N, 8, 8) floats in [0, 1] -> (N, 28, 28), upscaled bilinearly as `tljax.data.digits` does."""
   return np.clip(np.stack([
       skimage.transform.resize(image, (IMAGE_SIZE, IMAGE_SIZE), order=1, anti_aliasing=False,
                                mode="edge")
@@ -184,7 +185,7 @@ def _grey_to_rgb(images: np.ndarray) -> np.ndarray:
 
 
 class _Mnist5kBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Features and build shared by the mnist5k datasets; subclasses pick the digits and their look."""
+  """Features and build shared by the mnist5k datasets; subclasses pick digits and look."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
