@@ -419,9 +419,9 @@ def _eval_pass(seed, n_s=120, n_t=100, num_classes=5, d=8):
 
 def test_registry_table():
   assert set(V.VALIDATORS) == {"source_accuracy", "target_entropy", "snd", "snd_features", "bnm",
-                               "dev", "iwcv", "oracle"}
+                               "dev", "iwcv", "source_mae", "oracle"}
   lower = {name for name, v in V.VALIDATORS.items() if not v.higher_is_better}
-  assert lower == {"target_entropy", "dev", "iwcv"}
+  assert lower == {"target_entropy", "dev", "iwcv", "source_mae"}
   for name, validator in V.VALIDATORS.items():
     assert validator.name == name
     assert set(validator.inputs) <= set(V.INPUTS)
@@ -432,7 +432,7 @@ def test_registry_table():
 def test_evaluate_computes_what_the_inputs_allow():
   inputs = _eval_pass(0)
   results = V.evaluate(inputs)
-  assert set(results) == set(V.VALIDATORS) - {"oracle"}
+  assert set(results) == set(V.VALIDATORS) - {"oracle", "source_mae"}
   assert all(r.dtype == jnp.float32 and r.shape == () for r in results.values())
   np.testing.assert_allclose(results["snd"], V.snd(inputs["target_logits"]), rtol=1e-6)
   np.testing.assert_allclose(
@@ -549,3 +549,13 @@ def test_bfloat16_logits_are_promoted():
   logits = jnp.asarray(_logits(16, 30, 4), jnp.bfloat16)
   for fn in (V.target_entropy, V.bnm_score, V.snd):
     assert fn(logits).dtype == jnp.float32
+
+
+def test_evaluate_picks_the_regression_validators_for_float_labels():
+  rng = np.random.default_rng(0)
+  predictions = rng.normal(size=(40, 3)).astype(np.float32)
+  targets = rng.normal(size=(40, 3)).astype(np.float32)
+  results = V.evaluate({"source_logits": predictions, "source_labels": targets})
+  assert set(results) == {"source_mae"}
+  np.testing.assert_allclose(results["source_mae"], np.abs(predictions - targets).mean(),
+                             rtol=1e-6)

@@ -99,7 +99,6 @@ def source_accuracy(logits: jax.Array, labels: jax.Array, *,
 
 
 @jax.jit
-@jax.jit
 def source_mae(predictions: jax.Array, targets: jax.Array, *,
                mask: jax.Array | None = None) -> jax.Array:
   """Mean absolute error of `(n, F)` regression predictions over held-out
@@ -630,7 +629,8 @@ def evaluate(inputs: Mapping[str, Any],
   Args:
     inputs: arrays by their names in `INPUTS`.
     names: validators to compute; None for every one with a `compute` whose
-      inputs are all present.
+      inputs are all present and whose label kind matches the inputs' (float
+      `source_labels`: regression; otherwise classification).
 
   Raises:
     KeyError: for an unknown name or a named validator whose inputs are missing.
@@ -639,8 +639,13 @@ def evaluate(inputs: Mapping[str, Any],
   if unknown:
     raise KeyError(f"unknown inputs {sorted(unknown)}; expected names from {INPUTS}")
   if names is None:
+    labels = inputs.get("source_labels")
+    kind = ("regression" if labels is not None and jnp.issubdtype(jnp.asarray(labels).dtype,
+                                                                     jnp.floating)
+            else "classification")
     names = [name for name, v in VALIDATORS.items()
-             if v.compute is not None and all(inputs.get(k) is not None for k in v.inputs)]
+             if v.compute is not None and v.label_kind in (kind, "any")
+             and all(inputs.get(k) is not None for k in v.inputs)]
   names = list(names)
   arrays = dict(inputs)
   if any(name in _WEIGHTED for name in names) and all(

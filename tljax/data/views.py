@@ -1,7 +1,7 @@
 """Views of a domain: its labels mapped to another task, or a stratified part of it.
 
 Both are cheap wrappers over a domain's examples (nothing is copied or rebuilt),
-applied by the trainer where the splits are opened (`train._open_data`), so every
+applied by the trainer where the splits are opened (`train.open_data`), so every
 reader downstream (training batches, evaluation, feature caches, validators,
 transferability scores) sees the same labels and examples:
 

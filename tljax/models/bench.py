@@ -636,7 +636,7 @@ def adapt_config(case: Case, data_dir: str, threads: int):
 def flax_adapt_step(case: Case, dtype: str = "float32", *, data_dir: str, threads: int
                     ) -> tuple[Callable[[], Any], Any, int, float]:
   """`(step, compiled, images per step, compile seconds)`: one call of `step`
-  takes the next batch from the trainer's input pipeline (`train._train_batches`:
+  takes the next batch from the trainer's input pipeline (`train.train_batches`:
   JPEG decoding, TLlib's random resized crop and flip, `threads` threads,
   prefetched onto the devices) and runs the method's jitted train step on it."""
   from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
@@ -652,7 +652,7 @@ def flax_adapt_step(case: Case, dtype: str = "float32", *, data_dir: str, thread
   domains = train.open_data(config, data_dir)
   setup = train.build(config, domains.num_classes, mesh, domains.input_shape,
                       num_target_examples=len(domains.target_train))
-  batches = train._train_batches(  # pylint: disable=protected-access
+  batches = train.train_batches(
       config, domains, setup.method, 0, NamedSharding(mesh, PartitionSpec("data")))
   first = next(batches)
   compiled, compile_s = config_bench.compile_last_phase(setup, setup.state, first)
