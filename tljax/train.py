@@ -1,7 +1,7 @@
 """Training and evaluation: the one path every tljax run takes.
 
 `train_and_evaluate(config, workdir)` reads top to bottom in phases, each a
-short function: `_open_run` (config checks, mesh), `_open_data` (the
+short function: `_open_run` (config checks, mesh), `open_data` (the
 domains), `build` (mesh-replicated state, the method's step context, the
 jitted steps), `_claim_workdir` (lock, run identity, config.json: nothing is
 written before the config, data and model are known good), `_restore` (the
@@ -28,6 +28,7 @@ import bisect
 import collections
 import dataclasses
 import functools
+import importlib.metadata
 import json
 import os
 import platform
@@ -54,10 +55,11 @@ from tljax import evaluation
 from tljax import features as features_lib
 from tljax import models, optim
 from tljax import workdir as workdir_lib
-from tljax.data import open_domain, pipeline, preprocess, views
+from tljax.data import available_splits, open_domain, pipeline, preprocess, views
 from tljax.methods import base as methods_base
 from tljax.methods import create_method
 from tljax.methods.base import TrainState
+from tljax.models import checkpoints
 
 NonFiniteError = config_checks.NonFiniteError
 
@@ -264,8 +266,6 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
 def _load_pretrained(params: dict, model_state: dict, config) -> tuple[dict, dict, str]:
   """Merges `config.model.init` (a checkpoint file or a tljax workdir) into the
   classifier's variables, honouring `config.model.dont_load`."""
-  from tljax.models import checkpoints  # pylint: disable=g-import-not-at-top
-
   variables = methods_base.owned({"params": params, **model_state}, methods_base.CLASSIFIER)
   host = jax.device_get(variables)
   loaded = checkpoints.load(host, config.model.init, backbone=config.model.name,
@@ -318,16 +318,29 @@ def _open_eval_split(name: str, split: str, train_split: str, field: str, open_k
 def _only_split_instead(name: str, split: str, open_kwargs) -> str | None:
   """The domain's one split when `split` names another (a folder or list has
   only 'train'); None when `split` exists or the domain has several."""
-  from tljax.data import registry  # pylint: disable=g-import-not-at-top
-
-  splits = registry.available_splits(name, data_dir=open_kwargs["data_dir"],
-                                     manual_dir=open_kwargs["manual_dir"],
-                                     skip_corrupt=open_kwargs["skip_corrupt"])
+  splits = available_splits(name, data_dir=open_kwargs["data_dir"],
+                            manual_dir=open_kwargs["manual_dir"],
+                            skip_corrupt=open_kwargs["skip_corrupt"])
   wanted = split.split("[")[0].split("+")[0]
   return splits[0] if wanted not in splits and len(splits) == 1 else None
 
 
-def _open_data(config: ml_collections.ConfigDict, workdir: str) -> Domains:
+def open_data(config: ml_collections.ConfigDict, workdir: str) -> Domains:
+  """The splits a run of `config` reads, as the trainer opens them.
+
+  Builds missing datasets (process 0 first in a multi-process run), checks that
+  source and target share one label space, evaluates a domain with a single
+  split on it (transductively, with a log line), caches features for heads on
+  a frozen network (`config.features`, in `workdir/feature_cache` unless
+  `config.features.cache_dir` says otherwise), and applies `data.label_map` and
+  `data.source_fraction`. Public for the tools that time the trainer's own
+  data path.
+
+  Raises:
+    ValueError: source and target with different classes, or a bad split.
+    FileNotFoundError: a dataset's files are missing (the message lists where
+      they were looked for).
+  """
   open_kwargs = dict(data_dir=config.data_dir, manual_dir=config.manual_dir,
                      cache=config.data.cache, skip_corrupt=config.data.skip_corrupt)
   if jax.process_count() > 1:
@@ -438,9 +451,15 @@ def _device_batches(batches: Iterator[dict], sharding: NamedSharding,
     yield queue.popleft()
 
 
-def _train_batches(config, domains: Domains, method, first_step: int,
-                   sharding: NamedSharding) -> Iterator[dict]:
-  """`{'source': ..., 'target': ...}` global batches of the domains the method reads."""
+def train_batches(config: ml_collections.ConfigDict, domains: Domains, method: methods_base.Method,
+                  first_step: int, sharding: NamedSharding) -> Iterator[dict]:
+  """`{'source': ..., 'target': ...}` global batches of the domains the method reads.
+
+  The trainer's input path from step `first_step` on: each stream shuffled and
+  augmented as a pure function of `config.seed` and the step, target labels
+  dropped, the method's extra views and domains added, and each batch placed
+  on `sharding` two steps ahead.
+  """
   kwargs = dict(global_batch_size=config.batch_size, start_step=first_step,
                 process_index=jax.process_index(), process_count=jax.process_count(),
                 num_threads=config.data.num_threads, num_workers=config.data.num_workers)
@@ -480,7 +499,10 @@ def _train_batches(config, domains: Domains, method, first_step: int,
 # ----------------------------------------------------------------------------
 
 
-def _eval_batches(config, domain, sharding: NamedSharding) -> Iterator[dict]:
+def eval_batches(config: ml_collections.ConfigDict, domain,
+                 sharding: NamedSharding) -> Iterator[dict]:
+  """Every example of `domain` once, in order, in padded global batches of
+  `config.eval_batch_size` with a `mask` of the real examples, placed on `sharding`."""
   batches = pipeline.eval_batches(
       domain, global_batch_size=config.eval_batch_size,
       preprocess=preprocess.from_config(config.data.eval_preprocess, config.data.image_size),
@@ -501,7 +523,7 @@ def recompute_batch_statistics(setup: Setup, variables: dict, domain, config,
   momentum = 0.9  # tljax's BatchNorm layers: running = 0.9 running + 0.1 batch
   total, batches = None, 0
   n = len(domain)
-  for i, batch in enumerate(_eval_batches(config, domain, sharding)):
+  for i, batch in enumerate(eval_batches(config, domain, sharding)):
     if (i + 1) * config.eval_batch_size > n and batches:
       break
     stats = setup.batch_statistics(variables, batch["image"])
@@ -514,7 +536,7 @@ def recompute_batch_statistics(setup: Setup, variables: dict, domain, config,
 def predict_all(setup: Setup, variables: dict, domain, config,
                 sharding: NamedSharding) -> evaluation.Predictions:
   """Features, logits and labels of every example of `domain`, in order."""
-  return evaluation.predictions(setup.predict, variables, _eval_batches(config, domain, sharding))
+  return evaluation.predictions(setup.predict, variables, eval_batches(config, domain, sharding))
 
 
 # ----------------------------------------------------------------------------
@@ -523,11 +545,11 @@ def predict_all(setup: Setup, variables: dict, domain, config,
 
 
 def versions() -> dict[str, str]:
-  import grain, orbax.checkpoint, tensorflow_datasets  # pylint: disable=g-import-not-at-top,multiple-imports
+  """The versions of the packages a run's numbers depend on, and its backend."""
   return {"tljax": tljax.__version__, "jax": jax.__version__,
           "flax": flax.__version__, "optax": optax.__version__,
-          "orbax-checkpoint": orbax.checkpoint.__version__, "grain": getattr(grain, "__version__", "?"),
-          "tensorflow-datasets": tensorflow_datasets.__version__,
+          **{name: importlib.metadata.version(name)
+             for name in ("orbax-checkpoint", "grain", "tensorflow-datasets")},
           "numpy": np.__version__, "python": platform.python_version(),
           "backend": jax.default_backend(), "devices": str(jax.device_count())}
 
@@ -838,7 +860,7 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState, writer,
   config, method = run.config, setup.method
   first_step, total = int(state.step), config.total_steps
   refresh_every = method.refresh_interval(-(-len(domains.target_train) // config.batch_size))
-  batches = _train_batches(config, domains, method, first_step, run.batch_sharding)
+  batches = train_batches(config, domains, method, first_step, run.batch_sharding)
   manager = _checkpoint_manager(run, selection)
   stop = _StopRequest().install()
   window = TrainWindow(total)
@@ -985,7 +1007,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   config = ml_collections.ConfigDict(config)  # a copy
   run = _open_run(config, workdir, devices)
-  domains = _open_data(config, workdir)
+  domains = open_data(config, workdir)
   setup = build(config, domains.num_classes, run.mesh, domains.input_shape,
                 num_target_examples=len(domains.target_train))
   domains = _open_extra_domains(config, domains, setup.method)
