@@ -32,6 +32,8 @@ it with either. The builders generate everything from installed packages;
 from __future__ import annotations
 
 import numpy as np
+import skimage.data
+import skimage.transform
 import tensorflow_datasets as tfds
 
 from tljax.data.serialization import deterministic_serialization
@@ -79,8 +81,9 @@ def _full_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
 
 def _upscaled_digits() -> tuple[np.ndarray, np.ndarray]:
   """All 1,797 digits as float images in [0, 1] of shape (N, 28, 28), and labels."""
+  # Only a first build generates the images: importing scikit-learn takes seconds,
+  # which every run that reads the built dataset would otherwise pay.
   import sklearn.datasets  # pylint: disable=g-import-not-at-top
-  import skimage.transform  # pylint: disable=g-import-not-at-top
 
   digits = sklearn.datasets.load_digits()
   images = digits.images.astype(np.float64) / 16.0
@@ -94,7 +97,7 @@ def _upscaled_digits() -> tuple[np.ndarray, np.ndarray]:
 
 def _backgrounds() -> list[np.ndarray]:
   """Natural colour photographs shipped with scikit-image and scikit-learn."""
-  import skimage.data  # pylint: disable=g-import-not-at-top
+  # Build only, as in `_upscaled_digits`.
   import sklearn.datasets  # pylint: disable=g-import-not-at-top
 
   photos = [getattr(skimage.data, n)() for n in ("astronaut", "coffee", "chelsea", "rocket")]

@@ -1,7 +1,7 @@
 """Views of a domain: its labels mapped to another task, or a stratified part of it.
 
 Both are cheap wrappers over a domain's examples (nothing is copied or rebuilt),
-applied by the trainer where the splits are opened (`train._open_data`), so every
+applied by the trainer where the splits are opened (`train.open_data`), so every
 reader downstream (training batches, evaluation, feature caches, validators,
 transferability scores) sees the same labels and examples:
 
@@ -67,6 +67,8 @@ def map_label_array(name: str | None, labels: Any, num_classes: int) -> Any:
   table = get_label_map(name).table(num_classes)
   if isinstance(labels, (np.ndarray, np.integer, int)):
     return table[labels]
+  # Labels traced inside a method's step. tljax.data imports no jax otherwise, so that
+  # the input pipeline's worker processes start without it.
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   return jnp.asarray(table)[labels]
 
