@@ -1,10 +1,12 @@
 """The import contracts of `.importlinter` (which part of tljax may import which)
-hold on this tree, and `lint-imports` reports each one a planted import breaks.
+hold on this tree, and `lint-imports` reports each one a planted import breaks;
+the benchmarks call no `_private` name of tljax.
 
 Each check runs import-linter in a process of its own on a copy of the
 packages, since in this process `tljax` is already imported from the real tree.
 """
 
+import ast
 import pathlib
 import re
 import shutil
@@ -96,3 +98,47 @@ def test_a_module_outside_every_layer_breaks_the_layers_contract(tree):
   result = _lint(tree)
   assert result.returncode != 0
   assert "tljax.tasks" in result.stdout, result.stdout[-3000:]
+
+
+# ----------------------------------------------------------------------------
+# The benchmarks use tljax's public API only.
+# ----------------------------------------------------------------------------
+
+
+def _private_uses(source: str) -> list[str]:
+  """`module._name` and `from tljax... import _name` in `source`, where the
+  module is one of tljax's (dunder names are not private)."""
+  tree = ast.parse(source)
+  tljax_names, found = set(), []
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      tljax_names.update((alias.asname or alias.name).split(".")[0] for alias in node.names
+                         if alias.name.split(".")[0] == "tljax")
+    elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tljax":
+      for alias in node.names:
+        if alias.name.startswith("_") and not alias.name.startswith("__"):
+          found.append(f"{node.module}.{alias.name}")
+        tljax_names.add(alias.asname or alias.name)
+  for node in ast.walk(tree):
+    if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+        and not node.attr.startswith("__")):
+      base = node.value
+      while isinstance(base, ast.Attribute):
+        base = base.value
+      if isinstance(base, ast.Name) and base.id in tljax_names:
+        found.append(ast.unparse(node))
+  return found
+
+
+def test_the_private_name_check_finds_planted_uses():
+  planted = ("from tljax import train\nfrom tljax.data import _helper\nimport tljax.models\n"
+             "x = train._open_data(1, 2)\ny = tljax.models._BACKBONES\nz = train.__name__\n"
+             "w = other._private\n")
+  assert sorted(_private_uses(planted)) == ["tljax.data._helper", "tljax.models._BACKBONES",
+                                            "train._open_data"]
+
+
+def test_benchmarks_call_no_private_name_of_tljax():
+  uses = {str(path.relative_to(REPO)): _private_uses(path.read_text())
+          for path in sorted((REPO / "benchmarks").glob("*.py"))}
+  assert uses and all(not found for found in uses.values()), uses
