@@ -38,6 +38,8 @@ import functools
 import math
 import os
 
+from fontTools import ttLib
+import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 import scipy.ndimage
@@ -78,11 +80,6 @@ def digit_fonts() -> tuple[str, ...]:
   - DejaVu*Display, STIXNonUni*, STIXSiz*: fragments (display sizes, non-Unicode
     variants, large operators) that map no digits at all.
   """
-  # Only a first build looks for fonts: matplotlib's import takes a second,
-  # which every run that reads the built dataset would otherwise pay.
-  from fontTools import ttLib  # pylint: disable=g-import-not-at-top
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
   font_dir = os.path.join(matplotlib.get_data_path(), "fonts", "ttf")
   fonts = []
   for name in sorted(os.listdir(font_dir)):
