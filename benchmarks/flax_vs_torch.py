@@ -248,8 +248,8 @@ def main(argv: Sequence[str]) -> None:
     print("PyTorch is not installed: timing Flax only.")
   torch_supported = lambda case: False  # pylint: disable=unnecessary-lambda-assignment
   if with_torch:
-    # PyTorch is optional, and only the rows' children time it: this process
-    # reads which rows the PyTorch restatement covers.
+    # Here, not at the top: PyTorch is optional, and the Flax children run this
+    # module too. This process only reads which rows PyTorch can time.
     from benchmarks import torch_steps  # pylint: disable=g-import-not-at-top
     torch_supported = torch_steps.case_supported
   load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
