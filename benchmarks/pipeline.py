@@ -133,8 +133,8 @@ def time_model_step(model: str, size: int, batch: int, work_dir: str) -> float:
   """Seconds per train step of `model`, from `benchmarks.flax_vs_torch` in a process of its own."""
   out = os.path.join(work_dir, "model_bench.json")
   command = [sys.executable, "-m", "benchmarks.flax_vs_torch", f"--models={model}",
-             f"--sizes={size}", f"--batch={batch}", "--steps=3", "--warmup=1", "--torch=false", "--frozen=false",
-             f"--out={out}"]
+             f"--sizes={size}", f"--batch={batch}", "--steps=3", "--warmup=1", "--torch=false",
+             "--frozen=false", "--digits_methods=", "--adapt_methods=", f"--out={out}"]
   subprocess.run(command, check=True, capture_output=True)
   with open(out) as f:
     return json.load(f)["rows"][0]["flax"]["step_s"]

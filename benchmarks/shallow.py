@@ -4,11 +4,12 @@
     python -m benchmarks.shallow --n=500 --d=256 --out=/tmp/bench.json
 
 Both sides (`benchmarks.shallow_timing`) run the whole pipeline of each
-method on the same synthetic problem (a Gaussian mixture in a low-dimensional latent space, lifted to `d`
-dimensions; the target has shifted class means and a different lift): fit the
-adaptation, embed both domains, label the target by 1-NN. For tljax, compile
-time (`jit(...).lower(...).compile()`) is reported separately from the warm run
-time (median of `--repeats` calls after a warm-up call, `block_until_ready`).
+method on the same synthetic problem (a Gaussian mixture in a low-dimensional
+latent space, lifted to `d` dimensions; the target has shifted class means
+and a different lift): fit the adaptation, embed both domains, label the
+target by 1-NN. For tljax, compile time (`jit(...).lower(...).compile()`) is
+reported separately from the warm run time (median of `--repeats` calls after
+a warm-up call, `block_until_ready`).
 The reference runs once, in float64, as the authors' code would.
 
 The references of JDA and BDA repeat a dense QZ eigen-solve (`scipy.linalg.eig`)

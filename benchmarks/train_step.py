@@ -1,6 +1,7 @@
-"""Benchmark of the train step a config describes: compile time, steps/s, memory.
+r"""Benchmark of the train step a config describes: compile time, steps/s, memory.
 
-    python -m benchmarks.train_step --config=configs/source_only.py:digits [--steps=50] [--out=FILE.json]
+    python -m benchmarks.train_step --config=configs/source_only.py:digits [--steps=50] \
+        [--out=FILE.json]
     python -m benchmarks.train_step --config=configs/dan.py:digits --compare_source_only
 
 Runs the jitted train step of `tljax.train` on synthetic batches of the
