@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The backbone train-step tables (tljax.models.bench) on an accelerator, in fp32
+# The backbone train-step tables (benchmarks.flax_vs_torch) on an accelerator, in fp32
 # and in bf16, written to experiments/results/gpu_bench.md (+ one .json each).
 #
 #   bash experiments/gpu_bench.sh                      # on a GPU/TPU machine
@@ -36,7 +36,7 @@ fi
 device=$(python -c "import jax; print(jax.default_backend(), '|', jax.devices()[0].device_kind)")
 for dtype in float32 bfloat16; do
   dtype_args="${dtype}_args[@]"
-  python -m tljax.models.bench "${args[@]}" "${!dtype_args}" --dtype="$dtype" \
+  python -m benchmarks.flax_vs_torch "${args[@]}" "${!dtype_args}" --dtype="$dtype" \
     --out="$out_dir/gpu_bench_$dtype" "$@"
 done
 

@@ -417,7 +417,7 @@ def test_co_tuning_keeps_the_pretrained_head_and_learns_the_relationship(runs, d
   state, _ = state_at(runs.finetuned("co_tuning")[0], None)
   domain = open_domain(config.source, config.source_split, data_dir=digits_data_dir)
   logits, labels = [], []
-  for batch in train._eval_batches(config, domain, sharding):  # pylint: disable=protected-access
+  for batch in train.eval_batches(config, domain, sharding):
     keep = np.asarray(batch["mask"]) > 0
     _, l = setup.predict(pretrained, batch["image"])
     logits.append(np.asarray(l)[keep])
@@ -569,7 +569,7 @@ def test_multitask_run_reports_each_heads_accuracy(multitask_runs, digits_data_d
   domain = open_domain("digits", config.eval_source_split, data_dir=digits_data_dir)
   correct = {"parity": [], "ge5": []}
   rules = {"parity": lambda y: y % 2, "ge5": lambda y: (y >= 5).astype(int)}
-  for batch in train._eval_batches(config, domain, sharding):  # pylint: disable=protected-access
+  for batch in train.eval_batches(config, domain, sharding):
     keep = np.asarray(batch["mask"]) > 0
     features, _ = setup.predict(base.owned(variables, base.CLASSIFIER), batch["image"])
     for name in correct:

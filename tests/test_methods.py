@@ -196,7 +196,7 @@ def test_batch_statistics_are_the_target_moments(make_config, digits_data_dir):
   domain = open_domain("digits_m", "train", data_dir=digits_data_dir)
   variables = base.owned(setup.state.variables, base.CLASSIFIER)
   recomputed = train.recompute_batch_statistics(setup, variables, domain, config, sharding)
-  batches = [b["image"] for b in train._eval_batches(config, domain, sharding)]  # pylint: disable=protected-access
+  batches = [b["image"] for b in train.eval_batches(config, domain, sharding)]
   n_full = len(domain) // 64
   # The first convolution has no bias: recompute its output directly, in float64.
   kernel = np.asarray(variables["params"]["backbone"]["conv1"]["kernel"], np.float64)

@@ -26,9 +26,14 @@ import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
+import PIL.Image
 import pytest
 import safetensors.numpy
 
+from benchmarks import cases
+from benchmarks import flax_steps
+from benchmarks import office31_like
+from benchmarks import profiling
 from tljax import models
 from tljax.models import checkpoints
 from tljax.models import convert
@@ -788,20 +793,18 @@ def test_parameter_overview_counts():
 
 
 def test_bench_flax_step_runs():
-  from tljax.models import bench  # pylint: disable=g-import-not-at-top
-  result = bench.time_flax(bench.Case("backbone", "resnet18", 32, 2), steps=1, warmup=0)
+  result = flax_steps.time_flax(cases.Case("backbone", "resnet18", 32, 2), steps=1, warmup=0)
   assert result["step_s"] > 0 and result["compile_s"] > 0 and result["peak_bytes"] > 0
   assert result["flops"] > 0 and result["gflops_per_s"] > 0
   matmul = {"flax": {"gflops_per_s": 100.0, "size": 8, "seconds": 1.0}}
-  table = bench.format_table([{"case": "resnet18", "size": 32, "batch": 2, "flax": result}],
+  table = cases.format_table([{"case": "resnet18", "size": 32, "batch": 2, "flax": result}],
                              matmul)
   assert "| resnet18 | 32 | 2 |" in table and "%" in table
 
 
 def test_bench_frozen_case_differentiates_only_trainable_parameters():
-  from tljax.models import bench  # pylint: disable=g-import-not-at-top
-  case = bench.Case("backbone", "resnet18", 32, 2, frozen=bench.FROZEN_STAGES_REGEX)
-  step, state, images, labels = bench.build_flax_step(case)
+  case = cases.Case("backbone", "resnet18", 32, 2, frozen=cases.FROZEN_STAGES_REGEX)
+  step, state, images, labels = flax_steps.build_flax_step(case)
   assert state["frozen"] and all(not key.startswith(("backbone/layer4", "head"))
                                  for key in state["frozen"])
   assert {key.split("/")[1] for key in state["trainable"] if key.startswith("backbone/")} == {
@@ -987,20 +990,18 @@ def test_resnet_conv_impls_agree():
 
 
 def test_profile_puts_resnet_ops_in_categories():
-  from tljax.models import profile  # pylint: disable=g-import-not-at-top
-  result = profile.profile_flax("resnet18", 32, 2)
+  result = profiling.profile_flax("resnet18", 32, 2)
   # On CPU the kernel gradients are im2col matmuls (`conv_impl='cpu'`).
   for category in ("conv forward", "conv input grad", "batch norm forward",
                    "batch norm backward", "matmul forward", "matmul backward"):
     assert any(name.startswith(category) for name in result["ms"]), (category, result["ms"])
-  assert "| flax category | ms | share | ops |" in profile.format_profile(result, "flax")
+  assert "| flax category | ms | share | ops |" in profiling.format_profile(result, "flax")
 
 
 def test_profile_of_a_methods_digits_step():
   """`--digits=METHOD`: the whole jitted train step, each op at its fastest of
   `repeats` traced calls, in the same categories."""
-  from tljax.models import profile  # pylint: disable=g-import-not-at-top
-  result = profile.profile_flax_digits("dann", 8, repeats=2)
+  result = profiling.profile_flax_digits("dann", 8, repeats=2)
   for category in ("conv forward", "conv kernel grad", "batch norm", "matmul forward"):
     assert any(name.startswith(category) for name in result["ms"]), (category, result["ms"])
   assert all(ms > 0 for ms in result["ms"].values()) and result["step_s"] > 0
@@ -1010,24 +1011,22 @@ def test_bench_adaptation_rows_take_their_batches_from_the_pipelines(tmp_path):
   """An adaptation row: tljax's DANN step on an Office-31-layout folder of JPEGs,
   through the trainer's input pipeline, and TLlib's iteration (DataLoader with
   its transforms, a worker process) in PyTorch; both count a step's FLOPs."""
-  pytest.importorskip("torchvision")
-  import PIL.Image  # pylint: disable=g-import-not-at-top
-
-  from tljax.models import bench  # pylint: disable=g-import-not-at-top
-  from tljax.reference_torch import tllib_train_transform  # pylint: disable=g-import-not-at-top
-  case = bench.Case("adapt", "resnet18", 32, 8, method="dann")  # 8: the simulated devices
-  config = bench.adapt_config(case, str(tmp_path), threads=1)
+  torch_steps = pytest.importorskip("benchmarks.torch_steps")
+  torch_reference = pytest.importorskip("benchmarks.torch_reference")
+  case = cases.Case("adapt", "resnet18", 32, 8, method="dann")  # 8: the simulated devices
+  config = cases.adapt_config(case, str(tmp_path), threads=1)
   assert (config.model.name, config.data.image_size, config.batch_size) == ("resnet18", 32, 8)
-  bench.write_adapt_data(str(tmp_path), config, num_images=31)
+  office31_like.write_adapt_data(str(tmp_path), config, num_images=31)
   for domain in ("amazon", "webcam"):  # Office-31's layout: <domain>/images/<class>/*.jpg
     assert len(list((tmp_path / "office31" / domain / "images").glob("*/*.jpg"))) == 31
-  ours = bench.time_flax_adapt(case, 2, 0, data_dir=str(tmp_path), threads=1)
-  theirs = bench.time_torch_adapt(case, 2, 0, data_dir=str(tmp_path), threads=1)
+  ours = flax_steps.time_flax_adapt(case, 2, 0, data_dir=str(tmp_path), threads=1)
+  theirs = torch_steps.time_torch_adapt(case, 2, 0, data_dir=str(tmp_path), threads=1)
   for result in (ours, theirs):
     assert result["step_s"] > 0 and result["flops"] > 0
     assert result["images_per_s"] * result["step_s"] == pytest.approx(16)  # 8 + 8
   assert 0.5 < ours["flops"] / theirs["flops"] < 2, (ours["flops"], theirs["flops"])
-  image = tllib_train_transform(32)(PIL.Image.new("RGB", (300, 200), (255, 0, 0)))
+  image = torch_reference.tllib_train_transform(32)(
+      PIL.Image.new("RGB", (300, 200), (255, 0, 0)))
   assert tuple(image.shape) == (3, 32, 32)
   np.testing.assert_allclose(image[:, 0, 0].numpy(), [(1 - .485) / .229, -.456 / .224,
                                                       -.406 / .225], rtol=1e-5)
@@ -1036,20 +1035,20 @@ def test_bench_adaptation_rows_take_their_batches_from_the_pipelines(tmp_path):
 def test_bench_digits_rows_time_a_method_in_both_frameworks():
   """A digits row: tljax's DANN step and the PyTorch restatement of TLlib's, each
   timed with its FLOPs (the two counts of the same step agree in magnitude)."""
-  pytest.importorskip("torch")
-  from tljax.models import bench  # pylint: disable=g-import-not-at-top
-  case = bench.Case("digits", "dann", 28, 8, label="digits dann")  # 8: the simulated devices
-  ours = bench.time_flax_digits(case, steps=1, warmup=0)
-  theirs = bench.time_torch_digits(case, steps=1, warmup=0)
+  torch_steps = pytest.importorskip("benchmarks.torch_steps")
+  case = cases.Case("digits", "dann", 28, 8, label="digits dann")  # 8: the simulated devices
+  ours = flax_steps.time_flax_digits(case, steps=1, warmup=0)
+  theirs = torch_steps.time_torch_digits(case, steps=1, warmup=0)
   for result in (ours, theirs):
     assert result["step_s"] > 0 and result["flops"] > 0 and result["images_per_s"] > 0
   assert 0.5 < ours["flops"] / theirs["flops"] < 2, (ours["flops"], theirs["flops"])
-  assert bench.torch_digits_supported("cdan_mcc") and bench.torch_digits_supported("source_only")
-  assert not bench.torch_digits_supported("mcd")
+  assert torch_steps.digits_supported("cdan_mcc") and torch_steps.digits_supported("source_only")
+  assert not torch_steps.digits_supported("mcd")
   # Adaptation rows read the method's office31 config.
-  adapt = lambda m: bench.Case("adapt", "resnet18", 32, 4, method=m)  # pylint: disable=unnecessary-lambda-assignment
-  assert bench._torch_supported(adapt("cdan_mcc")) and bench._torch_supported(adapt("source_only"))  # pylint: disable=protected-access
-  assert not bench._torch_supported(adapt("mcd"))  # pylint: disable=protected-access
-  table = bench.format_table([{"case": case.name, "size": 28, "batch": 8, "flax": ours,
+  adapt = lambda m: cases.Case("adapt", "resnet18", 32, 4, method=m)  # pylint: disable=unnecessary-lambda-assignment
+  assert torch_steps.case_supported(adapt("cdan_mcc"))
+  assert torch_steps.case_supported(adapt("source_only"))
+  assert not torch_steps.case_supported(adapt("mcd"))
+  table = cases.format_table([{"case": case.name, "size": 28, "batch": 8, "flax": ours,
                                "torch": theirs}], {})
   assert "digits dann" in table

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 from scipy.spatial import distance
 
+from benchmarks import shallow_timing
 from tljax import shallow
 from tljax.shallow import analysis
 from tljax.shallow import experiment
@@ -374,13 +375,13 @@ def test_tsne_plot_writes_png(tmp_path):
 
 
 def test_benchmark_runs_both_sides_on_a_tiny_problem():
-  from tljax.shallow import bench  # pylint: disable=g-import-not-at-top
-  rows = bench.run_benchmark(n=30, d=12, num_classes=3, method_names=bench.ALL_METHODS,
-                             dim=4, gfk_dim=3, iterations=2, reference_iterations=2,
-                             repeats=1, log=lambda line: None)
-  assert [row["method"] for row in rows] == list(bench.ALL_METHODS)
+  rows = shallow_timing.run_benchmark(n=30, d=12, num_classes=3,
+                                      method_names=shallow_timing.ALL_METHODS, dim=4,
+                                      gfk_dim=3, iterations=2, reference_iterations=2,
+                                      repeats=1, log=lambda line: None)
+  assert [row["method"] for row in rows] == list(shallow_timing.ALL_METHODS)
   for row in rows:
     assert row["tljax_warm_s"] > 0 and row["reference_s"] > 0
     assert not row["reference_extrapolated"]
     assert row["prediction_agreement"] >= 0.9, row
-  assert "| gfk |" in bench.format_table(rows, "header")
+  assert "| gfk |" in shallow_timing.format_table(rows, "header")

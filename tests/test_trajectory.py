@@ -1,7 +1,7 @@
 """Trajectory parity with TLlib: tljax and a PyTorch reference train the same
 network from the same weights on the same batches, and must stay together.
 
-The reference (`tljax/reference_torch.py`) is written from TLlib's definitions
+The reference (`benchmarks/torch_reference.py`) is written from TLlib's definitions
 (TLlib itself no longer imports): its loss modules (`DomainAdversarialLoss`,
 `ConditionalDomainAdversarialLoss`, MK-MMD / JMMD with their index matrices,
 `ClassificationMarginDisparityDiscrepancy`, `MinimumClassConfusionLoss`,
@@ -50,7 +50,7 @@ from tljax import train
 sys.path.insert(0, str(REPO))
 
 torch = pytest.importorskip("torch", reason="trajectory parity needs PyTorch (pip install tljax[test])")
-from tljax.reference_torch import Reference, matches  # noqa: E402  pylint: disable=g-import-not-at-top
+from benchmarks.torch_reference import Reference, matches  # noqa: E402  pylint: disable=g-import-not-at-top
 
 NUM_CLASSES = 4
 BATCH = 8

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import numpy as np
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
@@ -61,7 +62,6 @@ def _to_host(tree: Any) -> Any:
   """Global arrays as numpy on every process: in a multi-process run each
   process holds only its block of a batch, so the blocks are gathered."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
   return jax.tree.map(np.asarray, jax.device_get(tree))
 

@@ -30,6 +30,7 @@ from tljax import models
 from tljax import workdir as workdir_lib
 from tljax.data import pipeline, preprocess
 from tljax.data.registry import Domain
+from tljax.models import checkpoints
 
 LAYERS = ("backbone", "features", "logits")
 
@@ -82,8 +83,6 @@ def from_pretrained(features_config: ml_collections.ConfigDict) -> Extractor:
   `backbone_kwargs` (e.g. a ViT's `image_size`), `image_size` and
   `eval_preprocess` (how images are prepared for it).
   """
-  from tljax.models import checkpoints  # pylint: disable=g-import-not-at-top
-
   if not features_config.get("init"):
     raise ValueError("config.features.init must name the pretrained checkpoint "
                      "(.safetensors, .pth, .npz) of config.features.model")

@@ -3,47 +3,32 @@
     python -m tljax.main --config=configs/<file>.py:<arg> --workdir=DIR [--config.key=value ...]
 
 Runs `tljax.train.train_and_evaluate`; rerunning the same command resumes from
-the latest checkpoint in DIR.
+the latest checkpoint in DIR. A `--config.*` override must name a field of the
+config file, except in the free-form keyword dicts (`tljax.cli.OPEN_DICTS`,
+e.g. `--config.model.backbone_kwargs.drop_path=0.1`), which take any key.
 """
 
 from __future__ import annotations
 
-import ast
 import logging as std_logging
 import os
-import re
 import sys
 
 from absl import app, flags, logging
+import jax
 from ml_collections import config_flags
 
-# Free-form keyword dicts: any key may be set on the command line, also one the
-# config file does not list (e.g. --config.model.backbone_kwargs.drop_path=0.1).
-_OPEN_DICTS = ("model.backbone_kwargs", "features.backbone_kwargs")
-_open_overrides: list[tuple[str, str, str]] = []
+from tljax import cli
+from tljax import workdir
 
-
-def _take_open_overrides(argv: list[str]) -> list[str]:
-  """Removes `--config.<open dict>.<key>=<value>` flags from `argv` into
-  `_open_overrides`; `main` applies them after the config is parsed. (Runs
-  before the config flag is defined: that flag reads its overrides from
-  `sys.argv` there.)"""
-  kept = []
-  for arg in argv:
-    match = re.fullmatch(r"--config\.(%s)\.([A-Za-z_][A-Za-z0-9_]*)=(.*)" %
-                         "|".join(re.escape(d) for d in _OPEN_DICTS), arg, flags=re.S)
-    if match:
-      _open_overrides.append(match.groups())
-    else:
-      kept.append(arg)
-  return kept
-
-
-if __name__ == "__main__":
-  sys.argv = _take_open_overrides(sys.argv)
+# The command line the config flag reads its overrides from: the program's own
+# without the open-dict overrides, which `parse_flags` sets aside (ml_collections
+# reads this list when the flag is parsed).
+_CONFIG_ARGV: list[str] = []
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file, with an optional ':arg'.", lock_config=True)
+    "config", None, "Path to a config file, with an optional ':arg'.", lock_config=True,
+    sys_argv=_CONFIG_ARGV)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for multi-process runs that "
@@ -79,33 +64,25 @@ def _should_initialize_distributed() -> bool:
           or "," in env.get("TPU_WORKER_HOSTNAMES", ""))
 
 
-_started = False
-def _apply_open_overrides(config) -> None:
-  for dotted, key, text in _open_overrides:
-    try:
-      value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      value = text  # a plain string
-    node = config
-    for part in dotted.split("."):
-      if part not in node:
-        raise ValueError(f"--config.{dotted}.{key}: the config has no {dotted}")
-      node = node[part]
-    with node.ignore_type():
-      node.unlock()
-      node[key] = value
+def parse_flags(argv: list[str]) -> tuple[list[str], list[cli.OpenOverride]]:
+  """`app.run`'s flags parser: the open-dict overrides set aside, absl parses the
+  rest; `main` receives both. A `--config.*` override naming a field the config
+  does not have is a one-line error."""
+  argv, open_overrides = cli.split_open_overrides(argv)
+  _CONFIG_ARGV[:] = argv
+  try:
+    return app.parse_flags_with_usage(argv), open_overrides
+  except (KeyError, AttributeError) as e:  # raised by ml_collections for an unknown field
+    sys.exit(cli.unknown_field_message(e))
 
 
-def main(argv):
-  global _started
-  _started = True
+def main(args: tuple[list[str], list[cli.OpenOverride]]) -> None:
+  argv, open_overrides = args
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # TF only builds/reads data here
   logging.get_absl_handler().addFilter(_TljaxInfoOnly())
-  import jax  # pylint: disable=g-import-not-at-top
-
   if _should_initialize_distributed():
     # CPU-only processes need a collectives backend; accelerators bring their own.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -114,38 +91,18 @@ def main(argv):
                                process_id=_PROCESS_ID.value)
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)
+  # Imported once the TensorFlow options above are set: TensorFlow, which the
+  # trainer loads (clu's TensorBoard writer), reads them when it loads.
+  from tljax import train  # pylint: disable=g-import-not-at-top
 
-  from tljax import train, workdir  # pylint: disable=g-import-not-at-top
   try:
-    _apply_open_overrides(_CONFIG.value)
+    cli.apply_open_overrides(_CONFIG.value, open_overrides)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, allow_changes=_ALLOW_CHANGES.value)
   except (ValueError, PermissionError, FileNotFoundError, train.NonFiniteError,
           workdir.WorkdirInUseError) as e:
     # Bad input, a busy workdir or a diverged run: one line that says what and how to fix it.
-    sys.exit(f"error: {' '.join(str(e).split()) if _one_line(e) else e}")
-
-
-def _one_line(error: Exception) -> bool:
-  """Messages are one line, except listings (files searched, parameters that
-  do not fit) that are clearer as lists."""
-  return "\n  " not in str(error)
-
-
-def run() -> None:
-  """`app.run(main)`, turning a bad `--config.*` override into a one-line error."""
-  try:
-    app.run(main)
-  except (KeyError, AttributeError) as e:
-    if _started:
-      raise
-    message = str(e)
-    key = re.search(r"'([A-Za-z0-9_]+)", message)
-    suggestion = re.search(r'Did you mean "([^"]+)"', message)
-    sys.exit("error: a --config.* override names a field the config does not have"
-             + (f": {key.group(1)!r}" if key else f" ({message})")
-             + (f"; did you mean {suggestion.group(1)!r}?" if suggestion else ".")
-             + " The config file lists every field.")
+    sys.exit(cli.one_line_error(e))
 
 
 if __name__ == "__main__":
-  run()
+  app.run(main, flags_parser=parse_flags)

@@ -28,6 +28,7 @@ import bisect
 import collections
 import dataclasses
 import functools
+import importlib.metadata
 import json
 import os
 import platform
@@ -59,6 +60,7 @@ from tljax.data import task as task_lib
 from tljax.methods import base as methods_base
 from tljax.methods import create_method
 from tljax.methods.base import TrainState
+from tljax.models import checkpoints
 
 NonFiniteError = config_checks.NonFiniteError
 
@@ -281,8 +283,6 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
 def _load_pretrained(params: dict, model_state: dict, config) -> tuple[dict, dict, str]:
   """Merges `config.model.init` (a checkpoint file or a tljax workdir) into the
   classifier's variables, honouring `config.model.dont_load`."""
-  from tljax.models import checkpoints  # pylint: disable=g-import-not-at-top
-
   variables = methods_base.owned({"params": params, **model_state}, methods_base.CLASSIFIER)
   host = jax.device_get(variables)
   loaded = checkpoints.load(host, config.model.init, backbone=config.model.name,
@@ -704,7 +704,10 @@ def train_batches(config, domains: Domains, method, first_step: int,
 # ----------------------------------------------------------------------------
 
 
-def _eval_batches(config, domain, sharding: NamedSharding) -> Iterator[dict]:
+def eval_batches(config: ml_collections.ConfigDict, domain,
+                 sharding: NamedSharding) -> Iterator[dict]:
+  """Every example of `domain` once, in order, in padded global batches of
+  `config.eval_batch_size` with a `mask` of the real examples, placed on `sharding`."""
   batches = pipeline.eval_batches(
       domain, global_batch_size=config.eval_batch_size,
       preprocess=preprocess.from_config(config.data.eval_preprocess, config.data.image_size),
@@ -725,7 +728,7 @@ def recompute_batch_statistics(setup: Setup, variables: dict, domain, config,
   momentum = 0.9  # tljax's BatchNorm layers: running = 0.9 running + 0.1 batch
   total, batches = None, 0
   n = len(domain)
-  for i, batch in enumerate(_eval_batches(config, domain, sharding)):
+  for i, batch in enumerate(eval_batches(config, domain, sharding)):
     if (i + 1) * config.eval_batch_size > n and batches:
       break
     stats = setup.batch_statistics(variables, batch["image"])
@@ -738,7 +741,7 @@ def recompute_batch_statistics(setup: Setup, variables: dict, domain, config,
 def predict_all(setup: Setup, variables: dict, domain, config,
                 sharding: NamedSharding) -> evaluation.Predictions:
   """Features, logits and labels of every example of `domain`, in order."""
-  return evaluation.predictions(setup.predict, variables, _eval_batches(config, domain, sharding))
+  return evaluation.predictions(setup.predict, variables, eval_batches(config, domain, sharding))
 
 
 # ----------------------------------------------------------------------------
@@ -747,11 +750,11 @@ def predict_all(setup: Setup, variables: dict, domain, config,
 
 
 def versions() -> dict[str, str]:
-  import grain, orbax.checkpoint, tensorflow_datasets  # pylint: disable=g-import-not-at-top,multiple-imports
+  """The versions of the packages a run's numbers depend on, and its backend."""
   return {"tljax": tljax.__version__, "jax": jax.__version__,
           "flax": flax.__version__, "optax": optax.__version__,
-          "orbax-checkpoint": orbax.checkpoint.__version__, "grain": getattr(grain, "__version__", "?"),
-          "tensorflow-datasets": tensorflow_datasets.__version__,
+          **{name: importlib.metadata.version(name)
+             for name in ("orbax-checkpoint", "grain", "tensorflow-datasets")},
           "numpy": np.__version__, "python": platform.python_version(),
           "backend": jax.default_backend(), "devices": str(jax.device_count())}
 

@@ -31,6 +31,7 @@ from absl import logging
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 
 LOCK_NAME = ".lock"
 IDENTITY_NAME = "run.json"
@@ -279,7 +280,6 @@ def latest_state(workdir: str) -> tuple[dict[str, Any], int]:
 
 def state_at(workdir: str, step: int | None) -> tuple[dict[str, Any], int]:
   """The train state of checkpoint `step` (None: the latest), as numpy arrays."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
   if not os.path.isdir(directory):

@@ -33,6 +33,8 @@ import struct
 from typing import Sequence
 
 import numpy as np
+import PIL.Image
+import scipy.io
 import tensorflow_datasets as tfds
 
 from tljax.data import image_files
@@ -94,8 +96,6 @@ class _DigitArrays(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 def _png(image: np.ndarray) -> bytes:
   """PNG bytes of a uint8 (H, W, C) array; encoded here, TFDS would load TensorFlow to do it."""
-  import PIL.Image  # pylint: disable=g-import-not-at-top
-
   out = io.BytesIO()
   PIL.Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(out, format="PNG")
   return out.getvalue()
@@ -171,6 +171,7 @@ def read_libsvm_usps(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
 
 def read_h5_usps(path: pathlib.Path, split: str) -> tuple[np.ndarray, np.ndarray]:
   """USPS from `usps.h5` (values in [0, 1])."""
+  # h5py is optional (not a dependency of tljax): only this copy of USPS needs it.
   import h5py  # pylint: disable=g-import-not-at-top
 
   try:
@@ -219,8 +220,6 @@ class SVHN(_DigitArrays, skip_registration=True):
   FOLDER_NAMES = ("svhn", "SVHN")
 
   def _split_generators(self, dl_manager):
-    import scipy.io  # pylint: disable=g-import-not-at-top
-
     root = self._find_root(dl_manager, [("train_32x32.mat",), ("test_32x32.mat",)],
                            layout="train_32x32.mat\ntest_32x32.mat\nextra_32x32.mat  (optional)",
                            url=SVHN_URL)

@@ -32,6 +32,9 @@ it with either. The builders generate everything from installed packages;
 from __future__ import annotations
 
 import numpy as np
+import skimage.data
+import skimage.transform
+import sklearn.datasets
 import tensorflow_datasets as tfds
 
 from tljax.data.serialization import deterministic_serialization
@@ -79,9 +82,6 @@ def _full_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
 
 def _upscaled_digits() -> tuple[np.ndarray, np.ndarray]:
   """All 1,797 digits as float images in [0, 1] of shape (N, 28, 28), and labels."""
-  import sklearn.datasets  # pylint: disable=g-import-not-at-top
-  import skimage.transform  # pylint: disable=g-import-not-at-top
-
   digits = sklearn.datasets.load_digits()
   images = digits.images.astype(np.float64) / 16.0
   upscaled = np.stack([
@@ -94,9 +94,6 @@ def _upscaled_digits() -> tuple[np.ndarray, np.ndarray]:
 
 def _backgrounds() -> list[np.ndarray]:
   """Natural colour photographs shipped with scikit-image and scikit-learn."""
-  import skimage.data  # pylint: disable=g-import-not-at-top
-  import sklearn.datasets  # pylint: disable=g-import-not-at-top
-
   photos = [getattr(skimage.data, n)() for n in ("astronaut", "coffee", "chelsea", "rocket")]
   photos += list(sklearn.datasets.load_sample_images().images)
   return [np.asarray(p[..., :3], dtype=np.uint8) for p in photos]

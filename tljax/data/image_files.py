@@ -30,6 +30,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from absl import logging
 import numpy as np
+import PIL.Image
 import tensorflow_datasets as tfds
 
 from tljax.data import image_modes
@@ -266,8 +267,6 @@ def load_checked(path: str, size: tuple[int, int] | None = None) -> bytes:
   Raises:
     UnreadableImageError: the file cannot be read or decoded, or has another size.
   """
-  import PIL.Image  # pylint: disable=g-import-not-at-top
-
   try:
     with open(path, "rb") as f:
       data = f.read()

@@ -41,6 +41,7 @@ import io
 import warnings
 
 import numpy as np
+import PIL.Image
 
 # Modes whose samples are 16 bits wide.
 _16_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
@@ -69,7 +70,6 @@ def _scale_float(values: np.ndarray) -> np.ndarray:
 
 
 def _grey_to_rgb(grey: np.ndarray):
-  import PIL.Image  # pylint: disable=g-import-not-at-top
   return PIL.Image.fromarray(np.repeat(grey[..., None], 3, axis=-1))
 
 
@@ -88,8 +88,6 @@ def _png_16_bit_rgb(image, encoded: bytes):
   PIL's decoding keeps the high byte of each sample; decoding `encoded` a
   second time with another rawmode gets the low bytes.
   """
-  import PIL.Image  # pylint: disable=g-import-not-at-top
-
   rawmode = png_rawmode(image)
   if rawmode not in _PNG_16_BIT_LOW_BYTES and rawmode != _PNG_16_BIT_LA:
     return None
@@ -127,8 +125,6 @@ def to_rgb(image, encoded: bytes | None = None):
   Raises:
     ValueError: a mode PIL has no conversion for (e.g. `La`).
   """
-  import PIL.Image  # pylint: disable=g-import-not-at-top
-
   samples = _png_16_bit_rgb(image, encoded) if encoded is not None else None
   if samples is not None:
     return PIL.Image.fromarray(_scale_16_bit(samples))

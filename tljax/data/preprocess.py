@@ -35,6 +35,8 @@ import math
 from typing import Any, Callable, Mapping
 
 import numpy as np
+import PIL.Image
+from PIL import ImageEnhance, ImageOps
 
 from tljax.data import image_modes
 
@@ -147,8 +149,6 @@ def _pil_image(image, *, draft_for=None):
     `(image, box)`: the image converted by `image_modes.to_rgb` and the region
     in its pixel coordinates (None without `draft_for`).
   """
-  import PIL.Image  # pylint: disable=g-import-not-at-top
-
   encoded = None
   if _is_encoded(image):
     encoded = bytes(image)
@@ -261,8 +261,6 @@ def _centre_crop(width: int, height: int, size: int):
 def _crop_and_resize(image, size: int, resize: int | None, resize_mode: str, crop_in_frame):
   """Decodes `image` and returns the crop `crop_in_frame(frame_w, frame_h)` (chosen in the
   resized frame) resampled to `size` x `size`, as a uint8 RGB array."""
-  import PIL.Image  # pylint: disable=g-import-not-at-top
-
   def draft_for(width, height):
     frame_w, frame_h = _resized_frame(width, height, resize, resize_mode)
     left, top, w, h = crop_in_frame(frame_w, frame_h)
@@ -372,8 +370,6 @@ def digits_resized(size: int = 32, channels: int = 3, mean: float = 0.5, std: fl
     random_shift: if > 0, a random translation by up to this many pixels
       (edge padding), after resizing.
   """
-  import PIL.Image  # pylint: disable=g-import-not-at-top
-
   if channels not in (1, 3):
     raise ValueError(f"channels must be 1 or 3, not {channels}")
   shift = digits(mean=mean, std=std, random_shift=random_shift)
@@ -512,13 +508,12 @@ def rand_augment_op(pil, op: str, level: float, *, negate: bool, fill: tuple[int
   factors 0.1..1.9, posterize to 0..4 bits, solarize threshold 0..256,
   solarize-add 0..110); `negate` flips the sign of the geometric ones.
   Bilinear resampling, `fill` outside the image."""
-  from PIL import Image, ImageEnhance, ImageOps  # pylint: disable=g-import-not-at-top
 
-  bilinear = Image.Resampling.BILINEAR
+  bilinear = PIL.Image.Resampling.BILINEAR
   sign = -1.0 if negate else 1.0
 
   def affine(coefficients):
-    return pil.transform(pil.size, Image.Transform.AFFINE, coefficients, resample=bilinear,
+    return pil.transform(pil.size, PIL.Image.Transform.AFFINE, coefficients, resample=bilinear,
                          fillcolor=fill)
 
   if op == "AutoContrast":
@@ -596,8 +591,6 @@ def imagenet_strong(size: int = 224, resize: int | str | None = "auto", resize_m
     magnitude_std: standard deviation of the magnitude per operation (`mstd`).
     prob: probability of applying each drawn operation (timm's 0.5).
   """
-  import PIL.Image  # pylint: disable=g-import-not-at-top
-
   crop_and_flip = _train_crop(size, resize, resize_mode, "random_resized", scale, ratio, flip)
   normalise = _normaliser(mean, std)
   fill = tuple(min(255, round(255 * m)) for m in mean)

@@ -19,6 +19,9 @@ from typing import Any, Sequence
 
 from absl import logging
 import numpy as np
+import tensorflow_datasets as tfds
+
+from tljax.data.serialization import deterministic_serialization
 
 # Dataset name -> where its builder is: "module" (importing it registers the
 # builder with TFDS under that name) or "module:Class" (the builder class itself,
@@ -148,8 +151,6 @@ def _check_data_dir(data_dir: str | None) -> None:
 
 
 def _builder(name: str, data_dir: str | None, manual_dir: str | None, skip_corrupt: bool):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
   _check_data_dir(data_dir)
   dataset, config, path = _split_name(name)
   if dataset not in _BUILDER_MODULES:
@@ -182,8 +183,6 @@ def _builder(name: str, data_dir: str | None, manual_dir: str | None, skip_corru
       builder = make()
       if not builder.is_prepared():
         logging.info("Building %s into %s (first use).", name, builder.data_dir)
-        from tljax.data.serialization import deterministic_serialization  # pylint: disable=g-import-not-at-top
-
         with deterministic_serialization():
           builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
               manual_dir=manual_dir, try_download_gcs=False))
@@ -214,8 +213,6 @@ def _build_lock(builder):
 
 def _decoders(builder):
   """Leaves images of no fixed size encoded: preprocessing decodes them at the size it needs."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
   image = builder.info.features["image"]
   if isinstance(image, tfds.features.Image) and None in image.shape:
     return {"image": tfds.decode.SkipDecoding()}

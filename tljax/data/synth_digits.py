@@ -38,7 +38,11 @@ import functools
 import math
 import os
 
+from fontTools import ttLib
+import matplotlib
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+import scipy.ndimage
 import tensorflow_datasets as tfds
 
 from tljax.data.digits import IMAGE_SIZE
@@ -76,9 +80,6 @@ def digit_fonts() -> tuple[str, ...]:
   - DejaVu*Display, STIXNonUni*, STIXSiz*: fragments (display sizes, non-Unicode
     variants, large operators) that map no digits at all.
   """
-  from fontTools import ttLib  # pylint: disable=g-import-not-at-top
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
   font_dir = os.path.join(matplotlib.get_data_path(), "fonts", "ttf")
   fonts = []
   for name in sorted(os.listdir(font_dir)):
@@ -93,8 +94,6 @@ def digit_fonts() -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=None)
 def _load_font(path: str):
-  from PIL import ImageFont  # pylint: disable=g-import-not-at-top
-
   # The basic engine, not Raqm: whether Raqm is installed would otherwise
   # decide the layout, and so the bytes.
   return ImageFont.truetype(path, _FONT_SIZE, layout_engine=ImageFont.Layout.BASIC)
@@ -102,9 +101,6 @@ def _load_font(path: str):
 
 def _glyph(font_path: str, digit: int, stroke: int) -> np.ndarray:
   """The digit's ink as floats in [0, 1], cropped to its bounding box."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  from PIL import ImageDraw  # pylint: disable=g-import-not-at-top
-
   font = _load_font(font_path)
   left, top, right, bottom = font.getbbox(str(digit), stroke_width=stroke)
   canvas = Image.new("L", (right - left + 2, bottom - top + 2), 0)
@@ -121,9 +117,6 @@ def _luma(rgb: np.ndarray) -> float:
 
 def render(fonts: tuple[str, ...], split: str, k: int) -> tuple[np.ndarray, int, int]:
   """Example k of a split: (28x28x3 uint8 image, label, index into `fonts`)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  import scipy.ndimage  # pylint: disable=g-import-not-at-top
-
   label = k % NUM_CLASSES
   font_index = (k // NUM_CLASSES) % len(fonts)
   rng = np.random.default_rng([_SEED, _SPLIT_NUMBERS[split], k])

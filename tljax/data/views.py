@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Mapping, Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
 from tljax.data.registry import Domain
@@ -67,7 +68,6 @@ def map_label_array(name: str | None, labels: Any, num_classes: int) -> Any:
   table = get_label_map(name).table(num_classes)
   if isinstance(labels, (np.ndarray, np.integer, int)):
     return table[labels]
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   return jnp.asarray(table)[labels]
 
 

@@ -17,6 +17,7 @@ import ml_collections
 
 from tljax.methods.base import (CLASSIFIER, DomainOutputs, Method, StepContext,  # noqa: F401
                                 TrainState, owned, with_owned)
+from tljax.methods import terms
 
 _METHODS: dict[str, type[Method]] = {}
 _INFRASTRUCTURE = {"base", "terms"}
@@ -42,7 +43,6 @@ def _import_all() -> None:
 
 def method_names() -> list[str]:
   """Every method, terms included (each term also runs alone as a method)."""
-  from tljax.methods import terms  # pylint: disable=g-import-not-at-top
   _import_all()
   return sorted(set(_METHODS) | set(terms.term_names()))
 
@@ -67,7 +67,6 @@ def create_method(method_config: ml_collections.ConfigDict | dict, *, num_classe
   Raises:
     ValueError: for an unknown name, or a field the method does not take.
   """
-  from tljax.methods import terms  # pylint: disable=g-import-not-at-top
   _import_all()
   method_config = dict(method_config)
   name = method_config.get("name")

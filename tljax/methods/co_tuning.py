@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from tljax import losses
 from tljax import workdir as workdir_lib
 from tljax.methods import base, register
+from tljax.models import checkpoints
 from tljax.models.heads import create_head
 
 SOURCE_HEAD = "source_head"
@@ -40,8 +41,6 @@ def checkpoint_head(path: str, *, backbone: str) -> dict[str, Any]:
   """`{collection: head variables}` of a pretrained classifier: a tljax run's
   `head` (every collection), or a checkpoint file's classification layer
   (torchvision `fc`, timm / big_vision `head`)."""
-  from tljax.models import checkpoints  # pylint: disable=g-import-not-at-top
-
   if workdir_lib.is_workdir(path):
     variables, _ = workdir_lib.classifier_variables(path)
     return {c: tree["head"] for c, tree in variables.items()

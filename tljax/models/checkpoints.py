@@ -80,7 +80,11 @@ import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
+import safetensors
+import safetensors.numpy
 
+from tljax import models
+from tljax import workdir as workdir_lib
 from tljax.models import inception as inception_lib
 from tljax.models import vgg as vgg_lib
 from tljax.models import vit as vit_lib
@@ -152,7 +156,6 @@ def load(init_variables: Variables, path: str, *, backbone: str,
       is not a plain weights file, or is truncated or corrupt.
   """
   flat_init = flax.traverse_util.flatten_dict(dict(init_variables), sep="/")
-  from tljax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   if workdir_lib.is_workdir(path):
     # A tljax run: the whole classifier (backbone, bottleneck, head) it trained.
     variables, path = workdir_lib.classifier_variables(path)
@@ -317,9 +320,6 @@ def _damaged(path: str, what: str) -> ValueError:
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-  import safetensors  # pylint: disable=g-import-not-at-top
-  import safetensors.numpy  # pylint: disable=g-import-not-at-top
-
   try:
     return safetensors.numpy.load_file(path)
   except (safetensors.SafetensorError, OSError) as e:
@@ -348,6 +348,8 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
 def _read_torch(path: str) -> dict[str, np.ndarray]:
   """Reads a `.pth` state dict with the restricted (weights-only) unpickler."""
   try:
+    # PyTorch is optional (the `torch` extra): only `.pth` files need it. The one
+    # import of torch in tljax (`.importlinter`).
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError(
@@ -508,7 +510,6 @@ def _vgg_fc6_rows_to_nhwc(weight: np.ndarray) -> np.ndarray:
 
 
 def _vit_num_heads(backbone: str) -> int:
-  from tljax import models  # pylint: disable=g-import-not-at-top
   return models.get_backbone(backbone).num_heads
 
 

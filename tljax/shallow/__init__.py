@@ -8,7 +8,9 @@ A-distance, MMD, t-SNE), `reference.py` plain numpy/scipy versions for tests and
 benchmarks.
 
     python -m tljax.shallow --features=features.npz --out=/tmp/shallow
-    python -m tljax.shallow.bench --n=2000 --d=2048
+
+Their timing against `reference.py`: `python -m benchmarks.shallow` (from the
+repository root).
 """
 
 from tljax.shallow.analysis import balance_factor

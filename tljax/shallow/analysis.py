@@ -15,7 +15,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from sklearn import linear_model, model_selection, pipeline, preprocessing
+from sklearn import linear_model, manifold, model_selection, pipeline, preprocessing
 
 from tljax.shallow import ops
 
@@ -157,9 +157,10 @@ def tsne_plot(source_features, target_features, source_labels, target_labels,
   Returns:
     `path` as a string.
   """
-  from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
+  # Plotting only: matplotlib's import takes a second that the shallow methods,
+  # which draw nothing, would otherwise pay.
   from matplotlib import figure  # pylint: disable=g-import-not-at-top
-  from sklearn import manifold  # pylint: disable=g-import-not-at-top
+  from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
 
   rng = np.random.default_rng(seed)
   source_features = np.asarray(source_features, np.float64)

@@ -36,7 +36,8 @@ names others): better / worse when the intervals of the mean do not overlap,
 and the paired difference from the baseline's run of the same seed with its
 interval (better / worse when it excludes 0); and with `--select`,
 the configuration each unsupervised validator picks per task, beside the
-oracle's pick.
+oracle's pick. The command line is `tljax/sweep/__main__.py`; tests and
+experiment scripts import these functions.
 """
 
 from __future__ import annotations
@@ -56,47 +57,10 @@ import sys
 import time
 from typing import Any, Mapping, Sequence
 
-from absl import app, flags, logging
+from absl import logging
+import scipy.stats
 
-_COMMAND = None
-_GRID = None
-_OUT = None
-_PARALLEL = None
-_SLURM = None
-_SUBMIT = None
-_ONLY = None
-_REFERENCE = None
-_TITLE = None
-_TO = None
-_SELECT = None
-_MEASURE = None
-
-
-def _define_flags() -> None:
-  """Defines the command-line flags; called only when run as a program, so that
-  importing this module for its functions defines no flags."""
-  global _COMMAND, _GRID, _OUT, _PARALLEL, _SLURM, _SUBMIT, _ONLY, _REFERENCE, _TITLE, _TO, _SELECT, _MEASURE
-  _COMMAND = flags.DEFINE_enum("command", None, ["launch", "collect", "list"],
-                               "What to do (also accepted as the first argument).")
-  _GRID = flags.DEFINE_string("grid", None, "Grid file defining get_grid().")
-  _OUT = flags.DEFINE_string("out", None, "Sweep directory (one workdir per run below it).")
-  _PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at once when launching locally.")
-  _SLURM = flags.DEFINE_string("slurm", None, "sbatch template: write an array job instead of running.")
-  _SUBMIT = flags.DEFINE_bool("submit", False, "With --slurm: also call sbatch on the written script.")
-  _ONLY = flags.DEFINE_string("only", None, "Regex: launch only runs whose name matches.")
-  _REFERENCE = flags.DEFINE_string("reference", None, "CSV of reference accuracies (method,task,accuracy).")
-  _TITLE = flags.DEFINE_string("title", None, "Title of the collected table.")
-  _TO = flags.DEFINE_string("to", None, "Write the tables to TO.md and TO.csv (default OUT/results).")
-  _MEASURE = flags.DEFINE_enum(
-      "measure", "primary", ["primary", "test_final"],
-      "collect: each run's primary measure (the target's, or the held-out domains' under "
-      "training-domain validation), or the held-out domains' with the final parameters "
-      "(DomainBed's test-domain oracle).")
-  _SELECT = flags.DEFINE_list(
-      "select", [], "collect: also pick, per task, the configuration each named validator "
-      "(tljax/validators.py; 'all' for every one) would choose from unlabelled target data, "
-      "among all rows and among the settings of each method (rows named method@setting).")
-
+from tljax import validators
 
 @dataclasses.dataclass(frozen=True)
 class Run:
@@ -301,7 +265,6 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def confidence_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
   """Student-t interval of the mean of `values` (seeds): `mean -+ t * std / sqrt(n)`."""
-  import scipy.stats  # pylint: disable=g-import-not-at-top
   mean, std = _mean_std(values)
   if len(values) < 2:
     return mean, mean
@@ -632,7 +595,6 @@ def select_configs(table: dict[str, Any], validator: str, *, within_family: bool
                    ) -> list[dict[str, Any]]:
   """Per task (and per method family with `within_family`): the configuration
   `validator` picks, next to the oracle's pick and the mean over configurations."""
-  from tljax import validators  # pylint: disable=g-import-not-at-top
   if validator not in validators.VALIDATORS:
     raise ValueError(f"--select={validator!r}: choose one of {sorted(validators.VALIDATORS)}")
   higher = validators.VALIDATORS[validator].higher_is_better
@@ -688,54 +650,14 @@ def write_tables(prefix: str, table: dict[str, Any], title: str) -> tuple[str, s
   return md_path, csv_path
 
 
-def main(argv):
-  command = _COMMAND.value or (argv[1] if len(argv) > 1 else None)
-  if command not in ("launch", "collect", "list"):
-    raise app.UsageError("usage: python -m tljax.sweep {launch,collect,list} --grid=... --out=...")
-  if not _OUT.value:
-    raise app.UsageError("--out is required")
-  grid = load_grid(_GRID.value) if _GRID.value else None
-  if command in ("launch", "list"):
-    if grid is None:
-      raise app.UsageError(f"{command} needs --grid")
-    runs = expand(grid)
-    if _ONLY.value:
-      runs = [r for r in runs if re.search(_ONLY.value, r.name)]
-    if command == "list":
-      for run in runs:
-        print(("done  " if is_finished(run, _OUT.value) else "todo  ") + shlex.join(run.command(_OUT.value)))
-      return
-    if _SLURM.value:
-      path = write_slurm_array(runs, _OUT.value, _SLURM.value)
-      print(f"wrote {path}")
-      if _SUBMIT.value:
-        subprocess.run(["sbatch", path], check=True)
-      return
-    outcomes = launch_local(runs, _OUT.value, _PARALLEL.value)
-    failed = [r.name for r, code in outcomes if code != 0]
-    if failed:
-      logging.error("%d runs failed: %s", len(failed), ", ".join(failed))
-      sys.exit(1)
-    return
-  reference = read_reference(_REFERENCE.value) if _REFERENCE.value else None
-  table = collect(_OUT.value, grid, reference, measure=_MEASURE.value)
-  prefix = _TO.value or os.path.join(_OUT.value, "results")
-  md_path, csv_path = write_tables(prefix, table, _TITLE.value or os.path.basename(os.path.abspath(_OUT.value)))
-  if _SELECT.value:
-    from tljax import validators  # pylint: disable=g-import-not-at-top
-    names = (sorted(validators.VALIDATORS) if _SELECT.value == ["all"] else _SELECT.value)
-    selections = [s for within in (False, True) for name in names
-                  for s in select_configs(table, name, within_family=within)]
-    with open(md_path, "a") as f:
-      f.write("\n### Configurations chosen without target labels\n\n"
-              "Each validator's pick (the configuration with its best mean final score over "
-              "seeds) and that configuration's target accuracy, beside the oracle's pick "
-              "(best target accuracy) and the mean over the configurations.\n\n"
-              + render_selection(selections))
-  print(open(md_path).read())
-  print(f"wrote {md_path} and {csv_path}")
-
-
-if __name__ == "__main__":
-  _define_flags()
-  app.run(main)
+def selection_section(table: dict[str, Any], validator_names: Sequence[str]) -> str:
+  """The markdown section of what each validator in `validator_names` ('all':
+  every one) picks, among all rows and within each method family."""
+  names = sorted(validators.VALIDATORS) if list(validator_names) == ["all"] else validator_names
+  selections = [s for within in (False, True) for name in names
+                for s in select_configs(table, name, within_family=within)]
+  return ("\n### Configurations chosen without target labels\n\n"
+          "Each validator's pick (the configuration with its best mean final score over "
+          "seeds) and that configuration's target accuracy, beside the oracle's pick "
+          "(best target accuracy) and the mean over the configurations.\n\n"
+          + render_selection(selections))

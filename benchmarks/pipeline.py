@@ -1,12 +1,12 @@
 r"""Input-pipeline benchmark on JPEGs in Office-31's layout, built by the real builder.
 
-    python -m tljax.data.bench [--images=256 --image_side=500 --size=224 \
+    python -m benchmarks.pipeline [--images=256 --image_side=500 --size=224 \
         --threads=1,2 --workers=0 --batch=32 --steps=8] [--model=resnet50 --model_size=112]
-    python -m tljax.data.bench --step_s=4.5 --overlap_steps=3
+    python -m benchmarks.pipeline --step_s=4.5 --overlap_steps=3
 
 Writes `--images` JPEGs of `--image_side` px (crops of scikit-image's sample
 photographs, so that they compress like photographs do) as
-`<tmp>/office31/amazon/images/<class>/frame_XXXX.jpg`, builds
+`<tmp>/office31/amazon/images/<class>/frame_XXXX.jpg` (`benchmarks.office31_like`), builds
 `office31/amazon` from them through `open_domain` (timing the build), then
 measures, for `--preprocess` at `--size`:
 
@@ -17,7 +17,7 @@ measures, for `--preprocess` at `--size`:
   and images per CPU-second (per core; process CPU time, including workers),
   which other jobs on a shared machine disturb much less.
 
-With `--model`, the train step of that backbone (`tljax.models.bench`, batch
+With `--model`, the train step of that backbone (`benchmarks.flax_vs_torch`, batch
 `--batch`, `--model_size` px) is timed too, and the report says how many
 cores of this pipeline keep up with it; `--step_s` gives a step time measured
 elsewhere instead (e.g. a GPU's). `--overlap_steps` then runs the two streams
@@ -40,80 +40,38 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from tljax import cpu_time
+from benchmarks import office31_like
+from benchmarks import timing
+from tljax.data import open_domain
+from tljax.data import pipeline
+from tljax.data import preprocess as preprocess_lib
 
-_IMAGES = None
-_IMAGE_SIDE = None
-_SIZE = None
-_PREPROCESS = None
-_BATCH = None
-_STEPS = None
-_THREADS = None
-_WORKERS = None
-_CACHE = None
-_MODEL = None
-_MODEL_SIZE = None
-_STEP_S = None
-_OVERLAP_STEPS = None
-_DIR = None
-_OUT = None
-
-
-def _define_flags() -> None:
-  """Defines the command-line flags; called only when run as a program, so that
-  importing this module for its functions defines no flags."""
-  global _IMAGES, _IMAGE_SIDE, _SIZE, _PREPROCESS, _BATCH, _STEPS, _THREADS, _WORKERS, _CACHE, _MODEL, _MODEL_SIZE, _STEP_S, _OVERLAP_STEPS, _DIR, _OUT
-  _IMAGES = flags.DEFINE_integer("images", 256, "JPEGs in the synthetic domain.")
-  _IMAGE_SIDE = flags.DEFINE_integer("image_side", 500, "Side of the stored JPEGs (amazon: 300, "
-                                     "dslr: 1000, webcam: 423-640).")
-  _SIZE = flags.DEFINE_integer("size", 224, "Output side of the preprocessing.")
-  _PREPROCESS = flags.DEFINE_string("preprocess", "imagenet_train", "Preprocessing preset.")
-  _BATCH = flags.DEFINE_integer("batch", 32, "Batch size.")
-  _STEPS = flags.DEFINE_integer("steps", 8, "Timed batches per pipeline setting.")
-  _THREADS = flags.DEFINE_list("threads", ["1", "2"], "grain threads to try (0: caller's thread).")
-  _WORKERS = flags.DEFINE_list("workers", ["0"], "Worker processes to try (0: none).")
-  _CACHE = flags.DEFINE_bool("cache", False, "Hold the encoded JPEGs in memory (open_domain cache).")
-  _MODEL = flags.DEFINE_string("model", None, "Also time this backbone's train step, e.g. resnet50.")
-  _MODEL_SIZE = flags.DEFINE_integer("model_size", 112, "Image side for --model.")
-  _STEP_S = flags.DEFINE_float(
-      "step_s", None, "Seconds of a train step on --batch images (as tljax.models.bench times "
-      "it), to compare with instead of timing --model. A DA step reads --batch source and "
-      "--batch target images and takes about twice that.")
-  _OVERLAP_STEPS = flags.DEFINE_integer(
-      "overlap_steps", 0, "With a step time: run this many steps of a source and a target stream "
-      "(as train.py does) against a stand-in step that sleeps that long, and report how long "
-      "each step waited for its batches (0: prefetching hides the pipeline).")
-  _DIR = flags.DEFINE_string("dir", None, "Work directory (default: a temporary one, removed).")
-  _OUT = flags.DEFINE_string("out", None, "Write the figures as JSON here.")
-
-
-def write_office31_like(root: str, num_images: int, side: int, seed: int = 0,
-                        domain: str = "amazon") -> None:
-  """`num_images` JPEGs of `side` px in `root/<domain>/images/<class>/`, over the 31 classes."""
-  import PIL.Image  # pylint: disable=g-import-not-at-top
-  import skimage.data  # pylint: disable=g-import-not-at-top
-
-  from tljax.data.office import OFFICE31_CLASSES  # pylint: disable=g-import-not-at-top
-
-  photos = [getattr(skimage.data, n)() for n in ("astronaut", "coffee", "chelsea", "rocket")]
-  photos = [PIL.Image.fromarray(np.asarray(p[..., :3], np.uint8)) for p in photos]
-  rng = np.random.default_rng(seed)
-  for index in range(num_images):
-    name = OFFICE31_CLASSES[index % len(OFFICE31_CLASSES)]
-    folder = os.path.join(root, domain, "images", name)
-    os.makedirs(folder, exist_ok=True)
-    photo = photos[rng.integers(len(photos))]
-    crop = int(min(photo.size) * rng.uniform(0.5, 1.0))
-    left = rng.integers(photo.size[0] - crop + 1)
-    top = rng.integers(photo.size[1] - crop + 1)
-    image = photo.crop((left, top, left + crop, top + crop)).resize((side, side))
-    image.save(os.path.join(folder, f"frame_{index:04d}.jpg"), quality=90)
+_IMAGES = flags.DEFINE_integer("images", 256, "JPEGs in the synthetic domain.")
+_IMAGE_SIDE = flags.DEFINE_integer("image_side", 500, "Side of the stored JPEGs (amazon: 300, "
+                                   "dslr: 1000, webcam: 423-640).")
+_SIZE = flags.DEFINE_integer("size", 224, "Output side of the preprocessing.")
+_PREPROCESS = flags.DEFINE_string("preprocess", "imagenet_train", "Preprocessing preset.")
+_BATCH = flags.DEFINE_integer("batch", 32, "Batch size.")
+_STEPS = flags.DEFINE_integer("steps", 8, "Timed batches per pipeline setting.")
+_THREADS = flags.DEFINE_list("threads", ["1", "2"], "grain threads to try (0: caller's thread).")
+_WORKERS = flags.DEFINE_list("workers", ["0"], "Worker processes to try (0: none).")
+_CACHE = flags.DEFINE_bool("cache", False, "Hold the encoded JPEGs in memory (open_domain cache).")
+_MODEL = flags.DEFINE_string("model", None, "Also time this backbone's train step, e.g. resnet50.")
+_MODEL_SIZE = flags.DEFINE_integer("model_size", 112, "Image side for --model.")
+_STEP_S = flags.DEFINE_float(
+    "step_s", None, "Seconds of a train step on --batch images (as benchmarks.flax_vs_torch "
+    "times it), to compare with instead of timing --model. A DA step reads --batch source and "
+    "--batch target images and takes about twice that.")
+_OVERLAP_STEPS = flags.DEFINE_integer(
+    "overlap_steps", 0, "With a step time: run this many steps of a source and a target stream "
+    "(as train.py does) against a stand-in step that sleeps that long, and report how long "
+    "each step waited for its batches (0: prefetching hides the pipeline).")
+_DIR = flags.DEFINE_string("dir", None, "Work directory (default: a temporary one, removed).")
+_OUT = flags.DEFINE_string("out", None, "Write the figures as JSON here.")
 
 
 def time_preprocess(domain, preprocess, count: int) -> dict[str, float]:
   """One thread: the preprocessing function alone, and decoding alone, on the stored images."""
-  from tljax.data import preprocess as preprocess_lib  # pylint: disable=g-import-not-at-top
-
   examples = [domain.source[i % len(domain)] for i in range(count)]
   start = time.process_time()
   for i, example in enumerate(examples):
@@ -130,17 +88,15 @@ def time_preprocess(domain, preprocess, count: int) -> dict[str, float]:
 def time_pipeline(domain, preprocess, *, batch: int, steps: int, threads: int,
                   workers: int) -> dict[str, float]:
   """`train_batches` throughput: wall images/s and images per CPU-second."""
-  from tljax.data import pipeline  # pylint: disable=g-import-not-at-top
-
   batches = pipeline.train_batches(domain, global_batch_size=batch, preprocess=preprocess,
                                    seed=0, num_threads=threads, num_workers=workers,
                                    prefetch=max(4, 2 * threads, 2 * workers))
   for _ in range(max(2, workers)):  # start-up (worker processes) and warm-up
     next(batches)
-  wall, cpu = time.perf_counter(), cpu_time.cpu_seconds()
+  wall, cpu = time.perf_counter(), timing.cpu_seconds()
   for _ in range(steps):
     batch_arrays = next(batches)
-  wall, cpu = time.perf_counter() - wall, cpu_time.cpu_seconds() - cpu
+  wall, cpu = time.perf_counter() - wall, timing.cpu_seconds() - cpu
   assert batch_arrays["image"].shape[0] == batch
   close = getattr(batches, "close", None)
   if close is not None:
@@ -157,8 +113,6 @@ def time_overlap(domain, preprocess, *, batch: int, threads: int, step_s: float,
   The stand-in step sleeps, as the host does while an accelerator computes,
   so the pipeline has the CPUs to itself.
   """
-  from tljax.data import pipeline  # pylint: disable=g-import-not-at-top
-
   streams = [pipeline.train_batches(domain, global_batch_size=batch, preprocess=preprocess,
                                     seed=seed, num_threads=threads, prefetch=4)
              for seed in (0, 1)]
@@ -176,23 +130,21 @@ def time_overlap(domain, preprocess, *, batch: int, threads: int, step_s: float,
 
 
 def time_model_step(model: str, size: int, batch: int, work_dir: str) -> float:
-  """Seconds per train step of `model`, from `tljax.models.bench` in a process of its own."""
+  """Seconds per train step of `model`, from `benchmarks.flax_vs_torch` in a process of its own."""
   out = os.path.join(work_dir, "model_bench.json")
-  command = [sys.executable, "-m", "tljax.models.bench", f"--models={model}", f"--sizes={size}",
-             f"--batch={batch}", "--steps=3", "--warmup=1", "--torch=false", "--frozen=false",
-             f"--out={out}"]
+  command = [sys.executable, "-m", "benchmarks.flax_vs_torch", f"--models={model}",
+             f"--sizes={size}", f"--batch={batch}", "--steps=3", "--warmup=1", "--torch=false",
+             "--frozen=false", "--digits_methods=", "--adapt_methods=", f"--out={out}"]
   subprocess.run(command, check=True, capture_output=True)
   with open(out) as f:
     return json.load(f)["rows"][0]["flax"]["step_s"]
 
 
 def run(work_dir: str) -> dict[str, Any]:
-  from tljax.data import open_domain  # pylint: disable=g-import-not-at-top
-  from tljax.data import preprocess as preprocess_lib  # pylint: disable=g-import-not-at-top
-
+  """Every figure of the flags' settings, measured in `work_dir`."""
   manual_dir = os.path.join(work_dir, "office31")
   start = time.perf_counter()
-  write_office31_like(manual_dir, _IMAGES.value, _IMAGE_SIDE.value)
+  office31_like.write_office31_like(manual_dir, _IMAGES.value, _IMAGE_SIDE.value)
   write_s = time.perf_counter() - start
   start = time.perf_counter()
   domain = open_domain("office31/amazon", "train", data_dir=os.path.join(work_dir, "tfds"),
@@ -265,5 +217,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
   app.run(main)

@@ -17,7 +17,7 @@ classifier, so tljax's variables load into it (`Reference.load`), or, for a
 ResNet backbone, torchvision's (randomly initialised; for timing only).
 
 Used by `tests/test_trajectory.py` (float64 trajectories against tljax's step)
-and `tljax.models.bench` (the digits step of each method, and ResNet-50 adaptation
+and `benchmarks.flax_vs_torch` (the digits step of each method, and ResNet-50 adaptation
 steps fed by their input pipelines, timed side by side).
 Needs PyTorch (`pip install -e '.[test]'`).
 """
@@ -31,6 +31,8 @@ import flax.traverse_util
 import ml_collections
 import numpy as np
 import torch
+import torchvision
+from torchvision import transforms
 
 tnn = torch.nn
 F = torch.nn.functional
@@ -109,10 +111,8 @@ class SmallCNN(tnn.Module):
 def torchvision_backbone(name: str) -> tuple[tnn.Module, int]:
   """`(module, features)`: torchvision's `name` (a ResNet) up to its global
   average pool, as TLlib's backbones (`fc` replaced by the identity); random
-  initialisation. Only the timed steps use it (`tljax.models.bench`), not the
+  initialisation. Only the timed steps use it (`benchmarks.torch_steps`), not the
   parity tests: tljax's variables load into `SmallCNN` only."""
-  import torchvision  # pylint: disable=g-import-not-at-top
-
   if not name.startswith(("resnet", "resnext", "wide_resnet")):
     raise ValueError(f"no torchvision counterpart for backbone {name!r}: a ResNet is needed")
   network = getattr(torchvision.models, name)()
@@ -529,8 +529,6 @@ def tllib_train_transform(size: int = 224):
   `ResizeImage` to a square of `round(size * 256 / 224)` (256 at 224 px),
   `RandomResizedCrop(size)`, `RandomHorizontalFlip`, `ToTensor`, ImageNet
   normalisation; tljax's `imagenet_train` preprocessing does the same."""
-  from torchvision import transforms  # pylint: disable=g-import-not-at-top
-
   resize = round(size * 256 / 224)
   return transforms.Compose([
       transforms.Resize((resize, resize)), transforms.RandomResizedCrop(size),

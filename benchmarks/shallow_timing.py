@@ -1,30 +1,25 @@
-"""Benchmark: tljax's jitted shallow methods vs the numpy/scipy references.
+"""tljax's jitted shallow methods timed against the numpy/scipy references.
 
-    python -m tljax.shallow.bench                       # n_s = n_t = 2000, d = 2048
-    python -m tljax.shallow.bench --n=500 --d=256 --out=/tmp/bench.json
-
-Both sides run the whole pipeline of each method on the same synthetic
-problem (a Gaussian mixture in a low-dimensional latent space, lifted to `d`
-dimensions; the target has shifted class means and a different lift): fit the
+The library behind `python -m benchmarks.shallow`. Both sides run the whole
+pipeline of each method on the same synthetic problem (`synthetic_problem`: a
+Gaussian mixture in a low-dimensional latent space, lifted to `d` dimensions;
+the target has shifted class means and a different lift): fit the
 adaptation, embed both domains, label the target by 1-NN. For tljax, compile
 time (`jit(...).lower(...).compile()`) is reported separately from the warm run
-time (median of `--repeats` calls after a warm-up call, `block_until_ready`).
+time (median of `repeats` calls after a warm-up call, `block_until_ready`).
 The reference runs once, in float64, as the authors' code would.
 
 The references of JDA and BDA repeat a dense QZ eigen-solve (`scipy.linalg.eig`)
-in every iteration, which at d = 2048 takes minutes each; by default they run
-`--reference_T=1` iteration and the time is scaled to `T` iterations (marked
-"extrapolated"). Pass `--reference_T=10` for the full run.
+in every iteration, which at d = 2048 takes minutes each; with
+`reference_iterations` < `iterations` they run that many and the time is
+scaled to `iterations` (marked "extrapolated").
 """
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 
-from absl import app
-from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,39 +29,6 @@ from tljax.shallow import ops
 from tljax.shallow import reference
 
 ALL_METHODS = ("tca", "jda", "bda", "coral", "sa", "gfk")
-
-_N = None
-_D = None
-_CLASSES = None
-_METHODS = None
-_DIM = None
-_GFK_DIM = None
-_ITERATIONS = None
-_REFERENCE_ITERATIONS = None
-_REPEATS = None
-_SKIP_REFERENCE = None
-_SEED = None
-_OUT = None
-
-
-def _define_flags() -> None:
-  """Defines the command-line flags; called only when run as a program, so that
-  importing this module for its functions defines no flags."""
-  global _N, _D, _CLASSES, _METHODS, _DIM, _GFK_DIM, _ITERATIONS, _REFERENCE_ITERATIONS, _REPEATS, _SKIP_REFERENCE, _SEED, _OUT
-  _N = flags.DEFINE_integer("n", 2000, "Samples per domain (n_s = n_t).")
-  _D = flags.DEFINE_integer("d", 2048, "Feature dimension.")
-  _CLASSES = flags.DEFINE_integer("classes", 10, "Number of classes.")
-  _METHODS = flags.DEFINE_list("methods", list(ALL_METHODS), "Methods to benchmark.")
-  _DIM = flags.DEFINE_integer("dim", 30, "Embedding dim for TCA/JDA/BDA/SA.")
-  _GFK_DIM = flags.DEFINE_integer("gfk_dim", 20, "Subspace dim for GFK.")
-  _ITERATIONS = flags.DEFINE_integer("T", 10, "JDA/BDA iterations (tljax).")
-  _REFERENCE_ITERATIONS = flags.DEFINE_integer(
-      "reference_T", 1, "JDA/BDA iterations actually run by the reference; its time "
-      "is scaled to --T.")
-  _REPEATS = flags.DEFINE_integer("repeats", 3, "Warm tljax calls to take the median of.")
-  _SKIP_REFERENCE = flags.DEFINE_bool("skip_reference", False, "Time tljax only.")
-  _SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic data.")
-  _OUT = flags.DEFINE_string("out", None, "If set, write the results as JSON here.")
 
 
 def synthetic_problem(n: int, d: int, num_classes: int, seed: int = 0, latent: int = 64):
@@ -225,6 +187,7 @@ def _format_row(row):
 
 
 def format_table(rows, header):
+  """The rows as a markdown table under `header`."""
   lines = [header,
            "| method | tljax compile (s) | tljax warm (s) | numpy ref (s) | ratio ref/warm "
            "| CPU-time ratio | tljax acc | ref acc | same 1-NN labels |",
@@ -243,38 +206,3 @@ def format_table(rows, header):
     lines.append(f"| {row['method']} | {row['tljax_compile_s']:.2f} | "
                  f"{row['tljax_warm_s']:.3f} | {reference_cells} |")
   return "\n".join(lines)
-
-
-def main(argv):
-  del argv
-  unknown = [m for m in _METHODS.value if m not in ALL_METHODS]
-  if unknown:
-    raise app.UsageError(f"unknown methods {unknown}; choose from {ALL_METHODS}")
-  device = jax.devices()[0]
-  header = (f"n_s = n_t = {_N.value}, d = {_D.value}, {_CLASSES.value} classes, "
-            f"dim = {_DIM.value}, GFK dim = {_GFK_DIM.value}, T = {_ITERATIONS.value}; "
-            f"tljax on {device.platform} ({device.device_kind}) in "
-            f"{ops.float_dtype().name}, reference numpy/scipy float64")
-  print(header, flush=True)
-  rows = run_benchmark(
-      n=_N.value, d=_D.value, num_classes=_CLASSES.value, method_names=_METHODS.value,
-      dim=_DIM.value, gfk_dim=_GFK_DIM.value, iterations=_ITERATIONS.value,
-      reference_iterations=_REFERENCE_ITERATIONS.value, repeats=_REPEATS.value,
-      skip_reference=_SKIP_REFERENCE.value, seed=_SEED.value,
-      log=lambda line: print(line, flush=True))
-  print()
-  print(format_table(rows, header))
-  if _OUT.value:
-    with open(_OUT.value, "w") as f:
-      json.dump({"config": {"n": _N.value, "d": _D.value, "classes": _CLASSES.value,
-                            "dim": _DIM.value, "gfk_dim": _GFK_DIM.value,
-                            "T": _ITERATIONS.value, "reference_T": _REFERENCE_ITERATIONS.value,
-                            "repeats": _REPEATS.value, "backend": device.platform,
-                            "device": device.device_kind,
-                            "dtype": ops.float_dtype().name},
-                 "results": rows}, f, indent=2)
-
-
-if __name__ == "__main__":
-  _define_flags()
-  app.run(main)

@@ -1,7 +1,7 @@
 """Timings of the transferability scores and the validators on one eval pass.
 
-    python -m tljax.scores_bench                          # n = 2000, d = 256, C = 10 and 345
-    python -m tljax.scores_bench --n=5000 --classes=10 --repeats=5
+    python -m benchmarks.scores                             # n = 2000, d = 256, C = 10 and 345
+    python -m benchmarks.scores --n=5000 --classes=10 --repeats=5
 
 Synthetic float32 arrays: `n` target rows and `n` source validation rows with
 `d`-dimensional features and `C`-class logits (class-dependent means, so the

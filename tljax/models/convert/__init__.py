@@ -13,14 +13,14 @@ re-translating:
   python -m tljax.models.convert --model=vit_base_patch16 --image_size=384 \
       --input=B_16-i21k.npz --output=vit_b16_384.npz
   python -m tljax.models.convert --model=resnet50 --input=resnet50.pth --overview
+
+The command line is `tljax/models/convert/__main__.py`.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping
 
-from absl import app
-from absl import flags
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
@@ -28,25 +28,6 @@ import numpy as np
 
 from tljax import models
 from tljax.models import checkpoints
-
-_MODEL = None
-_INPUT = None
-_OUTPUT = None
-_IMAGE_SIZE = None
-_OVERVIEW = None
-
-
-def _define_flags() -> None:
-  """Defines the command-line flags; called only when run as a program, so that
-  importing this module for its functions defines no flags."""
-  global _MODEL, _INPUT, _OUTPUT, _IMAGE_SIZE, _OVERVIEW
-  _MODEL = flags.DEFINE_string("model", None, "Backbone registry name, e.g. resnet50.")
-  _INPUT = flags.DEFINE_string("input", None, "Checkpoint to convert.")
-  _OUTPUT = flags.DEFINE_string("output", None, "Where to write the flat .npz.")
-  _IMAGE_SIZE = flags.DEFINE_integer(
-      "image_size", None, "ViTs only: resolution to build for; position embeddings "
-      "are resampled to it. Default: the model's (224).")
-  _OVERVIEW = flags.DEFINE_bool("overview", False, "Print a parameter overview.")
 
 
 def convert(model: str, path: str, *, image_size: int | None = None) -> dict[str, np.ndarray]:
@@ -98,23 +79,3 @@ def parameter_overview(arrays: Mapping[str, np.ndarray]) -> str:
   lines.append(f"total: {total:,} values in {len(rows)} arrays "
                f"({params:,} parameters, {total - params:,} statistics)")
   return "\n".join(lines)
-
-
-def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not _OUTPUT.value and not _OVERVIEW.value:
-    raise app.UsageError("give --output=FILE.npz, --overview, or both")
-  arrays = convert(_MODEL.value, _INPUT.value, image_size=_IMAGE_SIZE.value)
-  if _OVERVIEW.value:
-    print(parameter_overview(arrays))
-  if _OUTPUT.value:
-    with open(_OUTPUT.value, "wb") as f:
-      np.savez(f, **arrays)
-    print(f"wrote {len(arrays)} arrays to {_OUTPUT.value}")
-
-
-if __name__ == "__main__":
-  _define_flags()
-  flags.mark_flags_as_required(["model", "input"])
-  app.run(main)

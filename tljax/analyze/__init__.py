@@ -17,7 +17,8 @@ target evaluation splits with the run's latest checkpoint, and writes to
   features: `shallow_results.{json,md,csv}`.
 
 `--pixels` uses the raw (preprocessed, flattened) images of a config's task
-instead of a network's features, the usual "no deep features" baseline.
+instead of a network's features, the usual "no deep features" baseline. The
+command line is `tljax/analyze/__main__.py`.
 """
 
 from __future__ import annotations
@@ -26,45 +27,15 @@ import json
 import os
 from typing import Any
 
-from absl import app, flags, logging
-from ml_collections import config_flags
 import numpy as np
 
-_WORKDIR = None
-_LAYER = None
-_PIXELS = None
-_OUT = None
-_SHALLOW = None
-_SEEDS = None
-_MAX_POINTS = None
-_NORMALIZE = None
-_CONFIG = None
-
-
-def _define_flags() -> None:
-  """Defines the command-line flags; called only when run as a program, so that
-  importing this module for its functions defines no flags."""
-  global _WORKDIR, _LAYER, _PIXELS, _OUT, _SHALLOW, _SEEDS, _MAX_POINTS, _CONFIG, _NORMALIZE
-  _WORKDIR = flags.DEFINE_string("workdir", None, "A tljax run's workdir.")
-  _LAYER = flags.DEFINE_enum("layer", "features", ["backbone", "features", "logits"],
-                             "Which output of the run's network to analyse.")
-  _PIXELS = flags.DEFINE_bool("pixels", False, "Analyse raw pixels of --config's task instead.")
-  _OUT = flags.DEFINE_string("out", None, "Output directory (default WORKDIR/analysis).")
-  _SHALLOW = flags.DEFINE_bool("shallow", False, "Also run the shallow methods on the features.")
-  _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds for the randomised diagnostics and methods.")
-  _MAX_POINTS = flags.DEFINE_integer("max_points", 2000, "Points in the t-SNE plot.")
-  from tljax.shallow import experiment  # pylint: disable=g-import-not-at-top
-
-  _NORMALIZE = flags.DEFINE_enum("normalize", "none", list(experiment.NORMALIZATIONS),
-                                 "Preprocessing of the features for --shallow ('l2': unit-norm samples).")
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Task config, for --pixels.")
+from tljax import features as features_lib
+from tljax.data import open_domain, pipeline, preprocess
+from tljax.shallow import analysis, estimators, experiment
 
 
 def domain_features(config, extractor=None, *, cache_dir: str) -> dict[str, np.ndarray]:
   """Source/target evaluation-split features (or pixels, without an extractor)."""
-  from tljax import features as features_lib  # pylint: disable=g-import-not-at-top
-  from tljax.data import open_domain, pipeline, preprocess  # pylint: disable=g-import-not-at-top
-
   out = {}
   for prefix, name, split in (("source", config.source, config.eval_source_split),
                               ("target", config.target, config.eval_target_split)):
@@ -83,8 +54,6 @@ def domain_features(config, extractor=None, *, cache_dir: str) -> dict[str, np.n
 
 def diagnostics(data: dict[str, np.ndarray], *, seeds: int = 3) -> dict[str, Any]:
   """Proxy A-distance (mean over seeds), MMD^2 and source-fitted 1-NN target accuracy."""
-  from tljax.shallow import analysis, estimators  # pylint: disable=g-import-not-at-top
-
   source, target = data["source_features"], data["target_features"]
   distances = [analysis.proxy_a_distance(source, target, seed=s) for s in range(max(seeds, 1))]
   nearest = estimators.NoAdaptation(classifier="1nn").fit(source, data["source_labels"], target)
@@ -103,8 +72,6 @@ def analyze(config, out_dir: str, *, extractor=None, title: str = "", seeds: int
             shallow: bool = False, max_points: int = 2000,
             normalize: str = "none") -> dict[str, Any]:
   """Writes features.npz, analysis.json, tsne.png (and shallow results) to `out_dir`."""
-  from tljax.shallow import analysis, experiment  # pylint: disable=g-import-not-at-top
-
   os.makedirs(out_dir, exist_ok=True)
   data = domain_features(config, extractor, cache_dir=os.path.join(out_dir, "feature_cache"))
   features_path = os.path.join(out_dir, "features.npz")
@@ -120,33 +87,3 @@ def analyze(config, out_dir: str, *, extractor=None, title: str = "", seeds: int
   if shallow:
     experiment.run_experiment(features_path, out_dir, seeds=seeds, normalize=normalize)
   return report
-
-
-def main(argv):
-  del argv
-  from tljax import features as features_lib  # pylint: disable=g-import-not-at-top
-  from tljax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-
-  if _PIXELS.value:
-    if _CONFIG.value is None or not _OUT.value:
-      raise app.UsageError("--pixels needs --config (the task) and --out")
-    config, extractor, out = _CONFIG.value, None, _OUT.value
-    title = f"pixels: {config.source} -> {config.target}"
-  else:
-    if not _WORKDIR.value:
-      raise app.UsageError("pass --workdir=DIR (a tljax run), or --pixels with --config")
-    config = workdir_lib.read_config(_WORKDIR.value)
-    extractor = features_lib.from_workdir(_WORKDIR.value, _LAYER.value)
-    out = _OUT.value or os.path.join(_WORKDIR.value, "analysis")
-    title = f"{config.method.name} ({_LAYER.value}): {config.source} -> {config.target}"
-  report = analyze(config, out, extractor=extractor, title=title, seeds=_SEEDS.value,
-                   shallow=_SHALLOW.value, max_points=_MAX_POINTS.value,
-                   normalize=_NORMALIZE.value)
-  logging.info("%s", json.dumps(report))
-  print(json.dumps(report, indent=2))
-  print(f"wrote {out}/analysis.json, tsne.png, features.npz")
-
-
-if __name__ == "__main__":
-  _define_flags()
-  app.run(main)
