@@ -12,6 +12,7 @@ import ast
 import logging as std_logging
 import os
 import re
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -117,11 +118,16 @@ def main(argv):
 
   from tljax import train, workdir  # pylint: disable=g-import-not-at-top
   try:
-    _apply_open_overrides(_CONFIG.value)
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, allow_changes=_ALLOW_CHANGES.value)
-  except (ValueError, PermissionError, FileNotFoundError, train.NonFiniteError,
-          workdir.WorkdirInUseError) as e:
-    # Bad input, a busy workdir or a diverged run: one line that says what and how to fix it.
+    config = _CONFIG.value
+    config.keys()  # the flag loads the file lazily: a missing one fails here
+  except Exception as e:  # pylint: disable=broad-except
+    sys.exit(f"error: {_config_load_error(e)}")
+  try:
+    _apply_open_overrides(config)
+    train.train_and_evaluate(config, _WORKDIR.value, allow_changes=_ALLOW_CHANGES.value)
+  except (ValueError, OSError, train.NonFiniteError, workdir.WorkdirInUseError) as e:
+    # Bad input, a busy workdir, a file system that refuses, or a diverged run:
+    # one line that says what and how to fix it.
     sys.exit(f"error: {' '.join(str(e).split()) if _one_line(e) else e}")
 
 
@@ -131,10 +137,72 @@ def _one_line(error: Exception) -> bool:
   return "\n  " not in str(error)
 
 
-def run() -> None:
-  """`app.run(main)`, turning a bad `--config.*` override into a one-line error."""
+def _config_import_roots(argv: list[str]) -> list[str]:
+  """Folders from which a config file's own imports (`from configs import
+  default`) resolve, whatever the working directory: the one above the config
+  file's package, and this checkout's root."""
+  roots = []
+  for i, arg in enumerate(argv):
+    path = None
+    if arg.startswith("--config="):
+      path = arg[len("--config="):]
+    elif arg == "--config" and i + 1 < len(argv):
+      path = argv[i + 1]
+    if path:
+      folder = os.path.dirname(os.path.abspath(path.split(":")[0]))
+      while os.path.exists(os.path.join(folder, "__init__.py")):
+        folder = os.path.dirname(folder)
+      roots.append(folder)
+  roots.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return roots
+
+
+def _config_load_error(error: BaseException) -> str:
+  """One line for a config file that does not load: its path, and the last
+  line of what went wrong (e.g. `ValueError: unknown task 'x': choose one of ...`)."""
+  text = str(error)
+  for cause in (error.__cause__, error.__context__):
+    if cause is not None:
+      text = f"{text}\n{cause}"
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  missing = next((l for l in lines if "No such file or directory" in l), None)
+  if missing is not None:
+    return (f"--config: the config file does not exist ({missing.split(']')[-1].strip()}, from "
+            f"{os.getcwd()}); pass a config file, e.g. --config=configs/dann.py:digits")
+  spec = next((a for a in sys.argv if a.startswith("--config=")), "--config")
+  reason = next((l for l in reversed(lines) if re.match(r"[A-Za-z_.]*(Error|Exception)\b", l)),
+                lines[-1] if lines else type(error).__name__)
+  return f"{spec}: the config does not load: {reason}"
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with the config file's imports resolvable from any
+  working directory and a config that does not load reported in one line
+  (absl prints the config's traceback)."""
+  for root in reversed(_config_import_roots(argv)):
+    if root not in sys.path:
+      sys.path.insert(0, root)
   try:
-    app.run(main)
+    return flags.FLAGS(argv)
+  except OSError as e:  # a missing config file, met while applying --config.* overrides
+    sys.exit(f"error: {_config_load_error(e)}")
+  except flags.Error as e:
+    if "Error whilst parsing config file" in str(e):
+      sys.exit(f"error: {_config_load_error(e)}")
+    sys.exit(f"error: {' '.join(str(e).split())}. Pass --helpfull to see the flags.")
+
+
+def run() -> None:
+  """`app.run(main)`, turning a bad `--config.*` override, a config that does not
+  load, or Ctrl-C into a one-line error."""
+  try:
+    app.run(main, flags_parser=_parse_flags)
+  except KeyboardInterrupt:
+    # A run in its training loop saves a checkpoint at the first Ctrl-C; this is
+    # a second one, or one during start-up.
+    print("error: interrupted (Ctrl-C); rerun the same command to resume from the latest "
+          "checkpoint, if there is one", file=sys.stderr)
+    sys.exit(128 + signal.SIGINT)
   except (KeyError, AttributeError) as e:
     if _started:
       raise
