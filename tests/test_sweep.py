@@ -326,6 +326,44 @@ def test_collect_skips_and_names_results_that_cannot_be_read(tmp_path):
                    r"\(does not parse", result.stdout), result.stdout[-2000:]
 
 
+class _Running:
+  """A run that goes on until it gets a signal, then exits with 128 + its number."""
+
+  def __init__(self, started):
+    self.signals, self.returncode = [], None
+    started.append(self)
+
+  def poll(self):
+    if len(_Running.polls) == 3:  # a while after the runs started: SIGTERM to the launcher
+      os.kill(os.getpid(), signal.SIGTERM)
+    _Running.polls.append(1)
+    return self.returncode
+
+  def send_signal(self, signum):
+    self.signals.append(signum)
+    self.returncode = 128 + signum
+
+
+def test_sigterm_to_the_launcher_reaches_each_run_once_and_starts_no_more(tmp_path, monkeypatch):
+  """Issue 32, item 3: SIGTERM (as Ctrl-C) to `launch` is passed to the running
+  runs once each, no queued run starts, and the launch ends by naming them."""
+  started = []
+  _Running.polls = []
+  monkeypatch.setattr(sweep, "_start", lambda run, out: _Running(started))
+  runs = sweep.expand({"methods": {"dann": "configs/dann.py:digits"}, "tasks": {"t": {}},
+                       "seeds": [0, 1, 2, 3, 4]})
+  handler = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(sweep.LaunchInterrupted) as interrupted:
+    sweep.launch_local(runs, str(tmp_path), parallel=2, poll_seconds=0)
+  assert len(started) == 2  # never more than --parallel, and none after the signal
+  assert [p.signals for p in started] == [[signal.SIGTERM], [signal.SIGTERM]]
+  assert interrupted.value.signum == signal.SIGTERM
+  assert interrupted.value.interrupted == ["dann/t/seed0", "dann/t/seed1"]
+  assert re.search(r"SIGTERM: stopped 2 run\(s\) .*started none of the 3 waiting; relaunch",
+                   str(interrupted.value))
+  assert signal.getsignal(signal.SIGTERM) is handler  # the launcher's own handler is gone
+
+
 def test_ctrl_c_stops_a_local_launch_and_starts_nothing_more(digits_data_dir, tmp_path):
   """Issues 32 (item 3) and 33 (case 7): Ctrl-C to the launcher's process group
   stops its run, which saves a checkpoint, starts none of the queued runs, and

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import ml_collections
 
@@ -127,13 +127,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _validate_method(method, "config.method")
     _check_pretraining_ends(method, config.get("total_steps"), "config.method")
   _check_init_paths(config)
+  built = None
   if isinstance(method, (ml_collections.ConfigDict, dict)):
     # The method's own checks (its name, its fields, its `__post_init__`) and
     # whether it needs a trained start, before any data is read: building it
     # costs nothing. The class count stands in (no check reads it).
-    check_trained_start(config, methods.create_method(method, num_classes=2))
-  else:
-    check_trained_start(config)
+    built = methods.create_method(method, num_classes=2)
+  check_trained_start(config, built)
 
 
 def _check_finite(node: Any, where: str) -> None:
@@ -188,8 +188,8 @@ def _validate_method(method, where: str) -> None:
 
 def check_trained_start(config: ml_collections.ConfigDict, method: Any = None) -> None:
   """Refuses a run without `model.init` whose config (`model.init_required`)
-  or method (`Method.trained_start_reason`; None: the config alone, as
-  `validate` checks it) needs a trained model to start from."""
+  or method (`Method.trained_start_reason`, when given) needs a trained model
+  to start from."""
   if config.model.get("init") or config.get("features") is not None:
     return
   reason = method.trained_start_reason() if method is not None else ""
