@@ -20,6 +20,8 @@ import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
+import PIL.Image
 import pytest
 
 from conftest import REPO, set_fields
@@ -186,7 +188,6 @@ _PRINTED = (ValueError, OSError, train.NonFiniteError, workdir_lib.WorkdirInUseE
 
 
 def _png(path, size=(8, 8), value=0):
-  import PIL.Image
   os.makedirs(os.path.dirname(path), exist_ok=True)
   PIL.Image.fromarray(np.full((*size, 3), value, np.uint8)).save(path)
 
@@ -400,7 +401,6 @@ def _write_lock(workdir, **holder):
 
 
 def test_live_lock_refuses_a_second_run(make_config, tmp_path):
-  import socket
   sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
   try:
     workdir = str(tmp_path / "busy")
@@ -420,7 +420,6 @@ def test_live_lock_refuses_a_second_run(make_config, tmp_path):
 
 
 def test_stale_lock_is_taken_over_and_released(make_config, tmp_path, caplog):
-  import socket
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
   dead.wait()
   workdir = str(tmp_path / "stale")
@@ -645,6 +644,37 @@ def test_selection_is_restored_from_the_checkpoint_not_from_the_log(make_config,
   assert listing(workdir) == sorted(map(str, set(reference["selected_checkpoints"]) | {8}))
 
 
+def test_a_workdir_from_before_the_run_state_still_resumes(make_config, tmp_path, caplog,
+                                                         monkeypatch):
+  """Checkpoints that hold the train state alone, and a run.json that holds the
+  identity alone (as tljax wrote them before), resume: the validators' records
+  then come from metrics.jsonl, as they did, and select what an uninterrupted
+  run does."""
+  config = make_config(total_steps=4, eval_every=1, checkpoint_every=2, keep_checkpoints=1)
+  reference = _run_until(config, str(tmp_path / "uninterrupted"))
+  workdir = str(tmp_path / "old")
+
+  def state_alone(manager, step, state, selection, *, force=False):
+    del selection
+    manager.save(step, args=ocp.args.Composite(**{train.STATE_ITEM: ocp.args.StandardSave(state)}),
+                 force=force)
+
+  with monkeypatch.context() as patch:
+    patch.setattr(train, "_save", state_alone)
+    _run_until(config, workdir, stop_at=2)
+  assert os.listdir(os.path.join(workdir, "checkpoints", "2")).count(train.RUN_STATE_ITEM) == 0
+  path = os.path.join(workdir, "run.json")
+  with open(path) as f:
+    identity = json.load(f)["identity"]
+  with open(path, "w") as f:
+    json.dump(identity, f)
+  caplog.set_level(logging.WARNING)
+  resumed = _run_until(config, workdir)
+  assert any("predates the validators' records" in r.getMessage() for r in caplog.records)
+  for key in ("selected", "oracle_best", "validator_rank_correlation", "target_accuracy"):
+    assert resumed[key] == reference[key], key
+
+
 # ----------------------------------------------------------------------------
 # Image lists: the images, not only the list, make a build.
 # ----------------------------------------------------------------------------
@@ -679,7 +709,6 @@ def test_an_image_list_is_rebuilt_when_a_listed_image_changes(tmp_path):
 
 def _image_folder(root, seed):
   """Three classes of 32x32 PNGs, each class a different stripe pattern."""
-  import PIL.Image
   rng = np.random.default_rng(seed)
   for label, name in enumerate(("cat", "dog", "fox")):
     os.makedirs(os.path.join(root, name), exist_ok=True)
