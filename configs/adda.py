@@ -57,7 +57,20 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
       "grl_hi": 2.0,
       "grl_max_steps": 1000,
   })
+  # Shown when a run without model.init needs one (method.pretrain_steps=0).
+  config.model.init_recipe = (
+      f"Pre-train in a source_only run, then start from its workdir: `python -m tljax.main "
+      f"--config=configs/source_only.py:{arg} --workdir=/tmp/tljax/pre` then `python -m "
+      f"tljax.main --config=configs/adda.py:{arg} --workdir=/tmp/tljax/adda2 "
+      f"--config.model.init=/tmp/tljax/pre --config.method.pretrain_steps=0`; or keep "
+      f"method.pretrain_steps > 0.")
   if office:
+    config.model.init_recipe = (
+        "Pass ImageNet weights (--config.model.init=/path/to/resnet50.safetensors; the README's "
+        "'Office-31 A→W with ResNet-50' converts torchvision's), or, with "
+        "--config.method.pretrain_steps=0 --config.model.dont_load='()', a source_only "
+        "Office-31 run's workdir trained with --config.model.bottleneck_dim=256 "
+        "(configs/adda.py).")
     config.optimizer.learning_rate = 0.001
     config.schedule.gamma = 0.0003
     config.total_steps = 23000

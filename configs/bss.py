@@ -18,4 +18,5 @@ from configs import finetune
 def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config = finetune.get_config(arg)
   config.method = ml_collections.ConfigDict({"name": "bss", "trade_off": 0.001, "k": 1})
+  finetune.require_pretrained(config, 'bss', arg)
   return config

@@ -27,4 +27,5 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   })
   config.param_groups = ((finetune.PRETRAINED[arg], 0.1), ("method/source_head/.*", 0.1),
                          (".*", 1.0))
+  finetune.require_pretrained(config, 'co_tuning', arg)
   return config

@@ -66,6 +66,10 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config.data.num_threads = 2  # background threads assembling batches, per process
   config.data.num_workers = 0  # worker processes (each with num_threads) for heavy decoding
   config.data.skip_corrupt = False  # True: leave unreadable images out of a build (logged)
+  # A batch larger than a training split repeats its examples within the batch,
+  # usually a mistake (it only costs memory); True allows it on purpose (a label
+  # budget smaller than a batch, e.g. data.source_fraction=0.01).
+  config.data.allow_repeats_in_batch = False
   # A second augmentation of each target image, for methods that read two views
   # (FixMatch's strong view: see configs/fixmatch.py).
   config.data.strong_preprocess = ml_collections.ConfigDict({"name": "digits_strong"})
@@ -121,6 +125,12 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   # .npz), or a tljax run (its workdir, or <workdir>/checkpoints/<step>).
   config.model.init = ""
   config.model.dont_load = ()  # regexes over the classifier's variables that keep their init
+  # A config whose recipe starts from a trained model says so: without
+  # model.init the run is then refused, showing init_recipe (the commands that
+  # make and pass one), instead of adapting a random network. A method can
+  # require it too (SHOT; ADDA without pre-training): `Method.trained_start_reason`.
+  config.model.init_required = False
+  config.model.init_recipe = ""
 
   # Method: what a training step does (see tljax/methods); each configs/<method>.py
   # states all of its fields.
@@ -266,6 +276,10 @@ def _office31(config: ml_collections.ConfigDict) -> None:
   config.model.name = "resnet50"
   config.model.backbone_kwargs = ml_collections.ConfigDict()
   config.model.init = ""  # the torchvision ImageNet resnet50 .safetensors/.pth file
+  config.model.init_required = True  # a random ResNet-50 is no Office-31 baseline
+  config.model.init_recipe = (
+      "Pass ImageNet weights: --config.model.init=/path/to/resnet50.safetensors (the README's "
+      "'Office-31 A→W with ResNet-50' converts torchvision's in one command).")
   config.model.dont_load = ("head/.*", "bottleneck/.*")
   config.param_groups = (("classifier/backbone/.*", 0.1), (".*", 1.0))
   config.batch_size = 32

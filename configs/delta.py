@@ -40,4 +40,5 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
       "attention_temperature": 5.0,
   })
   config.optimizer.weight_decay = 0.0
+  finetune.require_pretrained(config, 'delta', arg)
   return config

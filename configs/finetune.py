@@ -77,6 +77,25 @@ def finetune_task(config: ml_collections.ConfigDict, arg: str) -> None:
     config.eval_every = config.checkpoint_every = 1000
 
 
+# The run each embedded task's pretrained classifier comes from.
+PRETRAINING = {"digits": "digits", "synth": "synth", "synth_m": "synth"}
+
+
+def require_pretrained(config: ml_collections.ConfigDict, name: str, arg: str) -> None:
+  """For the fine-tuning methods whose point is the starting network (Co-Tuning,
+  L2-SP, DELTA, BSS): a run without `model.init` is refused, with the two
+  commands of the method's docstring (Office-31: ImageNet weights, as every
+  Office-31 config)."""
+  config.model.init_required = True
+  if arg in PRETRAINING:
+    pretrain = f"/tmp/tljax/pretrain_{PRETRAINING[arg]}"
+    config.model.init_recipe = (
+        f"Pretrain, then start from that run: `python -m tljax.main --config=configs/"
+        f"source_only.py:{PRETRAINING[arg]} --workdir={pretrain}` then `python -m tljax.main "
+        f"--config=configs/{name}.py:{arg} --workdir=/tmp/tljax/{name} "
+        f"--config.model.init={pretrain}`.")
+
+
 def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config = default.get_config("office31" if arg == "office31" else "digits")
   finetune_task(config, arg)

@@ -26,4 +26,5 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
       "trade_off_head": 0.01,  # beta
   })
   config.optimizer.weight_decay = 0.0
+  finetune.require_pretrained(config, 'l2_sp', arg)
   return config

@@ -55,6 +55,20 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
       "min_class_count": 0,
   })
   config.model.init = ""  # the source_only workdir (see above)
+  if office:
+    config.model.init_recipe = (
+        "Train the source model first, then start from its workdir: `python -m tljax.main "
+        "--config=configs/source_only.py:office31 --workdir=/tmp/tljax/source_a "
+        "--config.model.init=/path/to/resnet50.safetensors --config.manual_dir=/path/to/office31 "
+        "--config.model.bottleneck_dim=256 --config.model.dont_load='(\"head/.*\",\"bottleneck/.*\")'` "
+        "then `python -m tljax.main --config=configs/shot.py:office31 --workdir=/tmp/tljax/shot_a2w "
+        "--config.model.init=/tmp/tljax/source_a --config.manual_dir=/path/to/office31`.")
+  else:
+    config.model.init_recipe = (
+        f"Train the source model first, then start from its workdir: `python -m tljax.main "
+        f"--config=configs/source_only.py:{arg} --workdir=/tmp/tljax/source` then `python -m "
+        f"tljax.main --config=configs/shot.py:{arg} --workdir=/tmp/tljax/shot "
+        f"--config.model.init=/tmp/tljax/source`.")
   config.model.dont_load = ()  # the whole source model, head included
   config.batch_size = 64
   config.total_steps = 15 * _TARGET_BATCHES[arg]  # 15 epochs of the target split

@@ -114,6 +114,10 @@ def finetune_config(strategy: str, fraction: float, seed: int, pretrained: str |
   config = importlib.import_module(f"configs.{module}").get_config("synth")
   if pretrained:
     config.model.init = pretrained
+  else:
+    config.model.init_required = False  # the zoo's scratch member, on purpose
+  # 1% of the labels is fewer examples than a batch: repeated within it, as intended.
+  config.data.allow_repeats_in_batch = True
   if param_groups is not None:
     config.param_groups = param_groups
   config.seed = seed

@@ -3,8 +3,13 @@
 import csv
 import json
 import os
+import re
 import shutil
+import signal
 import statistics
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -43,15 +48,31 @@ def test_slurm_array_lists_only_unfinished_runs(tmp_path):
   runs = sweep.expand({"methods": {"dann": "configs/dann.py:digits"}, "tasks": {"t": {}},
                        "seeds": [0, 1, 2]})
   out = str(tmp_path / "sweep")
-  os.makedirs(runs[1].workdir(out))
-  with open(os.path.join(runs[1].workdir(out), "results.json"), "w") as f:
-    f.write("{}")
+  _write_finished(runs[1].workdir(out))
   path = sweep.write_slurm_array(runs, out, str(REPO / "experiments/slurm/array.sbatch"))
   script = open(path).read()
   assert "#SBATCH --array=0-1" in script and "{" not in script.split("set -euo")[0].replace("${", "")
   lines = open(os.path.join(out, "runs.txt")).read().splitlines()
   assert len(lines) == 2 and all("tljax.main" in l for l in lines)
   assert "seed1" not in "".join(lines)
+
+
+def _write_finished(workdir, steps=4):
+  """The results.json of a run that reached its last step."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump({"target_accuracy": 0.5, "source_accuracy": 0.9, "step": steps,
+               "config": {"total_steps": steps}}, f)
+
+
+class _Exited:
+  """A process that has already exited with `code` (what `sweep._start` returns)."""
+
+  def __init__(self, code):
+    self.returncode = code
+
+  def poll(self):
+    return self.returncode
 
 
 def _chained_grid():
@@ -83,27 +104,26 @@ def test_local_launch_starts_a_run_after_its_parent_and_skips_it_when_the_parent
   out = str(tmp_path / "sweep")
   events = []
 
-  def fake_run(run, out_dir):  # source_only seed 1 fails; every other run finishes
+  def fake_start(run, out_dir):  # source_only seed 1 fails; every other run finishes
     events.append(("start", run.name))
     code = 1 if run.name == "source_only/t/seed1" else 0
     if code == 0:
-      os.makedirs(run.workdir(out_dir), exist_ok=True)
-      with open(os.path.join(run.workdir(out_dir), "results.json"), "w") as f:
-        f.write("{}")
+      _write_finished(run.workdir(out_dir))
     events.append(("end", run.name))
-    return run, code, 0.0
+    return _Exited(code)
 
-  monkeypatch.setattr(sweep, "_run_locally", fake_run)
+  monkeypatch.setattr(sweep, "_start", fake_start)
   runs = sweep.expand(_chained_grid())
   # Children first in the list: the launcher must still wait for their parents.
-  outcomes = dict((r.name, code) for r, code in sweep.launch_local(runs[::-1], out, parallel=2))
+  outcomes = dict((r.name, code) for r, code in
+                  sweep.launch_local(runs[::-1], out, parallel=2, poll_seconds=0))
   assert outcomes == {"source_only/t/seed0": 0, "source_only/t/seed1": 1,
                       "shot/t/seed0": 0, "shot/t/seed1": -1}
   assert events.index(("start", "shot/t/seed0")) > events.index(("end", "source_only/t/seed0"))
   assert ("start", "shot/t/seed1") not in events
   # A parent from an earlier launch counts; one neither finished nor launched does not.
   outcomes = dict((r.name, code) for r, code in
-                  sweep.launch_local([r for r in runs if r.method == "shot"], out))
+                  sweep.launch_local([r for r in runs if r.method == "shot"], out, poll_seconds=0))
   assert outcomes == {"shot/t/seed1": -1}
   # SLURM: a run whose parent has not finished waits for the next submission.
   shutil.rmtree(os.path.join(out, "shot"))
@@ -255,3 +275,125 @@ def test_select_picks_the_configuration_a_validator_prefers(tmp_path):
   assert oracle["pick"] == "mcc@1"
   with pytest.raises(ValueError, match="choose one of"):
     sweep.select_configs(table, "accuracy")
+
+
+# ----------------------------------------------------------------------------
+# Faults: results that cannot be read, and a launch stopped by Ctrl-C.
+# ----------------------------------------------------------------------------
+
+
+def test_a_run_is_finished_only_when_its_results_parse_and_reach_its_last_step(tmp_path):
+  """Issue 33, case 7: an empty, cut-short or early results.json is no finished run."""
+  (run,) = sweep.expand({"methods": {"dann": "configs/dann.py:digits"}, "tasks": {"t": {}},
+                         "seeds": [0], "overrides": {"total_steps": 4}})
+  out = str(tmp_path)
+  path = os.path.join(run.workdir(out), "results.json")
+  _write_finished(run.workdir(out), steps=4)
+  assert sweep.is_finished(run, out)
+  good = open(path).read()
+  for text in ("", good[:len(good) // 2], "[]", json.dumps({**json.loads(good), "step": 2}),
+               json.dumps({**json.loads(good), "target_accuracy": None})):
+    with open(path, "w") as f:
+      f.write(text)
+    assert not sweep.is_finished(run, out), text
+  # A grid that asks for more steps than the run made reruns it (it resumes).
+  _write_finished(run.workdir(out), steps=4)
+  (longer,) = sweep.expand({"methods": {"dann": "configs/dann.py:digits"}, "tasks": {"t": {}},
+                            "seeds": [0], "overrides": {"total_steps": 8}})
+  assert not sweep.is_finished(longer, out)
+
+
+def test_collect_skips_and_names_results_that_cannot_be_read(tmp_path):
+  """Issue 33, case 7: truncated, wrong-typed or empty results.json files are
+  skipped and named, through the library and the command line."""
+  out = str(tmp_path / "sweep")
+  _fake_run(out, "dann", "T", 0, 0.8, {})
+  bad = {1: '{"target_accuracy": 0.7, "sour', 2: '{"target_accuracy": "high", '
+         '"source_accuracy": 0.9}', 3: ""}
+  for seed, text in bad.items():
+    os.makedirs(os.path.join(out, "dann", "T", f"seed{seed}"))
+    with open(os.path.join(out, "dann", "T", f"seed{seed}", "results.json"), "w") as f:
+      f.write(text)
+  table = sweep.collect(out)
+  (row,) = table["rows"]
+  assert row["seeds"] == 1 and row["mean"] == pytest.approx(80.0)
+  assert [s.split(os.sep)[-2] for s in table["skipped"]] == ["seed1", "seed2", "seed3"]
+  assert "does not parse" in table["skipped"][0] and "'high', not a number" in table["skipped"][1]
+  result = subprocess.run([sys.executable, "-m", "tljax.sweep", "collect", f"--out={out}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert re.search(r"skipped 3 results\.json file\(s\) that cannot be read: .*seed1/results\.json "
+                   r"\(does not parse", result.stdout), result.stdout[-2000:]
+
+
+class _Running:
+  """A run that goes on until it gets a signal, then exits with 128 + its number."""
+
+  def __init__(self, started):
+    self.signals, self.returncode = [], None
+    started.append(self)
+
+  def poll(self):
+    if len(_Running.polls) == 3:  # a while after the runs started: SIGTERM to the launcher
+      os.kill(os.getpid(), signal.SIGTERM)
+    _Running.polls.append(1)
+    return self.returncode
+
+  def send_signal(self, signum):
+    self.signals.append(signum)
+    self.returncode = 128 + signum
+
+
+def test_sigterm_to_the_launcher_reaches_each_run_once_and_starts_no_more(tmp_path, monkeypatch):
+  """Issue 32, item 3: SIGTERM (as Ctrl-C) to `launch` is passed to the running
+  runs once each, no queued run starts, and the launch ends by naming them."""
+  started = []
+  _Running.polls = []
+  monkeypatch.setattr(sweep, "_start", lambda run, out: _Running(started))
+  runs = sweep.expand({"methods": {"dann": "configs/dann.py:digits"}, "tasks": {"t": {}},
+                       "seeds": [0, 1, 2, 3, 4]})
+  handler = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(sweep.LaunchInterrupted) as interrupted:
+    sweep.launch_local(runs, str(tmp_path), parallel=2, poll_seconds=0)
+  assert len(started) == 2  # never more than --parallel, and none after the signal
+  assert [p.signals for p in started] == [[signal.SIGTERM], [signal.SIGTERM]]
+  assert interrupted.value.signum == signal.SIGTERM
+  assert interrupted.value.interrupted == ["dann/t/seed0", "dann/t/seed1"]
+  assert re.search(r"SIGTERM: stopped 2 run\(s\) .*started none of the 3 waiting; relaunch",
+                   str(interrupted.value))
+  assert signal.getsignal(signal.SIGTERM) is handler  # the launcher's own handler is gone
+
+
+def test_ctrl_c_stops_a_local_launch_and_starts_nothing_more(digits_data_dir, tmp_path):
+  """Issues 32 (item 3) and 33 (case 7): Ctrl-C to the launcher's process group
+  stops its run, which saves a checkpoint, starts none of the queued runs, and
+  ends in one line naming what a relaunch resumes; no traceback."""
+  out = tmp_path / "sweep"
+  grid = tmp_path / "grid.py"
+  overrides = {**_TINY, "total_steps": 100000, "eval_every": 100000,
+               "checkpoint_every": 100000, "data_dir": digits_data_dir}
+  grid.write_text("def get_grid():\n  return " + repr(
+      {"methods": {"source_only": "configs/source_only.py:digits"}, "tasks": {"t": {}},
+       "seeds": [0, 1, 2], "overrides": overrides}) + "\n")
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  launcher = subprocess.Popen(
+      [sys.executable, "-m", "tljax.sweep", "launch", f"--grid={grid}", f"--out={out}",
+       "--parallel=1"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True, start_new_session=True)
+  log = out / "source_only" / "t" / "seed0" / "log.txt"
+  deadline = time.time() + 600
+  while not (log.exists() and "First step" in log.read_text()):
+    assert launcher.poll() is None and time.time() < deadline, launcher.communicate()
+    time.sleep(0.5)
+  os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C at the terminal does
+  stdout, stderr = launcher.communicate(timeout=600)
+  assert launcher.returncode == 130, stderr[-3000:]
+  assert "Traceback" not in stdout + stderr + log.read_text(), (stdout + stderr)[-3000:]
+  errors = [l for l in stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and re.search(
+      r"SIGINT: stopped 1 run\(s\) \(source_only/t/seed0;.*started none of the 2 waiting; "
+      r"relaunch the same command to resume them", errors[0]), stderr[-3000:]
+  assert sorted(os.listdir(out / "source_only" / "t")) == ["seed0"]
+  saved = re.search(r"SIGINT: saved the checkpoint of step (\d+)", log.read_text())
+  assert saved and os.listdir(out / "source_only" / "t" / "seed0" / "checkpoints") == [
+      saved.group(1)]

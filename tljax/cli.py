@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import os
 import re
 from typing import Sequence
 
@@ -98,3 +99,41 @@ def one_line_error(error: Exception) -> str:
   if "\n  " not in message:
     message = " ".join(message.split())
   return f"error: {message}"
+
+
+def config_import_roots(argv: Sequence[str]) -> list[str]:
+  """Folders from which a config file's own imports (`from configs import
+  default`) resolve, whatever the working directory: the one above the config
+  file's package, and this checkout's root."""
+  roots = []
+  for i, arg in enumerate(argv):
+    path = None
+    if arg.startswith("--config="):
+      path = arg[len("--config="):]
+    elif arg == "--config" and i + 1 < len(argv):
+      path = argv[i + 1]
+    if path:
+      folder = os.path.dirname(os.path.abspath(path.split(":")[0]))
+      while os.path.exists(os.path.join(folder, "__init__.py")):
+        folder = os.path.dirname(folder)
+      roots.append(folder)
+  roots.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return roots
+
+
+def config_load_error(error: BaseException, argv: Sequence[str]) -> str:
+  """One line for a config file that does not load: its path, and the last
+  line of what went wrong (e.g. `ValueError: unknown task 'x': choose one of ...`)."""
+  text = str(error)
+  for cause in (error.__cause__, error.__context__):
+    if cause is not None:
+      text = f"{text}\n{cause}"
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  missing = next((l for l in lines if "No such file or directory" in l), None)
+  if missing is not None:
+    return (f"--config: the config file does not exist ({missing.split(']')[-1].strip()}, from "
+            f"{os.getcwd()}); pass a config file, e.g. --config=configs/dann.py:digits")
+  spec = next((a for a in argv if a.startswith("--config=")), "--config")
+  reason = next((l for l in reversed(lines) if re.match(r"[A-Za-z_.]*(Error|Exception)\b", l)),
+                lines[-1] if lines else type(error).__name__)
+  return f"{spec}: the config does not load: {reason}"

@@ -3,7 +3,11 @@
 Every numeric field a run reads is checked here, so that a bad value is one
 line naming the field and the fix (`python -m tljax.main` prints it as
 `error: ...`), never a traceback from deep inside the step or a silently
-wrong run (a negative learning rate ascends the loss).
+wrong run (a negative learning rate ascends the loss). `validate` reads the
+config alone (at start-up, building the method to run its own checks);
+`check_batch_fits` needs the data, and runs before the workdir is claimed;
+`check_resume_step` needs the restored checkpoint, and runs before the run
+writes its identity.
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ import os
 from typing import Any, Callable
 
 import ml_collections
+
+from tljax import methods
+from tljax import validators as validators_lib
+from tljax import workdir as workdir_lib
 
 
 class NonFiniteError(FloatingPointError):
@@ -55,13 +63,46 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("model.bottleneck_dropout", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("model.head_hidden", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
     ("model.head_dropout", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("data.source_fraction", lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    ("data.source_subset_seed", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    ("validation.max_examples", lambda v: isinstance(v, int) and v >= 2,
+     "an integer >= 2 (the validators compare examples)"),
+    ("validation.validators",
+     lambda v: isinstance(v, (tuple, list)) and set(v) <= set(validators_lib.VALIDATORS),
+     f"a tuple of validator names, of {', '.join(sorted(validators_lib.VALIDATORS))}"),
 )
 
-# Method fields checked wherever they appear (also inside composed terms).
+
+def _int_at_least(low: int) -> tuple[Callable[[Any], bool], str]:
+  return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low,
+          f"an integer >= {low}")
+
+
+def _positive(v: Any) -> bool:
+  return _is_number(v) and 0 < v < math.inf
+
+# Method fields checked wherever they appear (also inside composed terms);
+# besides these, every number of a config must be finite.
 _METHOD_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("trade_off", lambda v: _is_number(v) and 0 <= v < math.inf, "a finite number >= 0"),
-    ("trade_off_warmup", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
-    ("pretrain_steps", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    *((name, lambda v: _is_number(v) and 0 <= v < math.inf, "a finite number >= 0")
+      for name in ("trade_off_im", "trade_off_backbone", "trade_off_head", "trade_off_entropy",
+                   "trade_off_balance", "beta")),
+    ("trade_off_warmup", *_int_at_least(0)),
+    ("pretrain_steps", *_int_at_least(0)),
+    ("min_class_count", *_int_at_least(0)),
+    *((name, *_int_at_least(1)) for name in (
+        "clustering_rounds", "k", "num_k", "kernel_num", "order", "randomized_dim",
+        "head_width", "attention_steps", "grl_max_steps", "num_source_classes")),
+    ("hidden_sizes", lambda v: isinstance(v, (tuple, list)) and all(
+        isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in v),
+     "a tuple of integers >= 1 (the hidden layers' widths)"),
+    ("threshold", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    ("ema_decay", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("head_dropout", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    *((name, _positive, "a finite number > 0") for name in (
+        "pretrain_lr_scale", "temperature", "attention_temperature", "kernel_mul", "margin",
+        "softmax_sigma", "attention_lr", "epsilon")),
 )
 
 
@@ -76,6 +117,7 @@ def _get(config: ml_collections.ConfigDict, dotted: str) -> tuple[bool, Any]:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises `ValueError` naming the first field whose value is out of range."""
+  _check_finite(config, "config")
   for field, ok, what in _RULES:
     present, value = _get(config, field)
     if present and not ok(value):
@@ -83,6 +125,55 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _, method = _get(config, "method")
   if isinstance(method, (ml_collections.ConfigDict, dict)):
     _validate_method(method, "config.method")
+    _check_pretraining_ends(method, config.get("total_steps"), "config.method")
+  _check_init_paths(config)
+  built = None
+  if isinstance(method, (ml_collections.ConfigDict, dict)):
+    # The method's own checks (its name, its fields, its `__post_init__`) and
+    # whether it needs a trained start, before any data is read: building it
+    # costs nothing. The class count stands in (no check reads it).
+    built = methods.create_method(method, num_classes=2)
+  check_trained_start(config, built)
+
+
+def _check_finite(node: Any, where: str) -> None:
+  """NaN or an infinity in any field: no field means either."""
+  if isinstance(node, (ml_collections.ConfigDict, dict)):
+    for key, value in node.items():
+      _check_finite(value, f"{where}.{key}")
+  elif isinstance(node, (tuple, list)):
+    for value in node:
+      _check_finite(value, where)
+  elif isinstance(node, float) and not math.isfinite(node):
+    raise ValueError(f"{where}={node!r} is invalid: it must be a finite number")
+
+
+def _check_pretraining_ends(method, total_steps: Any, where: str) -> None:
+  """A pre-training phase as long as the run leaves the method's terms at 0 throughout."""
+  for key, value in method.items():
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      _check_pretraining_ends(value, total_steps, f"{where}.{key}")
+    elif key == "pretrain_steps" and value and isinstance(total_steps, int) and (
+        total_steps <= value):
+      raise ValueError(
+          f"config.total_steps={total_steps} ends the run within {where}.pretrain_steps="
+          f"{value}: the method's adaptation would never start; raise --config.total_steps "
+          f"above {value}, or lower {where.removeprefix('config.')}.pretrain_steps")
+
+
+def _check_init_paths(config: ml_collections.ConfigDict) -> None:
+  """`model.init` (and a feature extractor's checkpoint or workdir) exist."""
+  what = ("a checkpoint file (.safetensors, .npz, .pth, ...) or a tljax run's workdir "
+          "(its latest checkpoint)")
+  for field in ("model.init", "features.init", "features.workdir"):
+    present, path = _get(config, field)
+    if not present or not path or "://" in str(path):
+      continue  # unset, or on a remote filesystem (read when loaded)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"config.{field}={path!r} does not exist: pass {what}")
+    if os.path.isdir(path) and not workdir_lib.is_workdir(path):
+      raise ValueError(f"config.{field}={path!r} is a directory but not a tljax run's workdir "
+                       f"(it has no config.json and checkpoints/): pass {what}")
 
 
 def _validate_method(method, where: str) -> None:
@@ -93,6 +184,64 @@ def _validate_method(method, where: str) -> None:
     for field, ok, what in _METHOD_RULES:
       if key == field and not ok(value):
         raise ValueError(f"{where}.{key}={value!r} is invalid: it must be {what}")
+
+
+def check_trained_start(config: ml_collections.ConfigDict, method: Any = None) -> None:
+  """Refuses a run without `model.init` whose config (`model.init_required`)
+  or method (`Method.trained_start_reason`, when given) needs a trained model
+  to start from."""
+  if config.model.get("init") or config.get("features") is not None:
+    return
+  reason = method.trained_start_reason() if method is not None else ""
+  if reason:
+    who, escape = f"method {config.method.name!r} ({reason})", ""
+  elif config.model.get("init_required"):
+    who = "this config"
+    escape = (" (or --config.model.init_required=False to train from a random start on "
+              "purpose)")
+  else:
+    return
+  recipe = config.model.get("init_recipe") or (
+      "set --config.model.init to the workdir of a run trained on the source, e.g. one of "
+      "configs/source_only.py")
+  raise ValueError(f"config.model.init is empty, but {who} starts from a trained model, and "
+                   f"would adapt a randomly initialised network instead. {recipe}{escape}")
+
+
+def check_batch_fits(config: ml_collections.ConfigDict, domains: Any, method: Any) -> None:
+  """Refuses a batch larger than a training split the method reads (it would
+  hold every example several times, and can exhaust memory), unless
+  `data.allow_repeats_in_batch` allows it."""
+  if config.data.get("allow_repeats_in_batch"):
+    return
+  splits = []
+  if "source" in method.inputs:
+    # `batch_size` examples of each labelled domain, or of their union ('pooled').
+    per_domain = (len(domains.source_trains) > 1
+                  and config.data.get("source_sampling", "per_domain") == "per_domain")
+    splits += [("source_split", s) for s in
+               (domains.source_trains if per_domain else [domains.source_train])]
+  if "target" in method.inputs and domains.target_train is not None:
+    splits.append(("target_split", domains.target_train))
+  splits += [(f"method's {key!r} domain", train) for key, (train, _) in
+             sorted(domains.extra.items())]
+  for field, split in splits:
+    if config.batch_size > len(split):
+      name = f"{getattr(split, 'name', '?')}:{getattr(split, 'split', '?')}"
+      raise ValueError(
+          f"config.batch_size={config.batch_size} is larger than config.{field} "
+          f"({name}, {len(split)} examples); use a batch of at most "
+          f"{len(split)}, or a larger split, or --config.data.allow_repeats_in_batch=True to "
+          "repeat examples within a batch on purpose")
+
+
+def check_resume_step(config: ml_collections.ConfigDict, step: int, workdir: str) -> None:
+  """Refuses a `total_steps` below the step of the checkpoint being resumed."""
+  if step > config.total_steps:
+    raise ValueError(
+        f"config.total_steps={config.total_steps} is below the step of the checkpoint in "
+        f"{workdir!r} ({step}): a run cannot be shortened after the fact; pass "
+        f"--config.total_steps={step} (or more) to resume it, or a new --workdir")
 
 
 def check_workdir(workdir: str) -> None:

@@ -13,9 +13,11 @@ those computes
 
 `Selection` keeps every evaluation's record, says which step each validator
 (and the oracle) would pick, and tells the checkpoint manager to keep those
-steps whatever `keep_checkpoints` says (`KeepSelected`). Records also go to
-`metrics.jsonl` (kind `validators`), from which a resumed run rebuilds the
-history, so its selections are those of an uninterrupted run.
+steps whatever `keep_checkpoints` says (`KeepSelected`). The records are saved
+with every checkpoint (`to_json`, restored by `from_json`), so a resumed run
+selects and keeps exactly what an uninterrupted run does; `metrics.jsonl`
+(kind `validators`) is only their log, read back (`from_metrics`) only for a
+checkpoint written before the records were saved with it.
 """
 
 from __future__ import annotations
@@ -205,14 +207,29 @@ class Selection:
   def add(self, step: int, record: Mapping[str, float]) -> None:
     self.records[int(step)] = dict(record)
 
+  def to_json(self) -> dict[str, dict[str, float]]:
+    """The records by step (as text: JSON keys), for the checkpoint."""
+    return {str(step): dict(record) for step, record in sorted(self.records.items())}
+
+  @classmethod
+  def from_json(cls, records: Mapping[str, Mapping[str, float]]) -> "Selection":
+    selection = cls()
+    for step, record in records.items():
+      selection.add(int(step), record)
+    return selection
+
   @classmethod
   def from_metrics(cls, path: str, up_to_step: int) -> "Selection":
-    """The records a run wrote to metrics.jsonl up to `up_to_step`."""
+    """The records a run wrote to metrics.jsonl up to `up_to_step` (lines that
+    do not parse are skipped): for checkpoints that predate `to_json`."""
     selection = cls()
     if os.path.exists(path):
       with open(path) as f:
         for line in f:
-          entry = json.loads(line)
+          try:
+            entry = json.loads(line)
+          except json.JSONDecodeError:
+            continue
           if entry.get("kind") == "validators" and entry["step"] <= up_to_step:
             selection.add(entry["step"], {k: v for k, v in entry.items()
                                           if k not in ("step", "kind")})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging as std_logging
 import os
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -68,12 +69,23 @@ def parse_flags(argv: list[str]) -> tuple[list[str], list[cli.OpenOverride]]:
   """`app.run`'s flags parser: the open-dict overrides set aside, absl parses the
   rest; `main` receives both. A `--config.*` override naming a field the config
   does not have is a one-line error."""
+  # A config file's own imports (`from configs import default`) resolve from any
+  # working directory.
+  for root in reversed(cli.config_import_roots(argv)):
+    if root not in sys.path:
+      sys.path.insert(0, root)
   argv, open_overrides = cli.split_open_overrides(argv)
   _CONFIG_ARGV[:] = argv
   try:
-    return app.parse_flags_with_usage(argv), open_overrides
+    return flags.FLAGS(argv), open_overrides
   except (KeyError, AttributeError) as e:  # raised by ml_collections for an unknown field
     sys.exit(cli.unknown_field_message(e))
+  except OSError as e:  # a missing config file, met while applying --config.* overrides
+    sys.exit(f"error: {cli.config_load_error(e, argv)}")
+  except flags.Error as e:
+    if "Error whilst parsing config file" in str(e):
+      sys.exit(f"error: {cli.config_load_error(e, argv)}")
+    sys.exit(f"error: {' '.join(str(e).split())}. Pass --helpfull to see the flags.")
 
 
 def main(args: tuple[list[str], list[cli.OpenOverride]]) -> None:
@@ -96,13 +108,32 @@ def main(args: tuple[list[str], list[cli.OpenOverride]]) -> None:
   from tljax import train  # pylint: disable=g-import-not-at-top
 
   try:
-    cli.apply_open_overrides(_CONFIG.value, open_overrides)
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, allow_changes=_ALLOW_CHANGES.value)
-  except (ValueError, PermissionError, FileNotFoundError, train.NonFiniteError,
-          workdir.WorkdirInUseError) as e:
-    # Bad input, a busy workdir or a diverged run: one line that says what and how to fix it.
+    config = _CONFIG.value
+    config.keys()  # the flag may load the file lazily: one that does not load fails here
+  except (KeyError, AttributeError) as e:  # an override naming an unknown field
+    sys.exit(cli.unknown_field_message(e))
+  except Exception as e:  # pylint: disable=broad-except
+    sys.exit(f"error: {cli.config_load_error(e, sys.argv)}")
+  try:
+    cli.apply_open_overrides(config, open_overrides)
+    train.train_and_evaluate(config, _WORKDIR.value, allow_changes=_ALLOW_CHANGES.value)
+  except (ValueError, OSError, train.NonFiniteError, workdir.WorkdirInUseError) as e:
+    # Bad input, a busy workdir, a file system that refuses, or a diverged run:
+    # one line that says what and how to fix it.
     sys.exit(cli.one_line_error(e))
 
 
+def run() -> None:
+  """`app.run(main)`, with Ctrl-C during start-up (or a second one) as one line."""
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except KeyboardInterrupt:
+    # A run in its training loop saves a checkpoint at the first Ctrl-C; this is
+    # a second one, or one during start-up.
+    print("error: interrupted (Ctrl-C); rerun the same command to resume from the latest "
+          "checkpoint, if there is one", file=sys.stderr)
+    sys.exit(128 + signal.SIGINT)
+
+
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  run()

@@ -1,12 +1,15 @@
 """Training and evaluation: the one path every tljax run takes.
 
 `train_and_evaluate(config, workdir)` reads top to bottom in phases, each a
-short function: `_open_run` (config checks, mesh), `open_data` (the
-task: its domains, label space and views, `tljax.data.task`), `build` (mesh-replicated state, the method's step context, the
-jitted steps), `_claim_workdir` (lock, run identity, config.json: nothing is
-written before the config, data and model are known good), `_restore` (the
-latest checkpoint that restores), `_train` (the loop: steps, evaluations with
-validators, checkpoints, preemption) and `_write_results`.
+short function: `_open_run` (config checks, mesh), `open_data` (the task:
+its domains, label space and views, `tljax.data.task`), `build`
+(mesh-replicated state, the method's step context, the jitted steps),
+`_claim_workdir` (lock and run identity: nothing is written
+before the config, data and model are known good), `_restore` (the latest
+checkpoint that restores, with the validators' records saved beside it),
+`_write_identity` (run.json and config.json, once the restore succeeded),
+`_train` (the loop: steps, evaluations with validators, checkpoints,
+preemption) and `_write_results`.
 
 The train step is the method's own (`tljax/methods`):
 
@@ -63,6 +66,11 @@ from tljax.methods.base import TrainState
 from tljax.models import checkpoints
 
 NonFiniteError = config_checks.NonFiniteError
+
+# The checkpoint's items: the train state (orbax's default item, so that
+# checkpoints written before the second item existed read alike) and what the
+# run decides from besides it, as JSON.
+STATE_ITEM, RUN_STATE_ITEM = "default", "run_state"
 
 
 # ----------------------------------------------------------------------------
@@ -763,16 +771,28 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
   """Scalars as lines `{"step": s, "kind": "train" | "eval", ...}` of metrics.jsonl.
 
   Keys arrive as `kind/name`. On a resume, lines past the restored step are
-  dropped first: the resumed run recomputes them (identically).
+  dropped first: the resumed run recomputes them (identically). The file is a
+  log, never read back by the run: a line that does not parse (a run killed
+  while writing it) is dropped with a warning.
   """
 
   def __init__(self, path: str, resume_step: int):
     self.path = path
     if os.path.exists(path):
+      kept = []
       with open(path) as f:
-        kept = [line for line in f if json.loads(line)["step"] <= resume_step]
-      with open(path, "w") as f:
+        for number, line in enumerate(f, start=1):
+          try:
+            step = json.loads(line)["step"]
+          except (json.JSONDecodeError, KeyError, TypeError):
+            logging.warning("%s:%d: dropped a line that does not parse (%r).", path, number,
+                            line[:80])
+            continue
+          if step <= resume_step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+      with open(path + ".tmp", "w") as f:
         f.writelines(kept)
+      os.replace(path + ".tmp", path)
 
   def write_scalars(self, step, scalars):
     by_kind = collections.defaultdict(dict)
@@ -903,7 +923,10 @@ class Run:
   batch_sharding: NamedSharding
   lock: workdir_lib.WorkdirLock | None
   start_time: float
-  allowed_changes: list[str]
+  # The changes to the run's config a resume was allowed: this resume's
+  # (`{'field', 'from', 'to'}`) until `_write_identity`, then every resume's
+  # (with `step`), as run.json keeps them.
+  allowed_changes: list[dict[str, Any]]
 
 
 def _run_id() -> str:
@@ -936,8 +959,9 @@ def _open_run(config: ml_collections.ConfigDict, workdir: str, devices) -> Run:
 
 
 def _claim_workdir(run: Run, allow_changes: Sequence[str]) -> None:
-  """Once the config, data and model are known good: takes the workdir's lock,
-  checks the run identity against a run already there, writes config.json."""
+  """Once the config, data and model are known good: takes the workdir's lock
+  and checks the run identity against a run already there (writing nothing
+  but the lock: `_write_identity` writes once the checkpoint has restored)."""
   is_main = jax.process_index() == 0
   config_checks.check_workdir(run.workdir)
   run_id = _run_id()  # a collective: every process takes part
@@ -956,35 +980,73 @@ def _claim_workdir(run: Run, allow_changes: Sequence[str]) -> None:
   if refusal is not None:
     raise refusal
   try:
-    run.allowed_changes = workdir_lib.check_run_identity(
-        run.workdir, run.config, allow_changes=allow_changes, write=is_main)
-    if is_main:
-      path = os.path.join(run.workdir, "config.json")
-      with open(path + ".tmp", "w") as f:
-        f.write(run.config.to_json_best_effort(indent=2))
-      os.replace(path + ".tmp", path)
+    run.allowed_changes = workdir_lib.check_run_identity(run.workdir, run.config,
+                                                         allow_changes=allow_changes)
   except BaseException:
     if run.lock is not None:
       run.lock.release()
     raise
 
 
-def _restore(run: Run, setup: Setup) -> TrainState:
-  """The latest checkpoint that restores, or the fresh state."""
+def _write_identity(run: Run, step: int) -> None:
+  """run.json (with the changes this resume was allowed, at `step`) and config.json."""
+  if jax.process_index() > 0:
+    return
+  run.allowed_changes = workdir_lib.write_run_identity(
+      run.workdir, run.config, changes=run.allowed_changes, step=step)
+  path = os.path.join(run.workdir, "config.json")
+  with open(path + ".tmp", "w") as f:
+    f.write(run.config.to_json_best_effort(indent=2))
+  os.replace(path + ".tmp", path)
+
+
+def _restore(run: Run, setup: Setup) -> tuple[TrainState, evaluation.Selection]:
+  """The latest checkpoint that restores and the validators' records saved
+  with it, or the fresh state and no records."""
   manager = _checkpoint_manager(run)
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=run.replicated), setup.state)
-  restore = lambda step: manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def restore(step):
+    if not (manager.directory / str(step) / RUN_STATE_ITEM).exists():
+      # Written before the run state was saved with the train state.
+      return manager.restore(step, args=ocp.args.Composite(
+          **{STATE_ITEM: ocp.args.StandardRestore(abstract)}))[STATE_ITEM], None
+    restored = manager.restore(step, args=ocp.args.Composite(
+        **{STATE_ITEM: ocp.args.StandardRestore(abstract),
+           RUN_STATE_ITEM: ocp.args.JsonRestore()}))
+    run_state = restored[RUN_STATE_ITEM]
+    workdir_lib.verify_checksums(restored[STATE_ITEM], run_state["checksums"],
+                                 f"the checkpoint of step {step}")
+    return restored[STATE_ITEM], run_state
+
   try:
-    state, step = workdir_lib.restore_latest(
+    restored, step = workdir_lib.restore_latest(
         manager, restore, move_aside_dir=os.path.join(run.workdir, "unreadable_checkpoints"),
         is_main=jax.process_index() == 0)
   finally:
     manager.close()
-  if state is None:
-    return setup.state
+  if restored is None:
+    return setup.state, evaluation.Selection()
+  config_checks.check_resume_step(run.config, step, run.workdir)
+  state, run_state = restored
   logging.info("Resumed from the checkpoint of step %d.", step)
-  return state
+  if run_state is None:
+    logging.warning("The checkpoint of step %d predates the validators' records saved with "
+                    "it; reading them from metrics.jsonl.", step)
+    return state, evaluation.Selection.from_metrics(
+        os.path.join(run.workdir, "metrics.jsonl"), step)
+  return state, evaluation.Selection.from_json(run_state["selection"])
+
+
+def _save(manager: ocp.CheckpointManager, step: int, state: TrainState,
+          selection: evaluation.Selection, *, force: bool = False) -> None:
+  """The train state, and beside it the validators' records up to `step` and
+  the state's checksums."""
+  run_state = {"selection": selection.to_json(), "checksums": workdir_lib.checksums(state)}
+  manager.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state),
+                                                RUN_STATE_ITEM: ocp.args.JsonSave(run_state)}),
+               force=force)
 
 
 def _checkpoint_manager(run: Run, selection: evaluation.Selection | None = None
@@ -995,7 +1057,8 @@ def _checkpoint_manager(run: Run, selection: evaluation.Selection | None = None
                                    selection or evaluation.Selection())
   return ocp.CheckpointManager(
       os.path.abspath(os.path.join(run.workdir, "checkpoints")),
-      options=ocp.CheckpointManagerOptions(preservation_policy=policy, create=True))
+      options=ocp.CheckpointManagerOptions(preservation_policy=policy, create=True),
+      item_names=(STATE_ITEM, RUN_STATE_ITEM))
 
 
 def _evaluate(run: Run, setup: Setup, domains: Domains, state: TrainState) -> dict:
@@ -1159,6 +1222,13 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState, writer,
       manager.wait_until_finished()
       bad = sorted(k for k, v in metrics.items() if k != "finite" and not np.all(np.isfinite(v)))
       shown = ", ".join(f"{k}={float(np.asarray(metrics[k]))}" for k in bad[:4])
+      if first_step and step == first_step + 1:
+        # The first step after a resume: the checkpoint, not the settings, is suspect.
+        raise NonFiniteError(
+            f"step {step}: {shown} not finite at the first step after resuming from the "
+            f"checkpoint of step {first_step} ({manager.directory / str(first_step)}), which "
+            "may be damaged; move it into unreadable_checkpoints/ to resume from the one "
+            "before it, or lower config.optimizer.learning_rate if the run diverged there.")
       raise NonFiniteError(
           f"step {step}: {shown} not finite; training stopped (latest checkpoint: step "
           f"{manager.latest_step()}). Lower config.optimizer.learning_rate or the method's "
@@ -1200,7 +1270,7 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState, writer,
         selected = step in selection.steps_to_keep()
       if step % config.checkpoint_every == 0 or step == total or preempted or selected:
         flush()
-        manager.save(step, args=ocp.args.StandardSave(state), force=preempted)
+        _save(manager, step, state, selection, force=preempted)
       if preempted:
         manager.wait_until_finished()
         name = signal.Signals(stop.signal).name if stop.signal else "preemption"
@@ -1342,16 +1412,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 num_source_domains=domains.num_source_domains,
                 has_target=domains.target_train is not None)
   domains = _open_extra_domains(config, domains, setup.method)
+  config_checks.check_batch_fits(config, domains, setup.method)
   _claim_workdir(run, allow_changes)
   try:
     logging.info("Method %s; parameters per group: %s; BatchNorm frozen where: %s",
                  config.method.name,
                  optim.describe_groups(setup.state.params, config.param_groups),
                  setup.frozen_norm or "(none)")
-    state = _restore(run, setup)
-    selection = evaluation.Selection.from_metrics(os.path.join(workdir, "metrics.jsonl"),
-                                                  int(state.step))
+    state, selection = _restore(run, setup)
     selection.oracle_higher_is_better = domains.labels.higher_is_better
+    _write_identity(run, int(state.step))
     writer = _create_writer(workdir, int(state.step))
     try:
       state, last_eval, train_time, first_step = _train(run, setup, domains, state, writer,

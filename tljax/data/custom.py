@@ -21,8 +21,8 @@ Either way the dataset has one split, `train` (use TFDS slicing such as
 `train[:80%]` / `train[80%:]` for a held-out part: stored examples are in a
 hashed order, so slices mix the classes). It is built once into the TFDS data
 dir under a config named after the folder or file and a fingerprint of its
-contents (names, sizes and modification times of the images; the list's
-text), so changing the files makes a new build instead of reading a stale
+contents (names, sizes and modification times of the images; for a list, its
+text too), so changing the files makes a new build instead of reading a stale
 one.
 """
 
@@ -98,6 +98,15 @@ class ImageFolder(image_files.ImageFileBuilder, skip_registration=True):
       if unknown:
         raise ValueError(f"image_folder:{path}: folders {unknown[:5]} are not in "
                          f"{root / _CLASSES_FILE}")
+      if not set(folders) & set(class_names):
+        raise image_files.DatasetFilesNotFoundError(
+            f"image_folder:{path}: none of the {len(class_names)} classes of "
+            f"{root / _CLASSES_FILE} ({', '.join(class_names[:4])}, ...) has a folder in "
+            f"{root}. Expected {layout}.")
+    elif not folders:
+      raise image_files.DatasetFilesNotFoundError(
+          f"image_folder:{path}: {root} has no class folders"
+          f"{' (it is empty)' if not any(root.iterdir()) else ''}. Expected {layout}.")
     else:
       class_names = image_files.check_class_names(folders, f"image_folder:{path} ({root})")
     digest = hashlib.sha256(f"{root}\n{class_names}\n".encode())
@@ -164,5 +173,13 @@ class ImageList(ImageFolder, skip_registration=True):
     entries = [image_files.Entry(key=f"{number:08d} {rel}", path=str(base / rel), label=label,
                                  file_name=rel)
                for number, rel, label in rows]
+    # The listed files too, as for a folder: a replaced, truncated or deleted
+    # image makes a new build (which then names a file that is gone).
+    for entry in entries:
+      try:
+        stat = os.stat(entry.path)
+        digest.update(f"{entry.key}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+      except OSError:
+        digest.update(f"{entry.key}\tmissing\n".encode())
     return cls(config=_config(list_file, digest.hexdigest()), class_names=class_names,
                entries=entries, **kwargs)

@@ -353,6 +353,11 @@ class ImageFileBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             skipped.append(entry.path)
             continue
           yield entry.key, {"image": loaded, "label": entry.label, "file_name": entry.file_name}
+    if entries and len(skipped) == len(entries):
+      raise ValueError(
+          f"{self.info.full_name}: every one of its {len(entries)} images is unreadable (e.g. "
+          f"{skipped[0]}), so skip_corrupt=True would leave an empty split; replace the files "
+          "with images")
     if skipped:
       logging.warning("%s: skipped %d unreadable image(s) of %d (skip_corrupt=True): %s%s",
                       self.info.full_name, len(skipped), len(entries), ", ".join(skipped[:10]),

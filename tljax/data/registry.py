@@ -177,6 +177,7 @@ def _builder(name: str, data_dir: str | None, manual_dir: str | None, skip_corru
 
   builder = make()
   if not builder.is_prepared():
+    _check_writable_for_build(name, builder)
     with _build_lock(builder):
       # Another process (a sweep's parallel runs) may have built it while we
       # waited; a fresh builder reads what it wrote.
@@ -255,6 +256,39 @@ def _check_split(name: str, split: str, splits: Sequence[str]) -> None:
         f"--config.eval_target_split={first}, or to a part of one, e.g. {first}[80%:]")
 
 
+def _check_not_empty(name: str, split: str, builder) -> None:
+  """Rejects a split expression that selects no example (`train[90%:]` of a
+  few images), which the reader fails on without naming it."""
+  if not isinstance(split, str):
+    return
+  try:
+    count = builder.info.splits[split].num_examples
+  except (KeyError, ValueError, AssertionError):
+    return  # an expression TFDS resolves only when reading: left to it
+  if count == 0:
+    sizes = ", ".join(f"{s}: {builder.info.splits[s].num_examples}" for s in _splits(builder))
+    raise ValueError(
+        f"{name!r} split {split!r} holds no examples (the dataset has {sizes}); set the "
+        "option that asks for it (--config.source_split, target_split, eval_source_split, "
+        "eval_target_split or source_val_split) to a part with examples")
+
+
+def _check_writable_for_build(name: str, builder) -> None:
+  """A dataset that must be built into a data dir this process cannot write:
+  one line naming both, instead of an OSError from inside the build."""
+  directory = os.fspath(builder.data_dir)
+  if "://" in directory:
+    return
+  existing = directory
+  while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+    existing = os.path.dirname(existing)
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise PermissionError(
+        f"{name} is not built in the data dir yet, and {existing} is not writable, so it cannot "
+        f"be built into {directory}; set --config.data_dir to a directory you can write to "
+        "(or build the dataset there once, as a user who can)")
+
+
 def open_domain(name: str, split: str, *, data_dir: str | None = None,
                 manual_dir: str | None = None, cache: bool = False,
                 skip_corrupt: bool = False) -> Domain:
@@ -282,6 +316,7 @@ def open_domain(name: str, split: str, *, data_dir: str | None = None,
 
   builder = _builder(name, data_dir, manual_dir, skip_corrupt)
   _check_split(name, split, _splits(builder))
+  _check_not_empty(name, split, builder)
   source = builder.as_data_source(split=split, decoders=_decoders(builder))
   if cache:
     source = _InMemorySource(source)

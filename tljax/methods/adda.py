@@ -89,6 +89,11 @@ class ADDA(base.Method):
       raise ValueError(f"config.method.objective must be one of {OBJECTIVES}, "
                        f"got {self.objective!r}")
 
+  def trained_start_reason(self):
+    if self.pretrain_steps:
+      return ""
+    return "with method.pretrain_steps=0 it skips its source pre-training"
+
   # ------------------------------------------------------------- construction
 
   def networks(self, num_classes, classifier):

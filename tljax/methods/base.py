@@ -436,6 +436,11 @@ class Method:
     del ctx, variables
     return {}
 
+  def trained_start_reason(self) -> str:
+    """Why the method cannot start from a randomly initialised network ('' when
+    it can): a run of it without `config.model.init` is refused with this."""
+    return ""
+
   def extra_domains(self) -> dict[str, ExtraDomain]:
     """Labelled datasets the step reads besides `inputs`, by batch key
     (multi-task heads with their own data); none by default."""

@@ -101,6 +101,9 @@ class SHOT(base.Method):
   clustering_rounds: int
   min_class_count: int
 
+  def trained_start_reason(self):
+    return "source-free: it adapts a model trained on the source, and never reads source labels"
+
   def init_method_state(self, ctx, variables):
     return {"pseudo_labels": jnp.zeros((ctx.num_target_examples,), jnp.int32)}
 

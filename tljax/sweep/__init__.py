@@ -22,12 +22,15 @@ A grid file defines `get_grid()` returning a dict:
 
 Each run is `python -m tljax.main --config=SPEC --workdir=OUT/<method>/<task>/seed<k>
 --config.seed=k --config.<field>=<value> ...`, with its own workdir. `launch`
-skips runs whose `results.json` exists and reruns the others, which resume from
-their latest checkpoint; it runs them here (sequentially or N at a time; a run
-with `init_from` waits for the run it starts from) or writes a SLURM array job
+skips finished runs (a `results.json` that parses and reports the run's last
+step) and reruns the others, which resume from their latest checkpoint; it runs
+them here (at most N at a time; a run with `init_from` waits for the run it
+starts from; Ctrl-C or SIGTERM stops the runs, which save a checkpoint, and
+starts no more) or writes a SLURM array job
 (one array task per run; runs whose starting run has not finished are left for
 the next submission) from a template. `collect`
-gathers every `results.json` into `PREFIX.md` and `PREFIX.csv` (default
+gathers every `results.json` (naming and skipping those that do not parse)
+into `PREFIX.md` and `PREFIX.csv` (default
 `OUT/results`): target
 accuracy mean ± std over seeds per method and task, an average column, and wall
 time, beside reference numbers when given; a 95% interval per row and two
@@ -51,6 +54,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -158,8 +162,51 @@ def expand(grid: dict[str, Any]) -> list[Run]:
   return runs
 
 
+def read_results(path: str) -> tuple[dict[str, Any] | None, str]:
+  """A run's `results.json` and '', or None and why it cannot be used (missing,
+  empty, cut short, not the dict of numbers a run writes)."""
+  try:
+    with open(path) as f:
+      results = json.load(f)
+  except FileNotFoundError:
+    return None, "missing"
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    return None, f"does not parse ({' '.join(str(e).split())})"
+  if not isinstance(results, dict):
+    return None, f"holds a {type(results).__name__}, not a run's results"
+  primary = results.get("primary_metric")
+  if primary is not None:  # a run's own measure (accuracy, H-score, MAE; None without a target)
+    if not isinstance(primary, dict) or not _number_or_none(primary.get("value")):
+      return None, f"its primary_metric is {primary!r}, not a named number"
+  elif not _number_or_none(results.get("target_accuracy"), allow_none=False):
+    return None, f"its target_accuracy is {results.get('target_accuracy')!r}, not a number"
+  for key in ("target_accuracy", "source_accuracy"):
+    if not _number_or_none(results.get(key)):
+      return None, f"its {key} is {results.get(key)!r}, not a number"
+  return results, ""
+
+
+def _number_or_none(value: Any, allow_none: bool = True) -> bool:
+  return ((value is None and allow_none)
+          or (isinstance(value, (int, float)) and not isinstance(value, bool)))
+
+
+def _override(run: Run, field: str) -> Any:
+  return dict(run.overrides).get(field)
+
+
 def is_finished(run: Run, out: str) -> bool:
-  return os.path.exists(os.path.join(run.workdir(out), "results.json"))
+  """The run's results.json parses and reports its last step (`total_steps` of
+  the config it ran with, and of the grid when the grid sets it)."""
+  results, _ = read_results(os.path.join(run.workdir(out), "results.json"))
+  if results is None:
+    return False
+  config = results.get("config")
+  step = results.get("step")
+  total = config.get("total_steps") if isinstance(config, dict) else None
+  wanted = _override(run, "total_steps")
+  return (isinstance(step, int) and step == total
+          and (wanted is None or step == int(wanted)))
 
 
 # ----------------------------------------------------------------------------
@@ -167,24 +214,65 @@ def is_finished(run: Run, out: str) -> bool:
 # ----------------------------------------------------------------------------
 
 
-def _run_locally(run: Run, out: str) -> tuple[Run, int, float]:
+def _start(run: Run, out: str) -> subprocess.Popen:
+  """Starts the run, its output appended to `log.txt` in its workdir.
+
+  In a session of its own, so that a Ctrl-C at the terminal reaches the
+  launcher alone, which passes it on once (a second one would make a run stop
+  without saving a checkpoint)."""
   workdir = run.workdir(out)
   os.makedirs(workdir, exist_ok=True)
-  start = time.time()
   with open(os.path.join(workdir, "log.txt"), "a") as log:
     log.write(f"$ {shlex.join(run.command(out))}\n")
     log.flush()
-    returncode = subprocess.call(run.command(out), stdout=log, stderr=subprocess.STDOUT)
-  return run, returncode, time.time() - start
+    return subprocess.Popen(run.command(out), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
-def launch_local(runs: Sequence[Run], out: str, parallel: int = 1) -> list[tuple[Run, int]]:
-  """Runs what is not finished, `parallel` at a time; returns (run, exit code) pairs.
+class LaunchInterrupted(Exception):
+  """SIGINT or SIGTERM stopped a local launch; the runs it stopped resume when relaunched."""
+
+  def __init__(self, signum: int, interrupted: Sequence[str], not_started: int):
+    self.signum, self.interrupted, self.not_started = signum, list(interrupted), not_started
+    name = signal.Signals(signum).name
+    super().__init__(
+        f"{name}: stopped {len(interrupted)} run(s) ({', '.join(interrupted) or 'none'}; each "
+        f"saves a checkpoint first once past start-up) and started none of the {not_started} "
+        "waiting; relaunch the same command to resume them")
+
+
+class _Signals:
+  """SIGINT / SIGTERM noted, not raised: the launcher stops its runs in order."""
+
+  def __init__(self):
+    self.received: list[int] = []
+    self._previous = {}
+
+  def install(self) -> "_Signals":
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      try:
+        self._previous[sig] = signal.signal(sig, lambda signum, _: self.received.append(signum))
+      except ValueError:  # not the main thread: signals stay with whoever handles them
+        pass
+    return self
+
+  def uninstall(self) -> None:
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
+
+
+def launch_local(runs: Sequence[Run], out: str, parallel: int = 1,
+                 poll_seconds: float = 0.2) -> list[tuple[Run, int]]:
+  """Runs what is not finished, at most `parallel` at a time; returns (run, exit code) pairs.
 
   A run with `init_from` starts once the run it starts from has finished (it
   need not be among `runs`: an earlier sweep may have made it); if that run
   fails or is neither finished nor launched, the run is not started and counts
   as failed (exit code -1).
+
+  Raises:
+    LaunchInterrupted: on SIGINT or SIGTERM, once the runs it passed the signal
+      to have saved a checkpoint and exited; no other run is started.
   """
   todo = [r for r in runs if not is_finished(r, out)]
   skipped = len(runs) - len(todo)
@@ -193,6 +281,7 @@ def launch_local(runs: Sequence[Run], out: str, parallel: int = 1) -> list[tuple
   todo_names = {r.name for r in todo}
   waiting = list(todo)
   outcomes, failed = [], set()
+  running: dict[Any, tuple[Run, float]] = {}  # process -> (run, start time)
 
   def report(run: Run, code: int, message: str) -> None:
     outcomes.append((run, code))
@@ -200,10 +289,20 @@ def launch_local(runs: Sequence[Run], out: str, parallel: int = 1) -> list[tuple
       failed.add(run.name)
     print(f"[{len(outcomes)}/{len(todo)}] {run.name}: {message}", flush=True)
 
-  with concurrent.futures.ThreadPoolExecutor(max_workers=max(parallel, 1)) as pool:
-    running = set()
+  def reap() -> None:
+    for process in [p for p in running if p.poll() is not None]:
+      run, start = running.pop(process)
+      code = process.returncode
+      report(run, code, ("done" if code == 0 else
+                         f"FAILED (exit {code}; see {run.workdir(out)}/log.txt)")
+             + f" in {time.time() - start:.0f}s")
+
+  signals = _Signals().install()
+  try:
     while waiting or running:
       for run in list(waiting):
+        if signals.received:
+          break
         parent = run.parent()
         if parent is not None and not is_finished(parent, out):
           if parent.name in failed or parent.name not in todo_names:
@@ -211,17 +310,35 @@ def launch_local(runs: Sequence[Run], out: str, parallel: int = 1) -> list[tuple
             report(run, -1, f"NOT RUN: {parent.name}, the run it starts from, "
                    + ("failed" if parent.name in failed else "is not finished and not in this launch"))
           continue  # its parent is still to run
+        if len(running) >= max(parallel, 1):
+          break
         waiting.remove(run)
-        running.add(pool.submit(_run_locally, run, out))
+        running[_start(run, out)] = (run, time.time())
+      if signals.received:
+        break
       if not running:
         if waiting:  # expand() rejects cycles, so a waiting run always has a parent to wait for
           raise RuntimeError(f"runs wait for parents that never run: {[r.name for r in waiting]}")
         continue
-      done, running = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
-      for future in done:
-        run, code, seconds = future.result()
-        report(run, code, ("done" if code == 0 else f"FAILED (exit {code}; see {run.workdir(out)}/log.txt)")
-               + f" in {seconds:.0f}s")
+      time.sleep(poll_seconds)
+      reap()
+    if signals.received:
+      reported = len(outcomes)
+      passed = 0
+      while running:
+        # Each signal the launcher gets, its runs get once: the first saves a
+        # checkpoint and exits, a second Ctrl-C stops them at once.
+        for signum in signals.received[passed:]:
+          for process in running:
+            if process.poll() is None:
+              process.send_signal(signum)
+        passed = len(signals.received)
+        time.sleep(poll_seconds)
+        reap()
+      interrupted = [run.name for run, _ in outcomes[reported:] if not is_finished(run, out)]
+      raise LaunchInterrupted(signals.received[0], interrupted, len(waiting))
+  finally:
+    signals.uninstall()
   return outcomes
 
 
@@ -377,16 +494,23 @@ def collect(out: str, grid: dict[str, Any] | None = None,
 
   Returns:
     `{"rows": [{"method", "task", "seeds", "mean", "std", "wall_time_s"}],
-      "methods": [...], "tasks": [...], "metric": name}` with fractions in percent.
+      "methods": [...], "tasks": [...], "metric": name, "skipped": ["path (why)", ...]}`
+    with fractions in percent; `skipped` lists the results.json files that do
+    not parse or lack the measure (a run killed while writing, a file edited).
   """
   found: dict[tuple[str, str], list[dict]] = collections.defaultdict(list)
-  for root, _, files in os.walk(out):
+  unusable = []
+  for root, _, files in sorted(os.walk(out)):
     if "results.json" not in files:
       continue
-    with open(os.path.join(root, "results.json")) as f:
-      result = json.load(f)
     rel = os.path.relpath(root, out).split(os.sep)
     if len(rel) != 3:
+      continue
+    path = os.path.join(root, "results.json")
+    result, problem = read_results(path)
+    if result is None:
+      logging.warning("Skipping %s: it %s.", path, problem)
+      unusable.append(f"{path} ({problem})")
       continue
     method, task, seed = rel
     found[(method, task)].append({**result, "_seed": _seed_of(seed)})
@@ -422,7 +546,8 @@ def collect(out: str, grid: dict[str, Any] | None = None,
   by_key = {(r["method"], r["task"]): r for r in rows}
   baselines = (grid or {}).get("baselines", BASELINES)
   table = {"rows": rows, "methods": methods, "tasks": [names[t] for t in tasks],
-           "metric": rows[0]["metric"] if rows else _metric_name({}, measure)}
+           "metric": rows[0]["metric"] if rows else _metric_name({}, measure),
+           "skipped": unusable}
   if isinstance(baselines, Mapping):  # one baseline per row
     table["baseline_of"] = dict(baselines)
     for row in rows:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 
@@ -70,7 +71,11 @@ def main(argv):
       if _SUBMIT.value:
         subprocess.run(["sbatch", path], check=True)
       return
-    outcomes = sweep.launch_local(runs, _OUT.value, _PARALLEL.value)
+    try:
+      outcomes = sweep.launch_local(runs, _OUT.value, _PARALLEL.value)
+    except sweep.LaunchInterrupted as e:
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      sys.exit(128 + e.signum)
     failed = [r.name for r, code in outcomes if code != 0]
     if failed:
       logging.error("%d runs failed: %s", len(failed), ", ".join(failed))
@@ -87,7 +92,14 @@ def main(argv):
   with open(md_path) as f:
     print(f.read())
   print(f"wrote {md_path} and {csv_path}")
+  if table["skipped"]:
+    print(f"skipped {len(table['skipped'])} results.json file(s) that cannot be read: "
+          + "; ".join(table["skipped"]) + " (rerun `launch` to redo those runs)")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  try:
+    app.run(main)
+  except KeyboardInterrupt:  # before the launcher took over SIGINT (loading the grid)
+    print("error: interrupted (Ctrl-C) before any run started", file=sys.stderr)
+    sys.exit(128 + signal.SIGINT)
