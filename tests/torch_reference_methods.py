@@ -282,8 +282,8 @@ def features_of(model: ml_collections.ConfigDict, image: tuple[int, int, int]) -
   if model.bottleneck_dim:
     return model.bottleneck_dim
   height, width = image[:2]
-  for _ in model.backbone_kwargs.widths:
-    height, width = height // 2, width // 2
+  for _ in model.backbone_kwargs.widths:  # 2x2 max-pools, 'SAME'
+    height, width = -(-height // 2), -(-width // 2)
   return height * width * model.backbone_kwargs.widths[-1]
 
 
