@@ -86,6 +86,7 @@ MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-3
 GRL_MAX_STEPS = 10  # TLlib: 1000; short so that the reversal coefficient changes within the run
 TOLERANCE = 1e-9
+FLOAT32_TOLERANCE = 1e-6  # method state tljax computes in float32 (DELTA's attention)
 # Confidence threshold of the self-training cases (TLlib: 0.8-0.95), low enough
 # that the small network's predictions pass it for some examples and not others.
 PSEUDO_LABEL_THRESHOLD = 0.4
@@ -502,6 +503,8 @@ class MethodCase:
   frozen: str = ""
   difference: str = ""
   signal: tuple[str, Callable] | None = None
+  # (prefix of compared keys, tolerance): what tljax computes in float32.
+  float32_state: str = ""
 
 
 def _terms(**kwargs):
@@ -539,7 +542,7 @@ def _mixed(metric: str):
 
 
 def _attention(config, data, run):
-  """DELTA's reference, fed tljax's channel attention (see the case)."""
+  """DELTA's reference, trained with tljax's channel attention (see the case)."""
   attention = {name: np.asarray(value)
                for name, value in run.final.method_state["attention"].items()}
   return methods_torch.FineTuningRun(config, attention=attention, num_classes=NUM_CLASSES,
@@ -646,10 +649,14 @@ METHOD_CASES = [
                                config.method.update(regularization="feature_map")),
                data=_labelled_data),
     MethodCase("delta_attention", "delta", "TLlib delta.py (attention_feature_map)", _attention,
-               _finetune, data=_labelled_data,
-               difference="channel attention from tljax's refresh (a classifier on the "
-               "starting features; TLlib's calculate_channel_attention trains the whole "
-               "network first)"),
+               _finetune, data=_labelled_data, float32_state="state:attention/",
+               signal=("channels weighted unequally", lambda run: any(
+                   np.ptp(np.asarray(a)) > 1e-3 * np.max(a)
+                   for a in run.final.method_state["attention"].values())),
+               difference="channel attention as tljax computes it (a classifier on the "
+               "starting features, as the paper describes; TLlib's calculate_channel_attention "
+               "trains the whole network first): restated, it matches tljax's to float32 "
+               "rounding; the training runs on tljax's"),
     MethodCase("bss", "bss", "TLlib bss.py", _run(methods_torch.FineTuningRun), _finetune,
                data=_labelled_data),
     MethodCase("co_tuning", "co_tuning", "TLlib co_tuning.py", _co_tuning, _finetune,
@@ -700,6 +707,11 @@ def test_method_matches_reference(case):
       torch_final[f"state:adabn/{name.replace('.', '/')}/mean"] = mean.numpy()
       torch_final[f"state:adabn/{name.replace('.', '/')}/var"] = var.numpy()
 
+  if config.method.name == "delta" and config.method.regularization == "attention_feature_map":
+    # The attention restated from tljax's procedure, not the one the run used.
+    for name, value in reference.channel_attention(*data.split).items():
+      torch_final[f"state:attention/{name}"] = value
+
   loss_diff = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(run.losses, torch_losses)]
   assert set(final) == set(torch_final), set(final) ^ set(torch_final)
   groups = {kind: [k for k in final if k.startswith(kind + ":")]
@@ -715,7 +727,9 @@ def test_method_matches_reference(case):
                         "source": case.source, "difference": case.difference}
   assert max(loss_diff) < TOLERANCE, (np.argmax(loss_diff), run.losses, torch_losses)
   for kind, d in diff.items():
-    assert not d or max(d.values()) < TOLERANCE, (kind, worst(d), largest(d))
+    for key, value in d.items():
+      loose = case.float32_state and key.startswith(case.float32_state)
+      assert value < (FLOAT32_TOLERANCE if loose else TOLERANCE), (kind, key, value)
   # Not vacuous: every trainable parameter moved, the frozen ones did not ...
   for key, change in moved.items():
     assert change == 0 if frozen(key) else change > 1e-4, (key, change)

@@ -851,6 +851,54 @@ class FineTuningRun(Run):
     if self.name == "co_tuning":
       self.relationship = self.relate()
 
+  def channel_attention(self, images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """DELTA's channel attention as tljax computes it (`DELTA.refresh`, the
+    paper's description; not TLlib's `calculate_channel_attention`, which
+    trains the whole network first): a softmax regression from zeros on the
+    starting network's features of the labelled split (evaluation mode;
+    `attention_steps` full-batch steps of SGD, momentum 0.9, nesterov), then,
+    per compared layer and output channel, the increase of its cross-entropy
+    when the channel's filter is zeroed, standardised over the layer and
+    passed through `softmax(z / attention_temperature)`. The features are
+    rounded to float32, as tljax's evaluation hands them over, and so are the
+    increases, which tljax standardises in float32."""
+    method = self.config.method
+    starting = copy.deepcopy(self.source_classifier)
+    x_all, y = self.images(images), self.labels(labels)
+
+    def features():
+      with torch.no_grad():
+        _, f = starting(x_all)
+      return f.float().to(self.dtype)
+
+    x = features()
+    weight = torch.zeros(x.shape[1], self.num_classes, dtype=self.dtype, requires_grad=True)
+    bias = torch.zeros(self.num_classes, dtype=self.dtype, requires_grad=True)
+    optimizer = torch.optim.SGD([weight, bias], lr=method.attention_lr, momentum=0.9,
+                                nesterov=True)
+    for _ in range(method.attention_steps):
+      optimizer.zero_grad()
+      F.cross_entropy(x @ weight + bias, y).backward()
+      optimizer.step()
+    loss_of = lambda f: float(F.cross_entropy(f @ weight + bias, y).detach())
+    intact = loss_of(x)
+    pattern = re.compile(method.layers)
+    attention = {}
+    for name, module in sorted(starting.named_modules()):
+      if not (name and pattern.fullmatch(name.replace(".", "/"))):
+        continue
+      increases = []
+      for channel in range(module.weight.shape[0]):
+        kept = module.weight.data[channel].clone()
+        module.weight.data[channel] = 0.0
+        increases.append(loss_of(features()) - intact)
+        module.weight.data[channel] = kept
+      z = np.asarray(increases, np.float32).astype(np.float64)
+      z = (z - z.mean()) / (z.std() if z.std() > 0 else 1.0)
+      z = np.exp(z / method.attention_temperature - np.max(z / method.attention_temperature))
+      attention[name.replace(".", "/")] = z / z.sum()
+    return attention
+
   def relate(self) -> np.ndarray:
     """TLlib's `Relationship`: the source head's softmax over the labelled split."""
     images, labels = self.relationship_split
