@@ -418,7 +418,7 @@ def _images(rng: np.random.Generator, n: int, shift: float = 0.0,
 
 
 def _labels(rng: np.random.Generator, n: int, classes: int = NUM_CLASSES) -> np.ndarray:
-  # Every class in every batch of a labelled split (TLlib's relationship needs them all).
+  # Every class equally often (a category relationship needs every class).
   return rng.permutation(np.arange(n) % classes).astype(np.int32)
 
 
