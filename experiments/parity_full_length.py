@@ -239,8 +239,9 @@ def main(argv):
   if os.path.exists(_JSON.value):
     with open(_JSON.value) as f:
       results = json.load(f)
-  for name, spec in EXPERIMENTS.items():
-    for seed in map(int, _SEEDS.value):
+  # Seed by seed, so that a run stopped early has both comparisons for the same seeds.
+  for seed in map(int, _SEEDS.value):
+    for name, spec in EXPERIMENTS.items():
       if str(seed) in results.get(name, {}):
         continue
       erm_dir = os.path.join(_OUT.value, spec["task"], f"source_only_seed{seed}")
