@@ -27,7 +27,9 @@ method's reference code, the methods it does not:
   `models/domain_regularizer.py`: `mmatch`);
 - AdaBN's statistics as PyTorch's BatchNorm accumulates them in training
   mode with `momentum=None` (a cumulative average) over the target split;
-- multi-task heads as one trunk and a linear head per task.
+- multi-task heads as one trunk and a linear head per task;
+- DELTA's channel attention as tljax documents it (`FineTuningRun.channel_attention`;
+  TLlib computes it differently, see `tljax/methods/delta.py`).
 
 The networks are tljax's (`tljax.reference_torch.Classifier` and its layers),
 so that tljax's variables load into them; every module sits where tljax keeps
