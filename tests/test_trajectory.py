@@ -489,7 +489,9 @@ class MethodCase:
   run; `difference` names a documented difference the case runs with;
   `signal` = (what, test on tljax's metrics and final state): the method's
   own mechanism acted in the run (a confidence mask neither empty nor full,
-  pseudo-labels that differ from the predictions, ...)."""
+  pseudo-labels that differ from the predictions, ...); `compare_also` adds
+  what the trajectory does not hold (AdaBN's evaluation statistics, a
+  restated attention)."""
 
   name: str
   module: str
@@ -503,8 +505,11 @@ class MethodCase:
   frozen: str = ""
   difference: str = ""
   signal: tuple[str, Callable] | None = None
-  # (prefix of compared keys, tolerance): what tljax computes in float32.
+  # Prefix of the compared keys that tljax computes in float32.
   float32_state: str = ""
+  # `(config, data, run, reference, final, torch_final)`: adds comparisons
+  # beyond the trajectory to `final` (tljax) and `torch_final` (the reference).
+  compare_also: Callable | None = None
 
 
 def _terms(**kwargs):
@@ -597,6 +602,33 @@ def _shot_changes_labels(run):
   return any(m["pseudo_label_agreement"] < 1 for m in run.metrics)
 
 
+def _adabn_statistics(config, data, run, reference, final, torch_final):
+  """AdaBN's evaluation statistics: tljax's (the trainer's
+  `recompute_batch_statistics` over the split), and PyTorch's over the same
+  full batches, as `state:adabn/<path>`."""
+  mesh = jax.sharding.Mesh(jax.devices()[:1], ("data",))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  variables = run.setup.method.eval_variables(run.setup.ctx, run.final, lambda v: (
+      train.recompute_batch_statistics(run.setup, v, _domain(*data.split), config, sharding)))
+  for path, value in flax.traverse_util.flatten_dict(variables["batch_stats"]).items():
+    final["state:adabn/" + "/".join(path)] = np.asarray(value)
+  full = len(data.split[0]) // config.eval_batch_size
+  batches = [torch.from_numpy(np.ascontiguousarray(b.transpose(0, 3, 1, 2)))
+             for b in np.split(data.split[0][:full * config.eval_batch_size], full)]
+  statistics = methods_torch.adabn_statistics(reference.world["classifier"], batches)
+  for name, (mean, var) in statistics.items():
+    torch_final[f"state:adabn/{name.replace('.', '/')}/mean"] = mean.numpy()
+    torch_final[f"state:adabn/{name.replace('.', '/')}/var"] = var.numpy()
+
+
+def _restated_attention(config, data, run, reference, final, torch_final):
+  """DELTA's channel attention restated from tljax's procedure (not the one
+  the reference run was given), in place of the reference's state."""
+  del config, run, final
+  for name, value in reference.channel_attention(*data.split).items():
+    torch_final[f"state:attention/{name}"] = value
+
+
 METHOD_CASES = [
     MethodCase("adda", "adda", "TLlib adda.py", _run(methods_torch.ADDARun),
                lambda config: config.method.update(pretrain_steps=10, pretrain_lr_scale=0.5,
@@ -641,7 +673,7 @@ METHOD_CASES = [
                difference="learning rate of step i at i (SHOT's lr_scheduler: i + 1)",
                signal=("pseudo-labels differ from the predictions", _shot_changes_labels)),
     MethodCase("adabn", "adabn", "PyTorch BatchNorm(momentum=None), training mode",
-               _adabn_reference, data=_adabn_data,
+               _adabn_reference, data=_adabn_data, compare_also=_adabn_statistics,
                difference="the trailing partial evaluation batch is left out, as tljax does"),
     MethodCase("finetune", "finetune", "TLlib task_adaptation erm.py",
                _run(methods_torch.FineTuningRun), _finetune, data=_labelled_data),
@@ -653,6 +685,7 @@ METHOD_CASES = [
                data=_labelled_data),
     MethodCase("delta_attention", "delta", "TLlib delta.py (attention_feature_map)", _attention,
                _finetune, data=_labelled_data, float32_state="state:attention/",
+               compare_also=_restated_attention,
                signal=("channels weighted unequally", lambda run: any(
                    np.ptp(np.asarray(a)) > 1e-3 * np.max(a)
                    for a in run.final.method_state["attention"].values())),
@@ -693,27 +726,8 @@ def test_method_matches_reference(case):
     torch_losses, torch_snapshots = reference.run(data.batches, [{}] * len(data.batches))
   final, torch_final = run.snapshots[case.steps], torch_snapshots[case.steps]
 
-  if case.name == "adabn":
-    # AdaBN's evaluation statistics: tljax's (the trainer's `recompute_batch_statistics`
-    # over the split), and PyTorch's over the same full batches.
-    mesh = jax.sharding.Mesh(jax.devices()[:1], ("data",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    variables = run.setup.method.eval_variables(run.setup.ctx, run.final, lambda v: (
-        train.recompute_batch_statistics(run.setup, v, _domain(*data.split), config, sharding)))
-    for path, value in flax.traverse_util.flatten_dict(variables["batch_stats"]).items():
-      final["state:adabn/" + "/".join(path)] = np.asarray(value)
-    full = len(data.split[0]) // config.eval_batch_size
-    batches = [torch.from_numpy(np.ascontiguousarray(b.transpose(0, 3, 1, 2)))
-               for b in np.split(data.split[0][:full * config.eval_batch_size], full)]
-    statistics = methods_torch.adabn_statistics(reference.world["classifier"], batches)
-    for name, (mean, var) in statistics.items():
-      torch_final[f"state:adabn/{name.replace('.', '/')}/mean"] = mean.numpy()
-      torch_final[f"state:adabn/{name.replace('.', '/')}/var"] = var.numpy()
-
-  if config.method.name == "delta" and config.method.regularization == "attention_feature_map":
-    # The attention restated from tljax's procedure, not the one the run used.
-    for name, value in reference.channel_attention(*data.split).items():
-      torch_final[f"state:attention/{name}"] = value
+  if case.compare_also:
+    case.compare_also(config, data, run, reference, final, torch_final)
 
   loss_diff = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(run.losses, torch_losses)]
   assert set(final) == set(torch_final), set(final) ^ set(torch_final)
