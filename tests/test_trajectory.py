@@ -828,6 +828,9 @@ def _write_table(path: str) -> None:
   if follows:
     lines += ["", "Where the references disagree, the version tljax's default follows:", ""]
     lines += follows
+  lines += ["", "Configs without a row of their own: `cdan_mcc.py` and `combine.py` (sums of terms "
+            "that each have one), `target_oracle.py` and `linear_probe.py` (source_only's step on "
+            "labelled target data, on cached features), `default.py`."]
   # The full-length comparisons below the table (experiments/parity_full_length.py) stay.
   tail = ""
   if os.path.exists(path):
