@@ -91,8 +91,9 @@ class MaskedDropout(tnn.Module):
 
 
 class SmallCNN(tnn.Module):
-  """tljax's `small_cnn`: (3x3 conv without bias -> BatchNorm -> ReLU -> 2x2 max-pool)
-  per width, flattened in NHWC order."""
+  """tljax's `small_cnn`: (3x3 conv without bias -> BatchNorm -> ReLU -> 2x2 max-pool,
+  'SAME': an odd size keeps its last row and column) per width, flattened in
+  NHWC order."""
 
   def __init__(self, widths, channels=3):
     super().__init__()
@@ -104,7 +105,8 @@ class SmallCNN(tnn.Module):
 
   def forward(self, x):
     for i in range(1, len(self.widths) + 1):
-      x = F.max_pool2d(F.relu(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x))), 2)
+      x = F.max_pool2d(F.relu(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x))), 2,
+                       ceil_mode=True)
     return x.permute(0, 2, 3, 1).flatten(1)
 
 
@@ -167,8 +169,8 @@ class Classifier(tnn.Module):
       widths = tuple(model.backbone_kwargs.widths)
       self.backbone = SmallCNN(widths, image[2])
       height, width = image[:2]
-      for _ in widths:  # each block halves the map (2x2 max-pool, floor)
-        height, width = height // 2, width // 2
+      for _ in widths:  # each block halves the map (2x2 max-pool, 'SAME': ceil)
+        height, width = -(-height // 2), -(-width // 2)
       features = height * width * widths[-1]
     else:
       self.backbone, features = torchvision_backbone(model.name)

@@ -207,6 +207,61 @@ def test_rand_augment_operations_match_timm():
       np.testing.assert_array_equal(np.asarray(ours), np.asarray(reference), err_msg=op)
 
 
+class _RecordedDraws:
+  """A numpy generator that records what `preprocess.rand_augment` draws from it."""
+
+  def __init__(self, seed: int):
+    self.rng, self.choices, self.uniforms, self.normals = np.random.default_rng(seed), [], [], []
+
+  def choice(self, n, size):
+    self.choices.append(self.rng.choice(n, size=size))
+    return self.choices[-1]
+
+  def random(self):
+    self.uniforms.append(self.rng.random())
+    return self.uniforms[-1]
+
+  def normal(self, loc, scale):
+    self.normals.append(self.rng.normal(loc, scale))
+    return self.normals[-1]
+
+
+def test_rand_augment_matches_timm_draw_for_draw(monkeypatch):
+  """FixMatch's strong view (TLlib: timm's `rand_augment_transform('rand-m10-n2-mstd2')`)
+  given the same draws: timm's `RandAugment` fed, through its module-level
+  generators, the operations, application coins, magnitudes and signs
+  tljax's `rand_augment` drew, gives the same image."""
+  auto_augment = pytest.importorskip("timm.data.auto_augment")
+  import random  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  image = Image.fromarray((np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8))
+  fill = (124, 116, 104)
+  timm_transform = auto_augment.rand_augment_transform(
+      "rand-m10-n2-mstd2", {"translate_pct": 0.45, "img_mean": fill,
+                            "interpolation": Image.BILINEAR})
+  chosen_names, changed = set(), 0
+  for seed in range(40):
+    draws = _RecordedDraws(seed)
+    ours = preprocess.rand_augment(image, draws, num_ops=2, magnitude=10.0, magnitude_std=2.0,
+                                   prob=0.5, fill=fill)
+    chosen = [timm_transform.ops[i] for i in draws.choices[0]]
+    assert [op.name for op in chosen] == [preprocess.RAND_AUGMENT_OPS[i]
+                                          for i in draws.choices[0]]
+    uniforms, normals = list(draws.uniforms), list(draws.normals)
+    monkeypatch.setattr(np.random, "choice", lambda *args, **kwargs: chosen)
+    monkeypatch.setattr(random, "random", lambda: uniforms.pop(0))
+    monkeypatch.setattr(random, "gauss", lambda mu, sigma: normals.pop(0))
+    theirs = timm_transform(image)
+    monkeypatch.undo()
+    assert not uniforms and not normals, "timm drew less than tljax did"
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs), err_msg=f"seed {seed}")
+    chosen_names.update(op.name for op in chosen)
+    changed += not np.array_equal(np.asarray(ours), np.asarray(image))
+  # Not vacuous: most images changed, by most of the operations.
+  assert changed >= 20 and len(chosen_names) >= 12, (changed, chosen_names)
+
+
 def test_imagenet_strong_is_reproducible_and_strong():
   import io  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top

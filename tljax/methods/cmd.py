@@ -1,5 +1,10 @@
 """CMD (Zellinger et al., "Central Moment Discrepancy (CMD) for Domain-Invariant
-Representation Learning", ICLR 2017)."""
+Representation Learning", ICLR 2017).
+
+With the default `bounds=(0, 1)` the paper's normalisation is 1 and the loss
+is the authors' code's (`mmatch`, github.com/wzell/cmd), which
+`tests/test_trajectory.py` holds it to.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,12 @@
 """DDC (Tzeng et al., "Deep Domain Confusion", 2014): MMD with one Gaussian kernel.
 
 The bandwidth is `alpha` times the batch's mean squared distance, or a fixed
-`sigma`; TLlib's estimator (see `tljax.losses.mmd`).
+`sigma`; TLlib's estimator (see `tljax.losses.mmd`). This is neither the
+paper's penalty (a linear kernel: the squared distance of the mean
+representations) nor DeepDA's DDC, which is its DAN (`MMDLoss`: five Gaussian
+kernels, bandwidths 2^-2..2^2 times the mean off-diagonal squared distance,
+in the biased estimate). `tests/test_trajectory.py` holds it to TLlib's
+`MultipleKernelMaximumMeanDiscrepancy` with one `GaussianKernel`.
 """
 
 from __future__ import annotations

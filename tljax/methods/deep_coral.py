@@ -1,5 +1,10 @@
 """Deep CORAL (Sun & Saenko, "Deep CORAL: Correlation Alignment for Deep Domain
-Adaptation", ECCV 2016 workshops)."""
+Adaptation", ECCV 2016 workshops).
+
+The default (`configs/deep_coral.py`: `form='tllib'`) is TLlib's
+`CorrelationAlignmentLoss`, which `tests/test_trajectory.py` holds it to; the
+paper's `||C_s - C_t||_F^2 / (4 d^2)` is `form='paper'`.
+"""
 
 from __future__ import annotations
 

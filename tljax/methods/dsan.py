@@ -7,6 +7,13 @@ samples by the classifier's predictions, with the authors' five Gaussian
 kernels. The authors raise its weight with the progressive schedule
 `2 / (1 + exp(-10 p)) - 1` over the whole run: `trade_off_warmup` = total
 steps (`configs/dsan.py` ties it to `config.total_steps`).
+
+Two reference codes: the authors' (github.com/easezyc/deep-transfer-learning,
+`UDA/pytorch1.0/DSAN`: the ramp above, stepped per epoch) and DeepDA's
+`LMMDLoss` (github.com/jindongwang/transferlearning, `code/DeepDA`), whose
+`LambdaSheduler` ramps per step with `gamma = 1` by default, to 0.46 at the
+end. tljax follows the authors' ramp, per step. `tests/test_trajectory.py`
+holds it to DeepDA's loss and loop with `gamma = 10`.
 """
 
 from __future__ import annotations

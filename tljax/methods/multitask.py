@@ -25,7 +25,11 @@ type, on the classifier's features. `sampling`:
   resumed run draws the same); only its images go through the network and the
   loss is `weight_t CE_t`, in expectation `1/N sum_k weight_k CE_k`.
 
-A task's loss reaches only its head and the shared trunk.
+A task's loss reaches only its head and the shared trunk. With 'uniform'
+sampling every head stays in the step's optimizer: the heads of the tasks not
+drawn get a zero gradient, so their momentum and weight decay still act (as
+PyTorch's SGD with `zero_grad(set_to_none=False)`; PyTorch's default, `None`
+gradients, leaves such a head alone until its task is drawn).
 """
 
 from __future__ import annotations

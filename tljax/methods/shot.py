@@ -18,10 +18,15 @@ inference mode before the first step of every pass over the target split
 (checkpointed) and looked up by each example's `index`.
 
 Deviations from the paper and its code: the head is tljax's linear head, not
-a weight-normalised one; the bottleneck is `Linear -> BN -> ReLU` (the
-authors' has no ReLU) and the source model is any source_only run (the
-authors train theirs with label smoothing 0.1, which tljax's source_only
-does not have).
+a weight-normalised one (frozen, both are a fixed linear map); the bottleneck
+is `Linear -> BN -> ReLU` (the authors' has no ReLU) and the source model is
+any source_only run (the authors train theirs with label smoothing 0.1, which
+tljax's source_only does not have). The learning rate of step `i` is
+`lr (1 + gamma i)^-power`, as TLlib's schedules; the authors' `lr_scheduler`
+uses `i + 1`. The clustering is the object-recognition code's
+(`object/image_target.py`: classes predicted at most `threshold` times get no
+centroid); their digit script keeps every centroid. `tests/test_trajectory.py`
+holds the step, the refreshes and the clustering to `image_target.py`.
 """
 
 from __future__ import annotations
