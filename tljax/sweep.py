@@ -5,7 +5,9 @@
     python -m tljax.sweep collect --out=DIR [--grid=...] [--to=PREFIX] [--reference=FILE.csv]
         [--select=snd,dev | --select=all]
 
-A grid file defines `get_grid()` returning a dict:
+A grid file defines `get_grid()` returning a dict (`--grid=FILE:ARG` calls
+`get_grid(ARG)`, as config files take their argument, e.g. a grid's
+Office-31 rows beside its embedded ones):
 
     methods: {row name: config spec, e.g. "configs/dann.py:office31", or
               {"config": spec, "overrides": {field: value}} for that method only,
@@ -78,7 +80,7 @@ def _define_flags() -> None:
   global _COMMAND, _GRID, _OUT, _PARALLEL, _SLURM, _SUBMIT, _ONLY, _REFERENCE, _TITLE, _TO, _SELECT, _MEASURE
   _COMMAND = flags.DEFINE_enum("command", None, ["launch", "collect", "list"],
                                "What to do (also accepted as the first argument).")
-  _GRID = flags.DEFINE_string("grid", None, "Grid file defining get_grid().")
+  _GRID = flags.DEFINE_string("grid", None, "Grid file defining get_grid() (FILE:ARG: get_grid(ARG)).")
   _OUT = flags.DEFINE_string("out", None, "Sweep directory (one workdir per run below it).")
   _PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at once when launching locally.")
   _SLURM = flags.DEFINE_string("slurm", None, "sbatch template: write an array job instead of running.")
@@ -144,12 +146,16 @@ def _flag_value(value: Any) -> str:
 
 
 def load_grid(path: str) -> dict[str, Any]:
+  """The grid of `path`: a grid file, or `FILE:ARG` for `get_grid(ARG)`."""
+  arg = None
+  if not os.path.exists(path) and ":" in path:
+    path, arg = path.rsplit(":", 1)
   spec = importlib.util.spec_from_file_location("tljax_grid", path)
   if spec is None or not os.path.exists(path):
     raise FileNotFoundError(f"grid file {path!r} not found")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  grid = module.get_grid()
+  grid = module.get_grid() if arg is None else module.get_grid(arg)
   missing = {"methods", "tasks", "seeds"} - set(grid)
   if missing:
     raise ValueError(f"{path}: get_grid() lacks {sorted(missing)}")

@@ -195,6 +195,17 @@ def _named(kept: Sequence[str]):
   return lambda names: tuple(kept)
 
 
+def _office31_universal(side: str):
+  """UAN's Office-31 protocol (the authors' `n_share=10, n_source_private=10`
+  over their reorganised lists): the 10 Office-Caltech classes shared, the
+  next 10 of the others (alphabetical) source-private, the last 11 target-private."""
+  def select(names):
+    others = [n for n in names if n not in _OFFICE_CALTECH]
+    private = others[:10] if side == "source" else others[10:]
+    return tuple(n for n in names if n in _OFFICE_CALTECH or n in private)
+  return select
+
+
 PRESETS: dict[str, Preset] = {
     # TLlib's partial DA (`tllib.vision.datasets.partial.default_partial`).
     "office31_partial": Preset("partial", None, _named(_OFFICE_CALTECH),
@@ -211,6 +222,11 @@ PRESETS: dict[str, Preset] = {
                                    "Office-Home: the first 25 (alphabetical) known, 40 unknown"),
     "visda2017_open_set": Preset("open_set", _named(_VISDA_KNOWN), None,
                                  "VisDA-2017: 6 known classes, the other 6 unknown"),
+    # UAN's universal DA (You et al. 2019, github.com/thuml/Universal-Domain-Adaptation).
+    "office31_universal": Preset("universal", _office31_universal("source"),
+                                 _office31_universal("target"),
+                                 "Office-31: 10 shared classes (Office-Caltech), 10 "
+                                 "source-private, 11 target-private"),
     # The embedded digits (ten classes '0'..'9').
     "digits_partial": Preset("partial", None, _first(5),
                              "digits: 10 source classes -> 5 target classes (0-4)"),
