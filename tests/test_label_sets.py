@@ -22,12 +22,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import PIL.Image
 import pytest
 
 import tljax.losses as L
 from conftest import REPO, tiny_config
-from tljax import train
+from tljax import evaluation, train
 from tljax.data import task as task_lib
+from tljax.data import views
 from tljax.methods import create_method
 
 sys.path.insert(0, str(REPO))
@@ -144,6 +146,20 @@ def test_unknown_class_bce_matches_tllib():
   # At probability t on unknown the loss is smallest.
   at_boundary = np.array([[0.0, 0.0, np.log(2.0)]])  # softmax -> (0.25, 0.25, 0.5)
   assert float(L.unknown_class_bce(at_boundary)) < float(L.unknown_class_bce(at_boundary * 3))
+
+
+def test_universal_measures_leave_out_source_private_classes_by_hand():
+  # Known classes 0, 1, 2; class 2 is source-private (no target example), 3 is
+  # unknown. Class 0: 2 of 4 right; class 1: 3 of 3; unknown: 1 of 3 rejected.
+  # Predicting the private class 2 is simply wrong; it has no recall of its own.
+  labels = np.array([0, 0, 0, 0, 1, 1, 1, 3, 3, 3])
+  predicted = np.array([0, 0, 2, 3, 1, 1, 1, 3, 2, 0])
+  report = evaluation.open_set_report(predicted, labels, num_known=3)
+  assert report["os_star"] == pytest.approx((2 / 4 + 3 / 3) / 2)  # 0.75, class 2 left out
+  assert report["unk"] == pytest.approx(1 / 3)
+  assert report["os"] == pytest.approx((2 / 4 + 3 / 3 + 1 / 3) / 3)
+  assert report["h_score"] == pytest.approx(2 * 0.75 * (1 / 3) / (0.75 + 1 / 3))  # 0.4615
+  assert report["per_class_accuracy"][2] is None
 
 
 # ----------------------------------------------------------------------------
@@ -515,7 +531,6 @@ def test_each_method_config_names_its_task_and_office31_protocol(module, task, s
 
 
 def _save_image(path, rng):
-  import PIL.Image  # pylint: disable=g-import-not-at-top  (only these tests write images)
   path.parent.mkdir(parents=True, exist_ok=True)
   PIL.Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(path, "PNG")
 
@@ -555,3 +570,32 @@ def test_own_folders_with_other_classes_run_with_only_the_setting_declared(
     # fox and owl are one unknown label (index 3), read only by evaluation.
     assert results["primary_metric"]["name"] == "target_h_score"
     assert report["num_examples"] == 20 and len(report["per_class_accuracy"]) == 4
+
+
+def test_own_folders_with_private_classes_on_both_sides_name_the_universal_setting(tmp_path):
+  source, target = _folders(tmp_path, ("cat", "dog", "cow"), ("cat", "dog", "fox"))
+  config = tiny_config(str(tmp_path / "tfds"), source=source, target=target,
+                       eval_source_split="train", eval_target_split="train", source_val_split="")
+  with pytest.raises(ValueError, match=r"only in the source: cow; classes only in the target: "
+                                       r"fox.*--config.setting=universal") as error:
+    train.open_data(config, str(tmp_path / "run"))
+  assert "\n" not in str(error.value)
+  config.setting = "universal"
+  domains = train.open_data(config, str(tmp_path / "run"))
+  assert domains.labels.setting == "universal" and domains.num_classes == 3  # no unknown output
+  # cat, dog, and fox as unknown (3); cow (1) is source-private.
+  assert sorted(set(views.domain_labels(domains.target_eval))) == [0, 2, 3]
+
+
+def test_a_preset_of_another_dataset_is_refused_not_applied(tmp_path):
+  # configs/pada.py:synth_partial carries the digits preset; on own folders it would
+  # select "the first five classes" of whatever the folders hold.
+  source, target = _folders(tmp_path, ("cat", "dog", "cow"), ("cat", "dog"))
+  config = tiny_config(str(tmp_path / "tfds"), source=source, target=target,
+                       eval_source_split="train", eval_target_split="train", source_val_split="",
+                       **{"data.label_sets": "digits_partial"})
+  with pytest.raises(ValueError, match=r"label_sets='digits_partial' .* does not fit "
+                                       r"image_folder:.*cat, cow, dog; set "
+                                       r"--config.data.label_sets=''") as error:
+    train.open_data(config, str(tmp_path / "run"))
+  assert "\n" not in str(error.value)

@@ -28,8 +28,9 @@ import scipy.spatial.distance
 import tljax.losses as L
 from conftest import NEW_METHODS, REPO, flat, set_fields, tiny_config, train_lines
 from tljax import train
-from tljax.data import pipeline, preprocess, registry
+from tljax.data import pipeline, preprocess, registry, views
 from tljax.methods import TrainState, create_method, method_names
+from tljax.methods.pada import PADA
 from tljax.methods.shot import SHOT, cluster_pseudo_labels
 from tljax.workdir import state_at
 
@@ -382,9 +383,12 @@ class Runs:
   def __init__(self, data_dir, root):
     self.data_dir, self.root = data_dir, root
     self.refreshes = {}  # SHOT's workdirs: (steps_per_target_epoch, [steps refreshed at])
+    self.pada_predictions = {}  # PADA's workdirs: [(step, what predict returned)]
 
   def _train(self, name, workdir, devices, **overrides):
     config = run_config(name, self.data_dir, **overrides)
+    if name == "pada":
+      return self._train_pada(config, workdir, devices)
     if name != "shot":
       return train.train_and_evaluate(config, workdir, devices=jax.devices()[:devices])
     config.model.init = self.source_model()
@@ -403,6 +407,22 @@ class Runs:
       patch.setattr(train, "open_domain", self._without_source_reads(config))
       patch.setattr(SHOT, "refresh_interval", recorded_interval)
       patch.setattr(SHOT, "refresh", recorded_refresh)
+      return train.train_and_evaluate(config, workdir, devices=jax.devices()[:devices])
+
+  def _train_pada(self, config, workdir, devices):
+    """PADA's run, recording what its refresh gets from the target split."""
+    record = self.pada_predictions[workdir] = []
+    refresh = PADA.refresh
+
+    def recorded_refresh(method, ctx, state, predict):
+      def recorded_predict(variables):
+        outputs = predict(variables)
+        record.append((int(state.step), outputs))
+        return outputs
+      return refresh(method, ctx, state, recorded_predict)
+
+    with pytest.MonkeyPatch.context() as patch:
+      patch.setattr(PADA, "refresh", recorded_refresh)
       return train.train_and_evaluate(config, workdir, devices=jax.devices()[:devices])
 
   def _without_source_reads(self, config):
@@ -626,3 +646,11 @@ def test_pada_recomputes_its_class_weights_during_the_run(runs):
   assert np.all(at_two["method_state"]["class_weights"] == 1.0)
   weights = np.asarray(at_four["method_state"]["class_weights"])
   assert weights.shape == (10,) and weights.max() == pytest.approx(1.0) and weights.min() < 1.0
+  # The refresh predicted the target split once (before step 2): features and
+  # logits of its examples, never their labels.
+  [(step, outputs)] = runs.pada_predictions[runs.full("pada")]
+  features, logits = outputs
+  target = registry.open_domain("digits_m", "train", data_dir=runs.data_dir)
+  shared = int(np.sum(views.domain_labels(target) < 5))  # the preset's target classes 0-4
+  assert step == 2 and len(features) == len(logits) == shared
+  np.testing.assert_allclose(weights, L.pada_class_weights(logits, temperature=0.1), rtol=1e-5)
