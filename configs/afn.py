@@ -14,6 +14,9 @@ Office-31 (ResNet-50, TLlib's hyperparameters: lr 0.001 constant, no nesterov, w
 
     python -m tljax.main --config=configs/afn.py:office31 --workdir=/tmp/tljax/afn_a2w \\
         --config.model.init=/path/to/resnet50.safetensors --config.manual_dir=/path/to/office31
+
+Partial DA: `synth_partial` on the embedded digits, `office31_partial` with
+TLlib's partial afn.sh (the Office-31 recipe above on its class subset).
 """
 
 import ml_collections
@@ -34,7 +37,8 @@ def term(task: str = "digits") -> ml_collections.ConfigDict:
 
 def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config = default.get_config(arg)
-  if arg == "office31":
+  office = arg in ("office31", "office31_partial")
+  if office:
     entropy = entropy_min.term(arg)
     entropy.trade_off = 0.1
     config.method = default.terms_method("afn+entropy_min", "per_domain",
@@ -48,7 +52,7 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   # bottleneck and head groups only.
   config.optimizer.nesterov = False
   config.param_groups = (("classifier/backbone/.*", {"momentum": 0.0}), (".*", 1.0))
-  if arg == "office31":
+  if office:
     config.optimizer.learning_rate = 0.001
     config.optimizer.weight_decay = 5e-4
     config.schedule.name = "constant"

@@ -10,11 +10,19 @@ Office-31 (ResNet-50, TLlib's hyperparameters: lr 0.01, lr-gamma 0.001, wd 1e-3,
 
     python -m tljax.main --config=configs/dann.py:office31 --workdir=/tmp/tljax/dann_a2w \\
         --config.model.init=/path/to/resnet50.safetensors --config.manual_dir=/path/to/office31
+
+Label sets that differ (the closed-set method as a baseline, TLlib's runs):
+`synth_partial` / `synth_open_set` / `synth_universal` on the embedded digits;
+`office31_partial` (TLlib's partial dann.sh: lr 0.002, batch 36, 5 epochs x
+1000 iterations) and `office31_open_set` (TLlib's open-set dann.sh: lr 0.002,
+batch 32, 20 epochs x 500 iterations, unknown below probability 0.9).
 """
 
 import ml_collections
 
 from configs import default
+from configs import osbp
+from configs import pada
 
 
 def term(task: str = "digits") -> ml_collections.ConfigDict:
@@ -36,4 +44,9 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config.method = default.terms_method("dann", "joint", {"dann": term(arg)})
   if arg == "office31":
     config.total_steps = 20000
+  if arg == "office31_partial":
+    pada.tllib_partial_office31(config, lr=0.002, steps=5000)
+  if arg == "office31_open_set":
+    osbp.tllib_open_set_office31(config, lr=0.002, gamma=0.001, weight_decay=1e-3)
+    config.unknown_threshold = 0.9
   return config

@@ -4,12 +4,18 @@
 
 `get_config('digits')`: the embedded Digits -> Digits-M task with a small CNN
 trained from scratch. `get_config('synth')` / `get_config('synth_m')`: the
-larger embedded SynthDigits -> real digits tasks (same network). `get_config('mnist_m')` /
-`get_config('mnist_digits')`: 5,000 real MNIST digits -> MNIST-M / -> the UCI
-digits (same network and recipe). `get_config('office31')`: Office-31 A -> W with an
+larger embedded SynthDigits -> real digits tasks (same network), and with
+label sets that differ: `synth_partial` (the target holds digits 0-4),
+`synth_open_set` (digits 0-5 known, 6-9 unknown target classes),
+`synth_universal` (0-2 source-private, 3-6 shared, 7-9 target-private).
+`get_config('mnist_m')` / `get_config('mnist_digits')`: 5,000 real MNIST
+digits -> MNIST-M / -> the UCI digits (same network and recipe).
+`get_config('office31')`: Office-31 A -> W with an
 ImageNet ResNet-50 (TLlib's setting; set `config.model.init` to the torchvision
 checkpoint and `config.manual_dir` to the dataset, other tasks via
-`--config.source=office31/dslr --config.target=office31/amazon`).
+`--config.source=office31/dslr --config.target=office31/amazon`);
+`office31_partial`, `office31_open_set`, `office31_universal`: the same with
+TLlib's (and UAN's) class subsets (`tljax.data.task.PRESETS`).
 
 Method configs (`configs/<method>.py:<task>`) start here and override a few
 fields; any field can also be set on the command line, e.g.
@@ -18,7 +24,14 @@ fields; any field can also be set on the command line, e.g.
 
 import ml_collections
 
-TASKS = ("digits", "synth", "synth_m", "mnist_m", "mnist_digits", "office31")
+TASKS = ("digits", "synth", "synth_m", "synth_partial", "synth_open_set", "synth_universal",
+         "mnist_m", "mnist_digits",
+         "office31", "office31_partial", "office31_open_set", "office31_universal")
+# The label-set protocol (`config.data.label_sets`) of each task that has one.
+LABEL_SETS = {"synth_partial": "digits_partial", "synth_open_set": "digits_open_set",
+              "synth_universal": "digits_universal", "office31_partial": "office31_partial",
+              "office31_open_set": "office31_open_set",
+              "office31_universal": "office31_universal"}
 
 
 def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
@@ -114,6 +127,8 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config.model.bottleneck_dim = 256  # 0: no bottleneck
   config.model.bottleneck_norm = True  # Linear -> [BatchNorm] -> ReLU -> [Dropout]
   config.model.bottleneck_dropout = 0.0
+  config.model.bottleneck_layers = 1  # blocks of the bottleneck (OSBP's has 2)
+  config.model.bottleneck_relu = True  # False: linear bottleneck (UAN's authors' code)
   config.model.head_type = ""  # linear | two_layer (MDD) | mcd (MCD); "": two_layer iff head_hidden
   config.model.head_hidden = 0  # hidden width of a two_layer or mcd head
   config.model.head_dropout = 0.5
@@ -180,12 +195,13 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   # classifier/bottleneck/..., classifier/head/..., method/<network>/...
   # From scratch, everything trains at the base rate.
   config.param_groups = ((".*", 1.0),)
-  if arg in ("synth", "synth_m"):
+  if arg.startswith("synth"):
     _synth(config, arg)
   if arg in ("mnist_m", "mnist_digits"):
     _mnist(config, arg)
-  if arg == "office31":
+  if arg.startswith("office31"):
     _office31(config)
+  config.data.label_sets = LABEL_SETS.get(arg, "")
   return config
 
 
@@ -214,12 +230,12 @@ def terms_method(name: str, forward: str, terms: dict[str, ml_collections.Config
 
 def _synth(config: ml_collections.ConfigDict, arg: str) -> None:
   """SynthDigits -> real handwritten digits (embedded, built on first use): 20,000
-  rendered digits as the source; all 1,797 scikit-learn digits (`synth`) or their
-  Digits-M blend (`synth_m`) as the target, adapted to and evaluated on
+  rendered digits as the source; all 1,797 scikit-learn digits (`synth` and its
+  label-set variants) or their Digits-M blend (`synth_m`) as the target, adapted to and evaluated on
   transductively (every target image, as TLlib on Office-31). A held-out
   train/test variant: --config.target_split=train --config.eval_target_split=test."""
   config.source = "synth_digits"
-  config.target = "digits_full" if arg == "synth" else "digits_m_full"
+  config.target = "digits_m_full" if arg == "synth_m" else "digits_full"
   config.target_split = "all"
   config.eval_target_split = "all"
 

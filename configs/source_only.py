@@ -11,6 +11,13 @@ Office-31 (ResNet-50, TLlib's hyperparameters: lr 0.001, lr-gamma 0.0003, lr-dec
 
     python -m tljax.main --config=configs/source_only.py:office31 --workdir=/tmp/tljax/source_only_a2w \\
         --config.model.init=/path/to/resnet50.safetensors --config.manual_dir=/path/to/office31
+
+Label sets that differ: `synth_partial` / `synth_open_set` / `synth_universal`
+on the embedded digits; `office31_partial` (TLlib's partial erm.sh: batch 36,
+5 epochs x 500 iterations) and `office31_open_set` (TLlib's open-set erm.sh:
+batch 32, 20 epochs x 500 iterations). In open-set and universal tasks ERM
+rejects by confidence: a target example whose largest known-class probability
+is below `config.unknown_threshold` (0.8) is unknown (TLlib's open-set erm.py).
 """
 
 import ml_collections
@@ -31,6 +38,10 @@ def erm_office31(config: ml_collections.ConfigDict) -> None:
 def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config = default.get_config(arg)
   config.method = ml_collections.ConfigDict({"name": "source_only"})
-  if arg == "office31":
+  if arg.startswith("office31"):
     erm_office31(config)
+  if arg == "office31_partial":
+    config.batch_size = 36
+  if arg == "office31_open_set":
+    config.total_steps = 10000
   return config

@@ -28,7 +28,8 @@ import pytest  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The methods whose runs `test_new_methods.py` checks end to end (finite, resumed
 # bit for bit, one device = two).
-NEW_METHODS = ["adda", "mcd", "bnm", "dsan", "pseudo_label", "mean_teacher", "fixmatch", "shot"]
+NEW_METHODS = ["adda", "mcd", "bnm", "dsan", "pseudo_label", "mean_teacher", "fixmatch", "shot",
+               "pada", "iwan", "osbp", "uan"]
 
 
 @pytest.fixture(scope="session")

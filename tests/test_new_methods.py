@@ -1,4 +1,5 @@
-"""ADDA, MCD, BNM, DSAN, pseudo-label, mean teacher, FixMatch and SHOT.
+"""ADDA, MCD, BNM, DSAN, pseudo-label, mean teacher, FixMatch, SHOT, and the
+label-set methods PADA, IWAN, OSBP and UAN (their references: test_label_sets.py).
 
 Their losses against numpy references, the strong augmentations, SHOT's
 clustering, and per method: a short run on the embedded digits task (finite
@@ -27,8 +28,9 @@ import scipy.spatial.distance
 import tljax.losses as L
 from conftest import NEW_METHODS, REPO, flat, set_fields, tiny_config, train_lines
 from tljax import train
-from tljax.data import pipeline, preprocess, registry
+from tljax.data import pipeline, preprocess, registry, views
 from tljax.methods import TrainState, create_method, method_names
+from tljax.methods.pada import PADA
 from tljax.methods.shot import SHOT, cluster_pseudo_labels
 from tljax.workdir import state_at
 
@@ -327,15 +329,25 @@ def test_shot_clustering_matches_numpy_reference():
 # ----------------------------------------------------------------------------
 
 
+# The label-set methods' embedded tasks, and the class subsets of digits their
+# short runs here take (`tljax.data.task.PRESETS`).
+EMBEDDED_TASK = {"pada": "synth_partial", "iwan": "synth_partial", "osbp": "synth_open_set",
+                 "uan": "synth_universal"}
+LABEL_SETS = {"pada": "digits_partial", "iwan": "digits_partial", "osbp": "digits_open_set",
+              "uan": "digits_universal"}
+
+
 @pytest.mark.parametrize("name", NEW_METHODS)
 def test_config_builds_its_method_for_both_tasks(name):
   assert name in method_names()
   module = importlib.import_module(f"configs.{name}")
-  assert f"configs/{name}.py:digits" in module.__doc__ and "office31" in module.__doc__
-  for task in ("digits", "office31"):
+  task = EMBEDDED_TASK.get(name, "digits")
+  assert f"configs/{name}.py:{task}" in module.__doc__ and "office31" in module.__doc__
+  for task in (task, "office31"):
     config = module.get_config(task)
     method = create_method(config.method, num_classes=31)
-    assert config.method.name == name and method is not None
+    # IWAN's config composes its term with TLlib's entropy term (iwan+entropy_min).
+    assert config.method.name.split("+")[0] == name and method is not None
 
 
 def test_combined_terms_build():
@@ -364,6 +376,7 @@ RUN_FIELDS = {
     "pseudo_label": {"threshold": 0.0},
     "mean_teacher": {"threshold": 0.0},
     "fixmatch": {"threshold": 0.0},
+    "pada": {"update_every": 2},  # class weights recomputed before step 2 (and on resuming there)
 }
 
 
@@ -394,9 +407,12 @@ def run_config(name: str, data_dir: str, **overrides) -> ml_collections.ConfigDi
     config.model.bottleneck_dim = 32
   if config.model.head_hidden:
     config.model.head_hidden = 32
-  if "hidden_sizes" in config.method:
-    config.method.hidden_sizes = (32, 32)
+  for fields in (config.method, *[v for v in config.method.values()
+                                   if isinstance(v, ml_collections.ConfigDict)]):
+    if "hidden_sizes" in fields:
+      fields.hidden_sizes = (32, 32)
   config.method.update(RUN_FIELDS.get(name, {}))
+  config.data.label_sets = LABEL_SETS.get(name, "")
   set_fields(config, overrides)
   return config
 
@@ -422,9 +438,12 @@ class Runs:
   def __init__(self, data_dir, root):
     self.data_dir, self.root = data_dir, root
     self.refreshes = {}  # SHOT's workdirs: (steps_per_target_epoch, [steps refreshed at])
+    self.pada_predictions = {}  # PADA's workdirs: [(step, what predict returned)]
 
   def _train(self, name, workdir, devices, **overrides):
     config = run_config(name, self.data_dir, **overrides)
+    if name == "pada":
+      return self._train_pada(config, workdir, devices)
     if name != "shot":
       return train.train_and_evaluate(config, workdir, devices=jax.devices()[:devices])
     config.model.init = self.source_model()
@@ -443,6 +462,22 @@ class Runs:
       patch.setattr(train, "open_domain", self._without_source_reads(config))
       patch.setattr(SHOT, "refresh_interval", recorded_interval)
       patch.setattr(SHOT, "refresh", recorded_refresh)
+      return train.train_and_evaluate(config, workdir, devices=jax.devices()[:devices])
+
+  def _train_pada(self, config, workdir, devices):
+    """PADA's run, recording what its refresh gets from the target split."""
+    record = self.pada_predictions[workdir] = []
+    refresh = PADA.refresh
+
+    def recorded_refresh(method, ctx, state, predict):
+      def recorded_predict(variables):
+        outputs = predict(variables)
+        record.append((int(state.step), outputs))
+        return outputs
+      return refresh(method, ctx, state, recorded_predict)
+
+    with pytest.MonkeyPatch.context() as patch:
+      patch.setattr(PADA, "refresh", recorded_refresh)
       return train.train_and_evaluate(config, workdir, devices=jax.devices()[:devices])
 
   def _without_source_reads(self, config):
@@ -500,7 +535,7 @@ def test_short_run_is_finite(name, runs):
     assert all(np.isfinite(v) for k, v in line.items() if k != "kind"), line
   with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)
-  assert results["method"] == name and results["step"] == 4
+  assert results["method"].split("+")[0] == name and results["step"] == 4
   assert 0.0 <= results["target_accuracy"] <= 1.0
   # The adaptation loss is live by the last step (DSAN's progressive weight is 0 at step 0).
   key = {"shot": "im_loss", "mcd": "classifier_discrepancy"}.get(name, "transfer_loss")
@@ -656,3 +691,21 @@ def test_shot_never_reads_the_source_and_keeps_its_head(runs):
   assert runs.refreshes[runs.resumed("shot")] == [38, []]
   with open(os.path.join(workdir, "results.json")) as f:
     assert json.load(f)["initialised_from"].endswith("source_only@2")
+
+
+def test_pada_recomputes_its_class_weights_during_the_run(runs):
+  # Weights are 1 until the refresh before step 2 (update_every=2 here); the
+  # checkpoint of step 2 is written before it.
+  at_two, _ = state_at(runs.full("pada"), 2)
+  at_four, _ = state_at(runs.full("pada"), 4)
+  assert np.all(at_two["method_state"]["class_weights"] == 1.0)
+  weights = np.asarray(at_four["method_state"]["class_weights"])
+  assert weights.shape == (10,) and weights.max() == pytest.approx(1.0) and weights.min() < 1.0
+  # The refresh predicted the target split once (before step 2): features and
+  # logits of its examples, never their labels.
+  [(step, outputs)] = runs.pada_predictions[runs.full("pada")]
+  features, logits = outputs
+  target = registry.open_domain("digits_m", "train", data_dir=runs.data_dir)
+  shared = int(np.sum(views.domain_labels(target) < 5))  # the preset's target classes 0-4
+  assert step == 2 and len(features) == len(logits) == shared
+  np.testing.assert_allclose(weights, L.pada_class_weights(logits, temperature=0.1), rtol=1e-5)

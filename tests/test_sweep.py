@@ -252,6 +252,16 @@ def test_a_grid_names_its_own_baselines(tmp_path):
     sweep.load_grid(str(grid_file))
 
 
+def test_a_grid_file_takes_an_argument(tmp_path):
+  grid_file = tmp_path / "grid.py"
+  grid_file.write_text("def get_grid(arg='embedded'):\n  return {'methods': {'a': arg + '.py'}, "
+                       "'tasks': {'T': {}}, 'seeds': [0]}\n")
+  assert sweep.load_grid(str(grid_file))["methods"] == {"a": "embedded.py"}
+  assert sweep.load_grid(f"{grid_file}:office31")["methods"] == {"a": "office31.py"}
+  with pytest.raises(FileNotFoundError, match="nope.py"):
+    sweep.load_grid(f"{tmp_path / 'nope.py'}:office31")
+
+
 def test_select_picks_the_configuration_a_validator_prefers(tmp_path):
   """SND (higher is better) and DEV (lower is better) choose among settings of
   a method and among all rows; the oracle picks the best accuracy."""

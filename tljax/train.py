@@ -472,6 +472,8 @@ def _label_space(config, labelled: list[_Raw], target: _Raw | None,
     raise ValueError(f"the domains mix classification and regression labels ({config.source} "
                      f"-> {config.target or config.test_domains}); a run has one kind of label")
   preset = task_lib.preset(config.data.label_sets) if config.data.label_sets else None
+  if preset is not None:
+    preset.check(config.data.label_sets, first.class_names, first.name)
   if first.label_kind == task_lib.REGRESSION:
     if preset or config.data.source_classes or config.data.target_classes or (
         config.setting not in ("", "closed_set")):

@@ -174,12 +174,25 @@ class Preset:
   `config.data.source_classes` / `target_classes` it stands for.
 
   Selections are functions of the dataset's class names (a sorted prefix, a
-  fixed list), so a preset reads the same on any copy of the dataset."""
+  fixed list), so a preset reads the same on any copy of the dataset; `fits`
+  says whether a labelled domain's class names are that dataset's, so that a
+  preset left on another dataset (an own folder) is an error, not a silent
+  selection."""
 
   setting: str
   source: Any  # class names -> selection (names); None: every class
   target: Any
   description: str
+  fits: Any = None  # class names -> bool; None: any dataset
+
+  def check(self, name: str, class_names: Sequence[str], domain: str) -> None:
+    """Raises when `class_names` (of labelled domain `domain`) are not the
+    dataset this preset `name` is for."""
+    if self.fits is not None and not self.fits(tuple(class_names)):
+      raise ValueError(f"config.data.label_sets={name!r} ({self.description}) does not fit "
+                       f"{domain}, whose {len(class_names)} classes are {_short(class_names)}; "
+                       "set --config.data.label_sets='' and declare --config.setting (or select "
+                       "classes with data.source_classes / data.target_classes)")
 
 
 _OFFICE_CALTECH = ("back_pack", "bike", "calculator", "headphones", "keyboard",
@@ -195,30 +208,62 @@ def _named(kept: Sequence[str]):
   return lambda names: tuple(kept)
 
 
+def _dataset_of(count: int, including: Sequence[str] = ()):
+  """`fits` of a dataset with `count` classes among which `including`."""
+  return lambda names: len(names) == count and set(including) <= set(names)
+
+
+_OFFICE31 = _dataset_of(31, _OFFICE_CALTECH)
+_OFFICE_HOME = _dataset_of(65, ("Alarm_Clock", "Webcam"))
+_VISDA = _dataset_of(12, _VISDA_KNOWN)
+_DIGIT_CLASSES = _dataset_of(10, tuple(str(d) for d in range(10)))
+
+
+def _office31_universal(side: str):
+  """UAN's Office-31 protocol (the authors' `n_share=10, n_source_private=10`
+  over their reorganised lists): the 10 Office-Caltech classes shared, the
+  next 10 of the others (alphabetical) source-private, the last 11 target-private."""
+  def select(names):
+    others = [n for n in names if n not in _OFFICE_CALTECH]
+    private = others[:10] if side == "source" else others[10:]
+    return tuple(n for n in names if n in _OFFICE_CALTECH or n in private)
+  return select
+
+
 PRESETS: dict[str, Preset] = {
     # TLlib's partial DA (`tllib.vision.datasets.partial.default_partial`).
     "office31_partial": Preset("partial", None, _named(_OFFICE_CALTECH),
-                               "Office-31 (31 classes) -> the 10 classes shared with Caltech"),
+                               "Office-31 (31 classes) -> the 10 classes shared with Caltech",
+                               _OFFICE31),
     "office_home_partial": Preset("partial", None, _first(25, sort=True),
-                                  "Office-Home (65) -> the first 25 in alphabetical order"),
+                                  "Office-Home (65) -> the first 25 in alphabetical order",
+                                  _OFFICE_HOME),
     "visda2017_partial": Preset("partial", None, _first(6, sort=True),
-                                "VisDA-2017 (12) -> the first 6 in alphabetical order"),
+                                "VisDA-2017 (12) -> the first 6 in alphabetical order", _VISDA),
     # TLlib's open-set DA (`tllib.vision.datasets.openset.default_open_set`): the
     # known classes in the source, every class in the target.
     "office31_open_set": Preset("open_set", _first(20), None,
-                                "Office-31: the first 20 classes known, the other 11 unknown"),
+                                "Office-31: the first 20 classes known, the other 11 unknown",
+                                _OFFICE31),
     "office_home_open_set": Preset("open_set", _first(25, sort=True), None,
-                                   "Office-Home: the first 25 (alphabetical) known, 40 unknown"),
+                                   "Office-Home: the first 25 (alphabetical) known, 40 unknown",
+                                   _OFFICE_HOME),
     "visda2017_open_set": Preset("open_set", _named(_VISDA_KNOWN), None,
-                                 "VisDA-2017: 6 known classes, the other 6 unknown"),
+                                 "VisDA-2017: 6 known classes, the other 6 unknown", _VISDA),
+    # UAN's universal DA (You et al. 2019, github.com/thuml/Universal-Domain-Adaptation).
+    "office31_universal": Preset("universal", _office31_universal("source"),
+                                 _office31_universal("target"),
+                                 "Office-31: 10 shared classes (Office-Caltech), 10 "
+                                 "source-private, 11 target-private", _OFFICE31),
     # The embedded digits (ten classes '0'..'9').
     "digits_partial": Preset("partial", None, _first(5),
-                             "digits: 10 source classes -> 5 target classes (0-4)"),
+                             "digits: 10 source classes -> 5 target classes (0-4)", _DIGIT_CLASSES),
     "digits_open_set": Preset("open_set", _first(6), None,
-                              "digits: 6 known classes (0-5), 4 unknown target classes (6-9)"),
+                              "digits: 6 known classes (0-5), 4 unknown target classes (6-9)",
+                              _DIGIT_CLASSES),
     "digits_universal": Preset("universal", _first(7), lambda names: tuple(names[3:]),
                                "digits: 4 shared classes (3-6), 3 source-private (0-2), "
-                               "3 target-private (7-9)"),
+                               "3 target-private (7-9)", _DIGIT_CLASSES),
 }
 
 

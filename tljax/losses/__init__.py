@@ -24,10 +24,14 @@ from tljax.losses.mcd import classifier_discrepancy, mcd_entropy
 from tljax.losses.mdd import mdd, shift_log
 from tljax.losses.mmd import (dan_kernel_weights, kernel_mmd, max_test_power_weights, mk_mmd,
                               mmd)
+from tljax.losses.open_set import unknown_class_bce
 from tljax.losses.regularization import (attention_behavioral_regularization,
                                          batch_spectral_shrinkage, behavioral_regularization,
                                          category_relationship, channel_attention,
                                          co_tuning_loss, l2, starting_point_l2)
+from tljax.losses.reweight import (class_weighted_cross_entropy, iwan_importance_weights,
+                                   pada_adversarial_weights, pada_class_weights, uan_normalize,
+                                   uan_transferability)
 from tljax.losses.self_training import (class_balance_loss, confidence_self_training_loss,
                                         l2_consistency_loss)
 
@@ -43,6 +47,8 @@ __all__ = [
     "bnm", "lmmd", "lmmd_weights", "classifier_discrepancy", "mcd_entropy",
     "confidence_self_training_loss", "l2_consistency_loss", "class_balance_loss",
     "information_maximization",
+    "pada_class_weights", "class_weighted_cross_entropy", "pada_adversarial_weights",
+    "iwan_importance_weights", "uan_transferability", "uan_normalize", "unknown_class_bce",
     "l2", "starting_point_l2", "behavioral_regularization", "attention_behavioral_regularization",
     "channel_attention", "batch_spectral_shrinkage", "co_tuning_loss", "category_relationship",
 ]

@@ -262,17 +262,19 @@ class StepContext:
 
   def apply_classifier(self, variables: Variables, images: jax.Array, *, train: bool,
                        rng: jax.Array | None = None, owner: Sequence[str] = CLASSIFIER,
-                       ) -> tuple[tuple[jax.Array, jax.Array], Variables]:
+                       **classifier_kwargs) -> tuple[tuple[jax.Array, jax.Array], Variables]:
     """`(features, logits)` of the classifier stored under `owner`, and the
-    variables with its updated BatchNorm statistics (unchanged when not training)."""
+    variables with its updated BatchNorm statistics (unchanged when not training).
+    `classifier_kwargs` go to the classifier's call (e.g. `head_gradient_scale`)."""
     mine = owned(variables, owner)
     if not train:
-      return self.classifier.apply(mine, images, train=False), variables
+      return self.classifier.apply(mine, images, train=False, **classifier_kwargs), variables
     mutable = [c for c in mine if c != "params"]
     if not mutable:
-      return self.classifier.apply(mine, images, train=True, rngs={"dropout": rng}), variables
+      return self.classifier.apply(mine, images, train=True, rngs={"dropout": rng},
+                                   **classifier_kwargs), variables
     out, updates = self.classifier.apply(mine, images, train=True, mutable=mutable,
-                                         rngs={"dropout": rng})
+                                         rngs={"dropout": rng}, **classifier_kwargs)
     return out, with_owned(variables, owner, updates)
 
   def apply_network(self, name: str, variables: Variables, *args, train: bool,

@@ -16,18 +16,24 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tljax.losses.adversarial import scale_gradient
 from tljax.models.heads import batch_norm_scale_init, create_head, dense
 from tljax.models.layers import BatchNorm
 
 
 class Bottleneck(nn.Module):
-  """Linear -> [BatchNorm] -> ReLU -> [Dropout].
+  """(Linear -> [BatchNorm] -> [ReLU] -> [Dropout]) x `layers`.
 
   TLlib's DANN/CDAN/MCC/BSP bottleneck is `norm=True, dropout=0`; JAN's and MDD's
   `norm=True, dropout=0.5`; DAN's `norm=False, dropout=0.5`; AFN's
-  `norm=True, dropout=0.5, l2_preserving_dropout=True`.
+  `norm=True, dropout=0.5, l2_preserving_dropout=True`; OSBP's two such blocks
+  (`layers=2, norm=True, dropout=0.5`); UAN's (the authors' code) one linear
+  layer alone (`norm=False, relu=False`).
 
   Attributes:
+    layers: blocks; the first's layers are `linear` / `bn`, the k-th's
+      (k >= 1) `linear{k}` / `bn{k}`.
+    relu: the ReLU after each block's linear layer (and BatchNorm).
     l2_preserving_dropout: scale kept units by `1/sqrt(1-p)` instead of
       `1/(1-p)`, so the expected squared norm is kept (TLlib's AFN block).
     init_scheme: the init scheme of its layers (`tljax.models.heads.INIT_SCHEMES`).
@@ -40,19 +46,25 @@ class Bottleneck(nn.Module):
   init_scheme: str = "torch"
   frozen_norm: str = ""
   dtype: Any = jnp.float32
+  layers: int = 1
+  relu: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = dense(self.features, x.shape[-1], self.dtype, "linear", init=self.init_scheme,
-              role="bottleneck")(x)
-    if self.norm:
-      x = BatchNorm(frozen=self.frozen_norm, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                    scale_init=batch_norm_scale_init(self.init_scheme), name="bn")(x, train)
-    x = nn.relu(x)
-    if self.dropout:
-      x = nn.Dropout(self.dropout, deterministic=not train)(x)
-      if self.l2_preserving_dropout and train:
-        x = x * jnp.sqrt(1.0 - self.dropout).astype(x.dtype)
+    for block in range(self.layers):
+      suffix = str(block) if block else ""
+      x = dense(self.features, x.shape[-1], self.dtype, f"linear{suffix}",
+                init=self.init_scheme, role="bottleneck")(x)
+      if self.norm:
+        x = BatchNorm(frozen=self.frozen_norm, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+                      scale_init=batch_norm_scale_init(self.init_scheme),
+                      name=f"bn{suffix}")(x, train)
+      if self.relu:
+        x = nn.relu(x)
+      if self.dropout:
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        if self.l2_preserving_dropout and train:
+          x = x * jnp.sqrt(1.0 - self.dropout).astype(x.dtype)
     return x
 
 
@@ -66,6 +78,8 @@ class Classifier(nn.Module):
     bottleneck_dim: 0 for no bottleneck (features = pooled backbone output).
     bottleneck_norm: BatchNorm in the bottleneck.
     bottleneck_dropout: dropout after the bottleneck's ReLU.
+    bottleneck_layers: blocks of the bottleneck (OSBP: 2).
+    bottleneck_relu: the ReLU of each bottleneck block (UAN's authors: none).
     head_type: 'linear', 'two_layer' (TLlib's MDD head) or 'mcd' (MCD's
       three-layer head); '' picks 'two_layer' when `head_hidden` > 0, else 'linear'.
     head_hidden: the hidden width of a 'two_layer' or 'mcd' head.
@@ -89,18 +103,27 @@ class Classifier(nn.Module):
   init_scheme: str = "torch"
   frozen_norm: str = ""
   dtype: Any = jnp.float32
+  bottleneck_layers: int = 1
+  bottleneck_relu: bool = True
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, images: jax.Array, train: bool = False,
+               head_gradient_scale: float | jax.Array | None = None,
+               ) -> tuple[jax.Array, jax.Array]:
+    """`head_gradient_scale`: a factor on the gradient the head sends back into
+    the features (OSBP's gradient reversal between them: -1); None: 1."""
     features = self.backbone(images, train=train)
     if self.bottleneck_dim:
       features = Bottleneck(self.bottleneck_dim, self.bottleneck_norm, self.bottleneck_dropout,
                             self.bottleneck_l2_preserving_dropout, self.init_scheme,
                             frozen_norm=self.frozen_norm, dtype=self.dtype,
+                            layers=self.bottleneck_layers, relu=self.bottleneck_relu,
                             name="bottleneck")(features, train)
+    head_input = features if head_gradient_scale is None else scale_gradient(
+        features, head_gradient_scale)
     head_type = self.head_type or ("two_layer" if self.head_hidden else "linear")
     logits = create_head(head_type, self.num_classes, hidden=self.head_hidden,
                          dropout=self.head_dropout, dtype=self.dtype, init=self.init_scheme,
-                         name="head")(features, train)
+                         name="head")(head_input, train)
     out = jnp.promote_types(self.dtype, jnp.float32)
     return features.astype(out), logits.astype(out)

@@ -121,22 +121,29 @@ class _LinearHead(nn.Module):
 
 
 class DomainDiscriminator(nn.Module):
-  """TLlib's `DomainDiscriminator(batch_norm=True)`, returning logits.
+  """TLlib's `DomainDiscriminator`, returning logits.
 
-  `(Dense -> BatchNorm -> ReLU) x len(hidden_sizes) -> Dense(1)`; TLlib's
-  final sigmoid is left to `domain_adversarial_loss`, which works on logits.
-  BatchNorm uses PyTorch's defaults (momentum 0.1, i.e. flax 0.9; eps 1e-5).
-  Call it on the concatenated source + target batch, as TLlib does, so the
-  batch statistics cover both domains.
+  `batch_norm=True` (TLlib's default): `(Dense -> BatchNorm -> ReLU) x
+  len(hidden_sizes) -> Dense(1)`. `batch_norm=False` (TLlib's IWAN, UAN's
+  authors' `AdversarialNetwork`): `(Dense -> ReLU -> Dropout(dropout)) x
+  len(hidden_sizes) -> Dense(1)`. TLlib's final sigmoid is left to
+  `domain_adversarial_loss`, which works on logits. BatchNorm uses PyTorch's
+  defaults (momentum 0.1, i.e. flax 0.9; eps 1e-5). Call it on the
+  concatenated source + target batch, as TLlib does, so the batch statistics
+  cover both domains.
 
   Attributes:
     hidden_sizes: widths of the hidden layers (TLlib: two of `hidden_size`,
       1024 in its examples).
     dtype: compute dtype; the logits are returned in (at least) float32.
+    batch_norm: BatchNorm after each hidden layer, or dropout after its ReLU.
+    dropout: the dropout rate without BatchNorm (TLlib's 0.5).
   """
 
   hidden_sizes: Sequence[int] = (1024, 1024)
   dtype: Any = jnp.float32
+  batch_norm: bool = True
+  dropout: float = 0.5
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -146,10 +153,11 @@ class DomainDiscriminator(nn.Module):
       init = torch_linear_init(x.shape[-1])
       x = nn.Dense(width, dtype=self.dtype, kernel_init=init, bias_init=init,
                    name=f"linear{i}")(x)
-      x = BatchNorm(momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=f"bn{i}")(x, train)
+      if self.batch_norm:
+        x = BatchNorm(momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=f"bn{i}")(x, train)
       x = nn.relu(x)
+      if not self.batch_norm and self.dropout:
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
     init = torch_linear_init(x.shape[-1])
     logits = nn.Dense(1, dtype=self.dtype, kernel_init=init, bias_init=init, name="output")(x)
     return logits[:, 0].astype(jnp.promote_types(self.dtype, jnp.float32))
-
-

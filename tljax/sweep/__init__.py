@@ -5,7 +5,9 @@
     python -m tljax.sweep collect --out=DIR [--grid=...] [--to=PREFIX] [--reference=FILE.csv]
         [--select=snd,dev | --select=all]
 
-A grid file defines `get_grid()` returning a dict:
+A grid file defines `get_grid()` returning a dict (`--grid=FILE:ARG` calls
+`get_grid(ARG)`, as config files take their argument, e.g. a grid's
+Office-31 rows beside its embedded ones):
 
     methods: {row name: config spec, e.g. "configs/dann.py:office31", or
               {"config": spec, "overrides": {field: value}} for that method only,
@@ -112,12 +114,16 @@ def _flag_value(value: Any) -> str:
 
 
 def load_grid(path: str) -> dict[str, Any]:
+  """The grid of `path`: a grid file, or `FILE:ARG` for `get_grid(ARG)`."""
+  arg = None
+  if not os.path.exists(path) and ":" in path:
+    path, arg = path.rsplit(":", 1)
   spec = importlib.util.spec_from_file_location("tljax_grid", path)
   if spec is None or not os.path.exists(path):
     raise FileNotFoundError(f"grid file {path!r} not found")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  grid = module.get_grid()
+  grid = module.get_grid() if arg is None else module.get_grid(arg)
   missing = {"methods", "tasks", "seeds"} - set(grid)
   if missing:
     raise ValueError(f"{path}: get_grid() lacks {sorted(missing)}")

@@ -23,7 +23,7 @@ from tljax import sweep
 
 _COMMAND = flags.DEFINE_enum("command", None, ["launch", "collect", "list"],
                              "What to do (also accepted as the first argument).")
-_GRID = flags.DEFINE_string("grid", None, "Grid file defining get_grid().")
+_GRID = flags.DEFINE_string("grid", None, "Grid file defining get_grid() (FILE:ARG: get_grid(ARG)).")
 _OUT = flags.DEFINE_string("out", None, "Sweep directory (one workdir per run below it).")
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at once when launching locally.")
 _SLURM = flags.DEFINE_string("slurm", None,
