@@ -32,6 +32,7 @@ _BUILDER_MODULES: dict[str, str] = {
     "synth_digits": "tljax.data.synth_digits",
     "office31": "tljax.data.office:Office31",
     "office_home": "tljax.data.office:OfficeHome",
+    "pacs": "tljax.data.pacs:PACS",
     "visda2017": "tljax.data.visda:VisDA2017",
     "domainnet": "tljax.data.domainnet:DomainNet",
     "mnist": "tljax.data.digit_benchmarks:MNIST",
