@@ -654,7 +654,8 @@ def _device_batches(batches: Iterator[dict], sharding: NamedSharding,
 
 def _source_stream(config, domains: Domains, preprocess_fn, **kwargs) -> Iterator[dict]:
   """The labelled batches: `batch_size` examples of each labelled domain
-  (`data.source_sampling='per_domain'`), or of their union ('pooled'), each
+  (`data.source_sampling='per_domain'`; of `data.domains_per_step` of them,
+  drawn anew every step, when set), or of their union ('pooled'), each
   example with its domain's position under `domain`. Across processes, a
   multi-domain batch is not ordered by domain: group by `domain`."""
   def tagged(batches, index):
@@ -1265,8 +1266,12 @@ def _log_eval(writer, step: int, result: dict, labels: task_lib.LabelSpace) -> N
   logging.info("eval @ %d: %s | %s", step, ", ".join(parts), shown)
 
 
-def _shown(value: float, metric: str) -> str:
-  """A measure as the log shows it: fractions as percentages, errors as they are."""
+def _shown(value: float | None, metric: str) -> str:
+  """A measure as the log shows it: fractions as percentages, errors as they
+  are; 'none' for a run that has no such measure (neither a target nor
+  held-out domains)."""
+  if value is None:
+    return "none"
   return f"{value:.4g}" if metric == "mae" else f"{100 * value:.2f}%"
 
 

@@ -16,7 +16,7 @@ labelled domain's training split held out, DomainBed's selection; the
 `primary` table) and with the final parameters (`--measure=test_final`,
 DomainBed's test-domain oracle, which selects nothing). Every method runs the
 `digits_dg` recipe (small CNN from scratch, TLlib's DG classifier and
-optimizer at lr 0.01, 1,500 steps, 32 examples per labelled domain per step)
+optimizer at lr 0.01, 1,000 steps, 32 examples per labelled domain per step)
 with its TLlib settings; ERM and IBN pool the labelled domains (TLlib's
 `erm.py`), with as many examples per step. Rows are compared with ERM, seed
 by seed.

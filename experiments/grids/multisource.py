@@ -9,7 +9,8 @@
 Each column takes all but one of `configs/default.py`'s `DIGITS_DG_DOMAINS`
 as labelled domains and the last as the unlabelled target, evaluated on all
 of its images (the `digits_ms` recipe: the embedded adaptation setting, small
-CNN with a 256-d bottleneck, TLlib's DANN optimizer, 1,500 steps). The
+CNN with a 256-d bottleneck, TLlib's DANN optimizer, 1,000 steps, 32
+examples per labelled domain and 32 target examples per step). The
 "source combine" baselines run single-source methods on the union of the
 labelled domains (`data.source_sampling='pooled'`, as many labelled examples
 per step as the multi-source methods see): ERM (`source_only`), DANN and
