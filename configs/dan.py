@@ -2,6 +2,9 @@
 
     python -m tljax.main --config=configs/dan.py:digits --workdir=/tmp/tljax/dan
 
+Multi-source adaptation (`:digits_ms`, `:office_home_ms`, `:domainnet_ms`): the
+labelled domains pooled into one source (the "source combine" baseline).
+
 TLlib's DAN: Gaussian kernels with bandwidth multipliers 2^-3..2^1, the
 linear-time estimator, one classifier pass per domain, bottleneck Linear ->
 ReLU -> Dropout(0.5) (no BatchNorm). `kernel_weights='optimized'` solves the
@@ -36,6 +39,8 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config.method = default.terms_method("dan", "per_domain", {"dan": term(arg)})
   config.model.bottleneck_norm = False
   config.model.bottleneck_dropout = 0.5
+  if arg in default.MULTI_SOURCE_TASKS:
+    default.pooled(config)  # the single-source method on the union of the sources
   if arg == "office31":
     default.tllib_dan_office31(config)
   return config

@@ -2,6 +2,9 @@
 
     python -m tljax.main --config=configs/dann.py:digits --workdir=/tmp/tljax/dann
 
+Multi-source adaptation (`:digits_ms`, `:office_home_ms`, `:domainnet_ms`): the
+labelled domains pooled into one source (the "source combine" baseline).
+
 TLlib's DANN: discriminator 1024-1024 with BatchNorm, warm-started reversal
 coefficient (alpha 1, 0 -> 1 over max_steps 1000), bottleneck Linear -> BN ->
 ReLU, one pass over [source; target].
@@ -42,6 +45,8 @@ def term(task: str = "digits") -> ml_collections.ConfigDict:
 def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config = default.get_config(arg)
   config.method = default.terms_method("dann", "joint", {"dann": term(arg)})
+  if arg in default.MULTI_SOURCE_TASKS:
+    default.pooled(config)  # the single-source method on the union of the sources
   if arg == "office31":
     config.total_steps = 20000
   if arg == "office31_partial":

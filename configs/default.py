@@ -10,6 +10,11 @@ label sets that differ: `synth_partial` (the target holds digits 0-4),
 `synth_universal` (0-2 source-private, 3-6 shared, 7-9 target-private).
 `get_config('mnist_m')` / `get_config('mnist_digits')`: 5,000 real MNIST
 digits -> MNIST-M / -> the UCI digits (same network and recipe).
+Several domains: `get_config('digits_dg')` (Digits-DG: train on labelled
+embedded digit domains, test on one never seen) and `'digits_ms'`
+(multi-source: the same domains, the held-out one an unlabelled target);
+`'pacs_dg'`, `'office_home_dg'`, `'domainnet_dg'` (TLlib's DG recipe on
+ResNet-50) and `'office_home_ms'`, `'domainnet_ms'` (multi-source adaptation).
 `get_config('office31')`: Office-31 A -> W with an
 ImageNet ResNet-50 (TLlib's setting; set `config.model.init` to the torchvision
 checkpoint and `config.manual_dir` to the dataset, other tasks via
@@ -26,12 +31,27 @@ import ml_collections
 
 TASKS = ("digits", "synth", "synth_m", "synth_partial", "synth_open_set", "synth_universal",
          "mnist_m", "mnist_digits",
-         "office31", "office31_partial", "office31_open_set", "office31_universal")
+         "office31", "office31_partial", "office31_open_set", "office31_universal",
+         "digits_dg", "digits_ms", "pacs_dg", "office_home_dg", "domainnet_dg", "office_home_ms",
+         "domainnet_ms")
 # The label-set protocol (`config.data.label_sets`) of each task that has one.
 LABEL_SETS = {"synth_partial": "digits_partial", "synth_open_set": "digits_open_set",
               "synth_universal": "digits_universal", "office31_partial": "office31_partial",
               "office31_open_set": "office31_open_set",
               "office31_universal": "office31_universal"}
+
+# Domain generalisation and multi-source adaptation: the domains of each
+# benchmark, for `tljax.sweep.leave_one_domain_out` and the presets below.
+# Digits-DG's embedded domains share no image: `digits` and `digits_m` are
+# disjoint halves of scikit-learn's digits, `synth_digits` is rendered from
+# fonts. (`digits_full` / `digits_m_full` hold both halves, so either would
+# put the held-out domain's handwriting in training: they are left out.)
+DIGITS_DG_DOMAINS = ("synth_digits", "digits", "digits_m")
+PACS_DOMAINS = tuple(f"pacs/{d}" for d in ("art_painting", "cartoon", "photo", "sketch"))
+OFFICE_HOME_DOMAINS = tuple(f"office_home/{d}" for d in ("art", "clipart", "product",
+                                                         "real_world"))
+DOMAINNET_DOMAINS = tuple(f"domainnet/{d}" for d in ("clipart", "infograph", "painting",
+                                                     "quickdraw", "real", "sketch"))
 
 
 def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
@@ -114,6 +134,10 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   # stream of `batch_size` examples ('pooled': a single-source method on the
   # union of the sources).
   config.data.source_sampling = "per_domain"
+  # With per-domain sampling: how many of the labelled domains each step draws
+  # from, chosen anew every step (TLlib's RandomDomainSampler
+  # `n_domains_per_batch`); 0: all of them in every step.
+  config.data.domains_per_step = 0
 
   # Network: backbone -> bottleneck -> head, returning (features, logits).
   config.model = ml_collections.ConfigDict()
@@ -133,6 +157,13 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config.model.head_hidden = 0  # hidden width of a two_layer or mcd head
   config.model.head_dropout = 0.5
   config.model.bottleneck_l2_preserving_dropout = False  # TLlib's AFN: units scaled 1/sqrt(1-p)
+  # Dropout on the features before the head (TLlib's DG classifier with
+  # --freeze-bn: 0.1); 0: none.
+  config.model.feature_dropout = 0.0
+  # Regex over the classifier's BatchNorm paths (e.g. "backbone/.*") that
+  # normalise with their running statistics in training too and keep them,
+  # while their scale and bias still train (TLlib's DG --freeze-bn).
+  config.model.eval_mode_norm = ""
   config.model.init_scheme = "torch"  # bottleneck + head init: torch | tllib_mdd | tllib_afn
   config.model.dtype = "float32"  # compute dtype (bfloat16 on GPU/TPU); params stay fp32
   # ("float64", with jax_enable_x64, computes and keeps everything in fp64: parity tests)
@@ -201,6 +232,12 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
     _mnist(config, arg)
   if arg.startswith("office31"):
     _office31(config)
+  if arg in ("digits_dg", "digits_ms"):
+    _digits_many(config, target=arg == "digits_ms")
+  if arg in ("pacs_dg", "office_home_dg", "domainnet_dg"):
+    tllib_dg(config, arg[:-len("_dg")])
+  if arg in ("office_home_ms", "domainnet_ms"):
+    _image_multi_source(config, arg[:-len("_ms")])
   config.data.label_sets = LABEL_SETS.get(arg, "")
   return config
 
@@ -304,3 +341,140 @@ def _office31(config: ml_collections.ConfigDict) -> None:
   config.log_every = 100
   config.eval_every = 1000
   config.checkpoint_every = 1000
+
+
+def _digits_many(config: ml_collections.ConfigDict, *, target: bool) -> None:
+  """Digits-DG / multi-source on the embedded digit domains (`DIGITS_DG_DOMAINS`):
+  the first two labelled, the third held out (`digits_dg`: `test_domains`,
+  read only at the end) or the unlabelled target (`digits_ms`); the grids
+  (`experiments/grids/dg.py`, `multisource.py`) rotate them. Held-out and
+  target domains are evaluated on all their images (TLlib's DG protocol).
+
+  `digits_dg`: the small CNN from scratch with TLlib's DG classifier (no
+  bottleneck, a linear head) and DG optimizer (SGD + Nesterov, weight decay
+  5e-4, a cosine schedule) at the learning rate a CNN from scratch needs
+  (0.01); training-domain validation on 20% of each labelled domain's
+  training split (DomainBed's and TLlib's fraction); 32 examples per labelled
+  domain per step, 1,000 steps, evaluated every 100.
+
+  `digits_ms`: the embedded adaptation recipe (`digits`: bottleneck 256,
+  TLlib's DANN optimizer) with 32 examples per labelled domain and 32 target
+  examples per step, 1,000 steps, the test splits of the labelled domains as
+  held-out source data for the validators."""
+  *sources, held_out = DIGITS_DG_DOMAINS
+  config.source = ",".join(sources)
+  config.target = held_out if target else ""
+  config.test_domains = "" if target else held_out
+  config.target_split = config.eval_target_split = "all"
+  config.total_steps = 1000
+  config.batch_size = 32  # per labelled domain
+  if target:
+    config.eval_every = config.checkpoint_every = 500
+    return
+  config.source_val_split = ""
+  config.data.holdout_fraction = 0.2
+  config.model.bottleneck_dim = 0
+  config.optimizer.weight_decay = 5e-4
+  config.schedule.name = "cosine"
+  config.eval_every = 100
+  config.checkpoint_every = 500
+  config.validation.validators = ("source_accuracy",)
+
+
+def tllib_dg(config: ml_collections.ConfigDict, dataset: str) -> None:
+  """TLlib's DG recipe (examples/domain_generalization/image_classification):
+  an ImageNet ResNet-50 fine-tuned at one learning rate throughout (its
+  scripts leave `--finetune` off), no bottleneck, a linear head, SGD +
+  Nesterov 0.9, weight decay 5e-4, a cosine schedule over 20 epochs of 500
+  iterations (DomainNet: 2500-5000 per method, in its config), evaluation
+  every epoch; 80% of every labelled domain trains and 20% is the
+  training-domain validation set, whose best epoch is the one tested; the
+  held-out domain is tested on all of its images. On PACS, BatchNorm in
+  evaluation mode with dropout 0.1 before the head (`--freeze-bn`). Batches
+  of 36: 12 from each of 3 domains for the methods that sample per domain
+  (DomainNet: 3 of its 5 labelled domains per step); ERM's configs pool them.
+  Set `config.model.init` (torchvision's resnet50) and `config.manual_dir`.
+  Not reproduced: TLlib's colour jitter and random grayscale (the crop is its
+  RandomResizedCrop(224, scale 0.7-1), with the flip)."""
+  domains = {"pacs": PACS_DOMAINS, "office_home": OFFICE_HOME_DOMAINS,
+             "domainnet": DOMAINNET_DOMAINS}[dataset]
+  held_out = {"pacs": PACS_DOMAINS[3], "office_home": OFFICE_HOME_DOMAINS[2],
+              "domainnet": DOMAINNET_DOMAINS[0]}[dataset]
+  _office31(config)  # the ResNet-50 / 224 px pipeline, then TLlib's DG choices
+  config.source = ",".join(d for d in domains if d != held_out)
+  config.target = ""
+  config.test_domains = held_out
+  split = "train+test" if dataset == "domainnet" else "train"
+  config.source_split = config.eval_source_split = split
+  config.target_split = config.eval_target_split = split
+  config.source_val_split = ""
+  config.data.holdout_fraction = 0.2
+  config.data.domains_per_step = 3 if dataset == "domainnet" else 0
+  config.data.train_preprocess = ml_collections.ConfigDict({
+      "name": "imagenet_train", "resize": None, "crop": "random_resized",
+      "scale": (0.7, 1.0)})
+  config.data.eval_preprocess = ml_collections.ConfigDict({"name": "imagenet_eval",
+                                                           "resize": 224})
+  config.model.bottleneck_dim = 0
+  config.model.dont_load = ("head/.*",)
+  config.param_groups = ((".*", 1.0),)
+  if dataset == "pacs":
+    config.model.eval_mode_norm = "backbone/.*"
+    config.model.feature_dropout = 0.1
+  config.optimizer.learning_rate = 5e-4
+  config.optimizer.weight_decay = 5e-4
+  config.schedule.name = "cosine"
+  config.batch_size = 12  # per labelled domain: 36 over 3 domains
+  config.total_steps = 10000
+  config.eval_every = 500
+  config.checkpoint_every = 500
+  config.validation.validators = ("source_accuracy",)
+
+
+def _image_multi_source(config: ml_collections.ConfigDict, dataset: str) -> None:
+  """Multi-source adaptation on Office-Home / DomainNet: every other domain
+  labelled, one unlabelled target, TLlib's Office-31 ResNet-50 pipeline
+  (`_office31`), each labelled domain sampled per step."""
+  domains = {"office_home": OFFICE_HOME_DOMAINS, "domainnet": DOMAINNET_DOMAINS}[dataset]
+  target = {"office_home": OFFICE_HOME_DOMAINS[0], "domainnet": DOMAINNET_DOMAINS[0]}[dataset]
+  _office31(config)
+  config.source = ",".join(d for d in domains if d != target)
+  config.target = target
+  if dataset == "domainnet":
+    config.source_split = config.eval_source_split = "train"
+    config.target_split = "train"
+    config.eval_target_split = "test"
+
+
+DG_TASKS = ("digits_dg", "pacs_dg", "office_home_dg", "domainnet_dg")
+MULTI_SOURCE_TASKS = ("digits_ms", "office_home_ms", "domainnet_ms")
+
+
+def dg_config(arg: str, *, lr: float, domainnet_lr: float, domainnet_epoch: int
+              ) -> ml_collections.ConfigDict:
+  """A DG method's starting config: `get_config(arg)` for a DG task, with
+  TLlib's learning rate of that method (`lr`; DomainNet: `domainnet_lr` and
+  `domainnet_epoch` iterations per epoch, 20 epochs) on the image tasks; the
+  embedded Digits-DG task keeps its shared optimizer, so that its table
+  compares the methods, not their learning rates."""
+  if arg not in DG_TASKS:
+    raise ValueError(f"unknown domain-generalisation task {arg!r}: choose one of {DG_TASKS}")
+  config = get_config(arg)
+  if arg in ("pacs_dg", "office_home_dg"):
+    config.optimizer.learning_rate = lr
+  if arg == "domainnet_dg":
+    config.optimizer.learning_rate = domainnet_lr
+    config.total_steps = 20 * domainnet_epoch
+    config.eval_every = config.checkpoint_every = domainnet_epoch
+  return config
+
+
+def pooled(config: ml_collections.ConfigDict) -> None:
+  """One stream over the union of the labelled domains (a single-source
+  method on several; TLlib's DG ERM), with as many examples per step as
+  per-domain sampling gives (`batch_size` per domain, times the domains)."""
+  sources = [s for s in config.source.split(",") if s.strip()]
+  per_step = config.data.domains_per_step or len(sources)
+  config.data.source_sampling = "pooled"
+  config.data.domains_per_step = 0
+  config.batch_size = config.batch_size * per_step

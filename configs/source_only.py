@@ -3,7 +3,11 @@
     python -m tljax.main --config=configs/source_only.py:digits --workdir=/tmp/tljax/source_only
 
 TLlib's ERM: only the source batch goes through the network (so BatchNorm sees
-no target data). The baseline every domain-adaptation method is measured
+no target data). With several labelled domains (`:digits_dg`, `:pacs_dg`, ...,
+`:digits_ms`, ...) it is ERM on their union, pooled into one stream (TLlib's
+DG `erm.py`; the "source combine" baseline of multi-source adaptation):
+
+    python -m tljax.main --config=configs/source_only.py:digits_dg --workdir=/tmp/tljax/erm_dg The baseline every domain-adaptation method is measured
 against; `configs/adabn.py` and `configs/source_only_joint_bn.py` are the two
 ways target data can change it without a loss.
 
@@ -36,7 +40,12 @@ def erm_office31(config: ml_collections.ConfigDict) -> None:
 
 
 def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
-  config = default.get_config(arg)
+  if arg in default.DG_TASKS:
+    # TLlib's DG ERM (`erm.py`): the labelled domains pooled, lr 1e-3
+    # (DomainNet: 0.01, 2500 x 20 steps).
+    config = default.dg_config(arg, lr=1e-3, domainnet_lr=0.01, domainnet_epoch=2500)
+  else:
+    config = default.get_config(arg)
   config.method = ml_collections.ConfigDict({"name": "source_only"})
   if arg.startswith("office31"):
     erm_office31(config)
@@ -44,4 +53,6 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
     config.batch_size = 36
   if arg == "office31_open_set":
     config.total_steps = 10000
+  if arg in default.DG_TASKS + default.MULTI_SOURCE_TASKS:
+    default.pooled(config)
   return config

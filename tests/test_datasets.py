@@ -124,6 +124,37 @@ def test_missing_files_say_where_what_and_from_where(tmp_path):
 
 
 # ----------------------------------------------------------------------------
+# PACS: the release's kfold folders, and TLlib's list (classes numbered from 1).
+# ----------------------------------------------------------------------------
+
+
+def test_pacs_from_kfold_folders_and_from_tllibs_list(tmp_path, data_dir):
+  from tljax.data.pacs import PACS_CLASSES, PACS_DOMAINS
+  root = tmp_path / "PACS"
+  rng = np.random.default_rng(2)
+  for domain in ("photo", "sketch"):
+    for k, name in enumerate(PACS_CLASSES):
+      for i in range(1 + (k % 2)):  # 1 or 2 images per class
+        _save(root / "kfold" / domain / name / f"pic_{i:03d}.jpg", rng, size=(13, 9))
+  # Sketch through TLlib's list: classes numbered from 1, one file left out.
+  lines = [f"sketch/{name}/pic_000.jpg {k + 1}" for k, name in enumerate(PACS_CLASSES)]
+  (root / "image_list").mkdir()
+  (root / "image_list" / "sketch_all.txt").write_text("\n".join(lines) + "\n")
+  photo = open_domain("pacs/photo", "train", data_dir=data_dir, manual_dir=str(tmp_path))
+  sketch = open_domain("pacs/sketch", "train", data_dir=data_dir, manual_dir=str(root))
+  assert photo.class_names == sketch.class_names == PACS_CLASSES
+  assert len(photo) == 10 and len(sketch) == 7
+  assert np.bincount([sketch.source[i]["label"] for i in range(7)]).tolist() == [1] * 7
+  _check_labels_follow_folders(photo)
+  _check_labels_follow_folders(sketch)
+  example = photo.source[0]
+  assert example["image"] == (root / example["file_name"].decode()).read_bytes()
+  assert set(PACS_DOMAINS) == {"art_painting", "cartoon", "photo", "sketch"}
+  with pytest.raises(DatasetFilesNotFoundError, match=r"(?s)kfold/cartoon/<class>.*domaingeneralization"):
+    open_domain("pacs/cartoon", "train", data_dir=data_dir, manual_dir=str(tmp_path))
+
+
+# ----------------------------------------------------------------------------
 # Office-Home: the release's folders, "Real World" with its space.
 # ----------------------------------------------------------------------------
 

@@ -407,3 +407,28 @@ def test_ctrl_c_stops_a_local_launch_and_starts_nothing_more(digits_data_dir, tm
   saved = re.search(r"SIGINT: saved the checkpoint of step (\d+)", log.read_text())
   assert saved and os.listdir(out / "source_only" / "t" / "seed0" / "checkpoints") == [
       saved.group(1)]
+
+
+def test_the_average_over_columns_has_its_own_interval_and_pairing(tmp_path):
+  import scipy.stats
+  out = str(tmp_path)
+  # ERM and IRM on two held-out domains, three seeds; IRM's average gains 1, 3 and 2
+  # points on seeds 0-2 ((+2, +4, +3) on A, (0, +2, +1) on B).
+  values = {("erm", "A"): [0.60, 0.62, 0.64], ("erm", "B"): [0.40, 0.40, 0.44],
+            ("irm", "A"): [0.62, 0.66, 0.67], ("irm", "B"): [0.40, 0.42, 0.45]}
+  for (method, task), accuracies in values.items():
+    for seed, accuracy in enumerate(accuracies):
+      _fake_run(out, method, task, seed, accuracy, {})
+  grid = {"methods": {"erm": "c", "irm": "c"}, "tasks": {"A": {}, "B": {}}, "seeds": [0, 1, 2],
+          "baselines": ["erm"]}
+  table = sweep.collect(out, grid)
+  average = {r["method"]: r for r in table["rows"] if r["task"] == "Avg"}
+  assert table["tasks"] == ["A", "B"]
+  assert average["erm"]["by_seed"] == pytest.approx({0: 50.0, 1: 51.0, 2: 54.0})
+  assert average["irm"]["mean"] == pytest.approx(statistics.fmean([51.0, 54.0, 56.0]))
+  half = scipy.stats.t.ppf(0.975, 2) * statistics.stdev([1.0, 3.0, 2.0]) / 3 ** 0.5
+  assert average["irm"]["delta_vs_erm"] == pytest.approx(2.0)
+  assert average["irm"]["delta_low_vs_erm"] == pytest.approx(2.0 - half)
+  text = sweep.render_markdown(table, "DG")
+  assert "| irm | 65.0 ± 2.6 | 42.3 ± 2.5 | 53.7 ± 2.5 |" in text
+  assert "### Avg: 95% intervals and comparisons" in text

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -243,16 +244,25 @@ def test_open_set_run_reports_the_h_score(make_config, tmp_path):
   assert len(report["per_class_accuracy"]) == 7
 
 
+@pytest.mark.parametrize("method,source,held_out,examples", [
+    ("source_only", "digits", "digits_m", 298),
+    # A DG method on two labelled domains (disjoint halves of the digits: the
+    # held-out domain reuses their images, which matters to accuracy, not here).
+    ("groupdro", "digits,digits_m", "digits_full", 599),
+])
 def test_held_out_domains_are_read_only_by_the_final_evaluation(make_config, tmp_path,
-                                                                 monkeypatch):
-  config = make_config(source="digits", target="", test_domains="digits_m")
-  config.method.name = "source_only"
+                                                                 monkeypatch, method, source,
+                                                                 held_out, examples):
+  config = make_config(source=source, target="", test_domains=held_out)
+  config.method = ml_collections.ConfigDict({"name": method})
+  if method == "groupdro":
+    config.method.eta = 0.01
   reads = []
   opened = train.open_data
 
   def open_with_a_watched_test_domain(config, workdir):
     domains = opened(config, workdir)
-    test = domains.tests["digits_m"]
+    test = domains.tests[held_out]
 
     class Watched:
       def __len__(self):
@@ -267,7 +277,7 @@ def test_held_out_domains_are_read_only_by_the_final_evaluation(make_config, tmp
         return views._read(test.source, indices)  # pylint: disable=protected-access
 
     import dataclasses
-    return dataclasses.replace(domains, tests={"digits_m": dataclasses.replace(test, source=Watched())})
+    return dataclasses.replace(domains, tests={held_out: dataclasses.replace(test, source=Watched())})
 
   steps_done = []
   original = train._train  # pylint: disable=protected-access
@@ -285,7 +295,7 @@ def test_held_out_domains_are_read_only_by_the_final_evaluation(make_config, tmp
   results = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert reads and set(reads) == {config.total_steps}  # only after training ended
   test = results["test"]
-  assert test["final"]["domains"]["digits_m"]["num_examples"] == 298
+  assert test["final"]["domains"][held_out]["num_examples"] == examples
   picked = test["selected"]["source_accuracy"]
   assert results["primary_metric"] == {"name": "test_accuracy", "value": picked["primary"],
                                        "higher_is_better": True,

@@ -129,24 +129,27 @@ def frozen_norm_regex(params: Any, param_groups: Sequence[Any], prefix: str = ""
   return "|".join(re.escape(m) for m in frozen)
 
 
-def create_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+def create_schedule(config: ml_collections.ConfigDict,
+                    total_steps: int | None = None) -> optax.Schedule:
   """The base learning-rate schedule (group multipliers are applied on top).
 
   `config.schedule.name`:
     'inverse': TLlib's `lr * (1 + gamma * step) ** (-power)`.
-    'constant', 'cosine' (to 0 at total_steps), 'step' (x`decay` at `boundaries`).
+    'constant', 'cosine' (to 0 at `total_steps`, default `config.total_steps`:
+    TLlib's `CosineAnnealingLR`), 'step' (x`decay` at `boundaries`).
   Optional linear warm-up over `config.schedule.warmup_steps`.
   """
   lr = config.optimizer.learning_rate
   sched = config.schedule
   name = sched.name
+  total_steps = config.total_steps if total_steps is None else total_steps
   if name == "inverse":
     gamma, power = sched.gamma, sched.power
     schedule = lambda step: lr * (1.0 + gamma * step) ** (-power)
   elif name == "constant":
     schedule = optax.constant_schedule(lr)
   elif name == "cosine":
-    schedule = optax.cosine_decay_schedule(lr, max(config.total_steps - sched.warmup_steps, 1))
+    schedule = optax.cosine_decay_schedule(lr, max(total_steps - sched.warmup_steps, 1))
   elif name == "step":
     schedule = optax.piecewise_constant_schedule(
         lr, {int(b): sched.decay for b in sched.boundaries})

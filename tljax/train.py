@@ -214,7 +214,16 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
     labels = task_lib.LabelSpace(task_lib.CLASSIFICATION,
                                  tuple(str(c) for c in range(num_classes)))
   method = create_method(config.method, num_classes=num_classes)
-  method.check_task(labels, has_target=has_target, num_source_domains=num_source_domains)
+  sampling = config.data.get("source_sampling", "per_domain")
+  method.check_task(labels, has_target=has_target, num_source_domains=num_source_domains,
+                    source_sampling=sampling if num_source_domains > 1 else "per_domain")
+  per_step = domains_per_step(config, num_source_domains)
+  # With per-domain sampling each domain in a step gives `batch_size` examples.
+  domain_batch_size = config.batch_size if (sampling == "per_domain"
+                                            or num_source_domains == 1) else None
+  task_fields = dict(labels=labels, num_source_domains=num_source_domains,
+                     regression_loss=config.regression_loss,
+                     domain_batch_size=domain_batch_size, domains_per_step=per_step)
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   if input_shape is None:
     input_shape = (config.data.image_size, config.data.image_size, 3)
@@ -227,30 +236,39 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
     outputs = methods_base.DomainOutputs(features, features, logits, logits,
                                          jnp.zeros((2,), jnp.int32))
     probe_ctx = methods_base.StepContext(classifier, networks, {}, {}, None, num_classes,
-                                         num_target_examples, labels=labels,
-                                         num_source_domains=num_source_domains,
-                                         regression_loss=config.regression_loss)
+                                         num_target_examples, **task_fields)
     network_vars = method.init_networks(probe_ctx, method_rng, cls_vars, outputs)
     return _assemble(cls_vars, network_vars)
 
   # Parameter shapes first, to learn what the groups freeze.
-  probe = models.create_classifier(config.model, num_classes)
+  probe = models.create_classifier(config.model, num_classes,
+                                   num_source_domains=num_source_domains)
   param_shapes, _ = jax.eval_shape(
       functools.partial(init_variables, probe, method.networks(num_classes, probe)), init_rng)
   frozen = optim.frozen_mask(param_shapes, config.param_groups)
   frozen_norm = optim.frozen_norm_regex(param_shapes, config.param_groups, prefix="classifier")
-  classifier = models.create_classifier(config.model, num_classes, frozen_norm=frozen_norm)
+  # BatchNorm layers kept in evaluation mode while their parameters train
+  # (TLlib's DG `--freeze-bn`), beside those whose parameters are frozen.
+  frozen_norm = "|".join(r for r in (frozen_norm, config.model.get("eval_mode_norm", "")) if r)
+  classifier = models.create_classifier(config.model, num_classes, frozen_norm=frozen_norm,
+                                        num_source_domains=num_source_domains)
   networks = method.networks(num_classes, classifier)
   specs = method.optimizers()
   trainable = methods_base.trainable_masks(param_shapes, specs, frozen)
   schedule = optim.create_schedule(config)
-  optimizers = {name: optim.create_optimizer(config, methods_base.select(param_shapes, mask),
-                                             schedule=schedule, lr_scale=specs[name].lr_scale)
-                for name, mask in trainable.items()}
+  optimizers, schedules = {}, {}
+  for name, mask in trainable.items():
+    schedules[name] = schedule
+    if specs[name].start:
+      # An optimizer that starts part-way spans its schedule over the steps left.
+      schedules[name] = optim.create_schedule(
+          config, total_steps=max(config.total_steps - specs[name].start, 1))
+    optimizers[name] = optim.create_optimizer(config, methods_base.select(param_shapes, mask),
+                                              schedule=schedules[name],
+                                              lr_scale=specs[name].lr_scale)
   ctx = methods_base.StepContext(classifier, networks, optimizers, trainable, schedule,
-                                 num_classes, num_target_examples, labels=labels,
-                                 num_source_domains=num_source_domains,
-                                 regression_loss=config.regression_loss)
+                                 num_classes, num_target_examples, optimizer_schedules=schedules,
+                                 **task_fields)
 
   def init_state(rng, params, model_state):
     variables = {"params": params, **model_state}
@@ -646,7 +664,8 @@ def _device_batches(batches: Iterator[dict], sharding: NamedSharding,
 
 def _source_stream(config, domains: Domains, preprocess_fn, **kwargs) -> Iterator[dict]:
   """The labelled batches: `batch_size` examples of each labelled domain
-  (`data.source_sampling='per_domain'`), or of their union ('pooled'), each
+  (`data.source_sampling='per_domain'`; of `data.domains_per_step` of them,
+  drawn anew every step, when set), or of their union ('pooled'), each
   example with its domain's position under `domain`. Across processes, a
   multi-domain batch is not ordered by domain: group by `domain`."""
   def tagged(batches, index):
@@ -661,11 +680,29 @@ def _source_stream(config, domains: Domains, preprocess_fn, **kwargs) -> Iterato
     return batches if len(domains.source_trains) > 1 else tagged(batches, 0)
   # Domain 0 draws as a single-source run would; the others apart from it and
   # from the target's and extra domains' seeds.
-  streams = [tagged(pipeline.train_batches(d, preprocess=preprocess_fn,
-                                           seed=2 * config.seed + 2**24 * i, **kwargs), i)
-             for i, d in enumerate(domains.source_trains)]
+  seeds = [2 * config.seed + 2**24 * i for i in range(len(domains.source_trains))]
+  per_step = domains_per_step(config, len(domains.source_trains))
+  if per_step < len(domains.source_trains):
+    return pipeline.domain_subset_batches(
+        domains.source_trains, batch_size_per_domain=kwargs.pop("global_batch_size"),
+        domains_per_step=per_step, preprocess=preprocess_fn, seeds=seeds,
+        choice_seed=2 * config.seed + 2**23, **kwargs)
+  streams = [tagged(pipeline.train_batches(d, preprocess=preprocess_fn, seed=seed, **kwargs), i)
+             for i, (d, seed) in enumerate(zip(domains.source_trains, seeds))]
   return ({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
           for parts in zip(*streams))
+
+
+def domains_per_step(config, num_source_domains: int) -> int:
+  """Labelled domains in each step's batch: `config.data.domains_per_step`
+  of them with per-domain sampling (0: all), else all (pooled)."""
+  chosen = config.data.get("domains_per_step", 0)
+  if config.data.source_sampling != "per_domain" or not chosen:
+    return num_source_domains
+  if not 0 < chosen <= num_source_domains:
+    raise ValueError(f"config.data.domains_per_step={chosen} must be in 1..{num_source_domains} "
+                     f"(config.source names {num_source_domains} labelled domains), or 0 for all")
+  return chosen
 
 
 def train_batches(config, domains: Domains, method, first_step: int,
@@ -1304,8 +1341,12 @@ def _log_eval(writer, step: int, result: dict, labels: task_lib.LabelSpace) -> N
   logging.info("eval @ %d: %s | %s", step, ", ".join(parts), shown)
 
 
-def _shown(value: float, metric: str) -> str:
-  """A measure as the log shows it: fractions as percentages, errors as they are."""
+def _shown(value: float | None, metric: str) -> str:
+  """A measure as the log shows it: fractions as percentages, errors as they
+  are; 'none' for a run that has no such measure (neither a target nor
+  held-out domains)."""
+  if value is None:
+    return "none"
   return f"{value:.4g}" if metric == "mae" else f"{100 * value:.2f}%"
 
 

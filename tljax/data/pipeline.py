@@ -148,6 +148,75 @@ def train_batches(domain: Domain, *, global_batch_size: int, preprocess: Preproc
   return _iterate(steps, num_threads, prefetch, num_workers)
 
 
+def domain_choices(seed: int, step: int, num_domains: int, per_step: int) -> np.ndarray:
+  """The labelled domains step `step` draws from (sorted): `per_step` of
+  `num_domains`, without replacement, a pure function of the seed and step
+  (TLlib's `RandomDomainSampler` draws its domains anew for every batch)."""
+  rng = np.random.default_rng((seed, step))
+  return np.sort(rng.choice(num_domains, per_step, replace=False))
+
+
+@functools.lru_cache(maxsize=4)
+def _draw_counts(seed: int, num_domains: int, per_step: int, steps: int) -> np.ndarray:
+  """`(steps + 1, num_domains)`: how often each domain was drawn before each step."""
+  counts = np.zeros((steps + 1, num_domains), np.int64)
+  for step in range(steps):
+    counts[step + 1] = counts[step]
+    counts[step + 1, domain_choices(seed, step, num_domains, per_step)] += 1
+  return counts
+
+
+def draws_before(seed: int, step: int, num_domains: int, per_step: int) -> np.ndarray:
+  """`(num_domains,)`: how many batches each domain gave to steps `0 .. step-1`."""
+  # Tables in whole blocks of steps, so that consecutive steps share one.
+  block = 4096
+  steps = block * (step // block + 1)
+  return _draw_counts(seed, num_domains, per_step, steps)[step]
+
+
+def domain_subset_batches(domains: Sequence[Domain], *, batch_size_per_domain: int,
+                          domains_per_step: int, preprocess: PreprocessFn, seeds: Sequence[int],
+                          choice_seed: int, start_step: int = 0, process_index: int = 0,
+                          process_count: int = 1, num_threads: int = 2, prefetch: int = 4,
+                          num_workers: int = 0) -> Iterator[Batch]:
+  """Batches of `domains_per_step` of the labelled `domains`, drawn anew each
+  step (`domain_choices`), `batch_size_per_domain` examples from each.
+
+  Domain d's examples come from its own stream (seed `seeds[d]`, as
+  `train_batches`) and continue where its previous draw stopped: its k-th
+  draw reads stream positions `[k B, (k+1) B)`. So every domain visits its
+  examples without replacement, epoch after epoch, and the batch of a step is
+  a pure function of the seeds and the step (what a resumed run needs). Each
+  process reads its block of every chosen domain's positions; `domain`
+  holds each example's position in `domains`.
+  """
+  if not 0 < domains_per_step <= len(domains):
+    raise ValueError(f"config.data.domains_per_step={domains_per_step} must be in "
+                     f"1..{len(domains)} (the labelled domains)")
+  local = _local_batch_size(batch_size_per_domain, process_count)
+  for domain in domains:
+    if not len(domain):
+      raise ValueError(f"{domain.name}:{domain.split} has no examples")
+
+  def make_batch(step: int) -> Batch:
+    chosen = domain_choices(choice_seed, step, len(domains), domains_per_step)
+    before = draws_before(choice_seed, step, len(domains), domains_per_step)
+    parts = []
+    for d in chosen:
+      start = before[d] * batch_size_per_domain + process_index * local
+      positions = np.arange(start, start + local, dtype=np.int64)
+      indices = stream_indices(positions, seed=seeds[d], num_examples=len(domains[d]))
+      examples = _read(domains[d].source, indices)
+      part = _stack(_preprocess_all(examples, positions, preprocess, seeds[d]))
+      part["index"] = indices.astype(np.int32)
+      part["domain"] = np.full(local, d, np.int32)
+      parts.append(part)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  steps = grain.MapDataset.range(start_step, 2**62).map(make_batch)
+  return _iterate(steps, num_threads, prefetch, num_workers)
+
+
 def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
   return -(-num_examples // global_batch_size)
 

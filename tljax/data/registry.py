@@ -39,6 +39,7 @@ _BUILDER_MODULES: dict[str, str] = {
     "mnist5k_8x8": "tljax.data.mnist5k",
     "office31": "tljax.data.office:Office31",
     "office_home": "tljax.data.office:OfficeHome",
+    "pacs": "tljax.data.pacs:PACS",
     "visda2017": "tljax.data.visda:VisDA2017",
     "domainnet": "tljax.data.domainnet:DomainNet",
     "mnist": "tljax.data.digit_benchmarks:MNIST",

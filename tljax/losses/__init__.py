@@ -14,6 +14,9 @@ from tljax.losses.bsp import bsp
 from tljax.losses.cdan import (entropy_weights, init_randomized_map, multilinear_map,
                                randomized_multilinear_map)
 from tljax.losses.coral import cmd, coral
+from tljax.losses.domains import (domain_risks, gaussian_mmd, group_dro_weights, irm_penalty,
+                                  moment_distance, pairwise_coral, prediction_disagreement,
+                                  risk_variance)
 from tljax.losses.entropy import entropy, entropy_loss
 from tljax.losses.information_maximization import information_maximization
 from tljax.losses.jmmd import jmmd
@@ -40,6 +43,8 @@ __all__ = [
     "kernel_mmd", "mk_mmd", "mmd", "dan_kernel_weights", "max_test_power_weights",
     "jmmd",
     "coral", "cmd",
+    "domain_risks", "irm_penalty", "risk_variance", "group_dro_weights", "pairwise_coral",
+    "moment_distance", "gaussian_mmd", "prediction_disagreement",
     "scale_gradient", "gradient_reversal", "warm_start_coeff",
     "domain_adversarial_loss", "domain_accuracy", "inverted_label_loss",
     "multilinear_map", "randomized_multilinear_map", "init_randomized_map", "entropy_weights",

@@ -105,11 +105,16 @@ REFRESH_ONCE = 2**62
 
 class OptimizerSpec(NamedTuple):
   """One optimizer of a method: which parameters it updates (a regex over
-  '/'-joined paths; frozen groups are always excluded) and a factor on the
-  learning rate of every group."""
+  '/'-joined paths; frozen groups are always excluded), a factor on the
+  learning rate of every group, and the step it first updates at (`start`).
+  An optimizer's schedule counts its own updates; one that starts part-way
+  through a run (after an anneal phase: TLlib's IRM and VREx build a new
+  optimizer and cosine schedule there) has its schedule span the
+  `config.total_steps - start` updates it will take."""
 
   scope: str = ".*"
   lr_scale: float = 1.0
+  start: int = 0
 
 
 @flax.struct.dataclass
@@ -199,6 +204,9 @@ class StepContext:
     trainable: `{name: {param path tuple: bool}}`, the parameters each
       optimizer updates (in its scope and not frozen by `config.param_groups`).
     schedule: the base learning-rate schedule (for logging).
+    optimizer_schedules: each optimizer's schedule of its own updates (the
+      base one, or for an optimizer that starts part-way, one over the steps
+      left; see `OptimizerSpec.start`); group multipliers not applied.
     num_classes: classes of the task.
     num_target_examples: size of the target training split.
     steps: `(first, end)`: the compiled step only runs for steps (the state's
@@ -209,9 +217,17 @@ class StepContext:
     labels: the task's label space (`tljax.data.task.LabelSpace`: classes or
       regression factors, the label-set setting); None outside a task
       (a closed-set classification of `num_classes` classes).
-    num_source_domains: labelled domains in the batch (`batch['source']['domain']`
-      holds each example's).
+    num_source_domains: labelled domains of the task (`batch['source']['domain']`
+      holds each example's position among them).
     regression_loss: 'l2' or 'l1', the supervised loss of regression tasks.
+    domain_batch_size: with per-domain sampling (`config.data.source_sampling
+      = 'per_domain'`), the examples each labelled domain in a step contributes
+      (`config.batch_size`); None when the labelled domains are pooled into
+      one stream (their counts in a batch vary).
+    domains_per_step: labelled domains in each step's batch (all of them, or
+      `config.data.domains_per_step`, drawn anew every step); with per-domain
+      sampling a source batch holds `domains_per_step * domain_batch_size`
+      examples.
   """
 
   classifier: nn.Module
@@ -226,6 +242,9 @@ class StepContext:
   labels: Any = None
   num_source_domains: int = 1
   regression_loss: str = "l2"
+  domain_batch_size: int | None = None
+  domains_per_step: int = 1
+  optimizer_schedules: Mapping[str, optax.Schedule] = dataclasses.field(default_factory=dict)
 
   @property
   def is_regression(self) -> bool:
@@ -246,6 +265,28 @@ class StepContext:
       return {"source_train_mae": jnp.mean(jnp.abs(outputs - labels.astype(outputs.dtype)))}
     return {"source_train_accuracy": accuracy(outputs, labels)}
 
+  def group_by_domain(self, domain: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Each labelled domain's examples in a per-domain batch, as TLlib's DG
+    scripts chunk their batches: `(indices, domains)`, where `indices[j]` are
+    the `domain_batch_size` batch positions of the j-th domain present (in
+    increasing domain order) and `domains[j]` is that domain's position
+    among the labelled domains. A stable sort of `domain`, so that each
+    domain's examples keep their order in its stream whatever the number of
+    devices or processes (a multi-process batch is not ordered by domain).
+
+    Raises:
+      ValueError: at trace time, when the domains are pooled (their counts
+        vary from batch to batch).
+    """
+    if self.domain_batch_size is None:
+      raise ValueError("this method groups a batch by labelled domain, which needs "
+                       "config.data.source_sampling='per_domain'")
+    order = jnp.argsort(domain, stable=True)
+    # Every present domain holds exactly `domain_batch_size` examples, so the
+    # sorted positions split into equal rows.
+    indices = order.reshape(self.domains_per_step, self.domain_batch_size)
+    return indices, domain[indices[:, 0]]
+
   def before(self, step: int) -> bool | None:
     """Whether every step this compiled step runs for is below `step` (a
     Python bool, known at trace time), or None when the step counter decides."""
@@ -262,19 +303,26 @@ class StepContext:
 
   def apply_classifier(self, variables: Variables, images: jax.Array, *, train: bool,
                        rng: jax.Array | None = None, owner: Sequence[str] = CLASSIFIER,
-                       **classifier_kwargs) -> tuple[tuple[jax.Array, jax.Array], Variables]:
+                       **inputs: Any) -> tuple[Any, Variables]:
     """`(features, logits)` of the classifier stored under `owner`, and the
     variables with its updated BatchNorm statistics (unchanged when not training).
-    `classifier_kwargs` go to the classifier's call (e.g. `head_gradient_scale`)."""
+
+    `inputs`: the classifier's other keyword inputs (`Classifier.__call__`):
+    `domains=` each image's labelled-domain position, for layers that mix
+    across domains (MixStyle); `branches=True` for a multi-source head's
+    per-domain outputs; `head_gradient_scale` a factor on the gradient the
+    head sends into the features (OSBP). None values are left out.
+    """
     mine = owned(variables, owner)
+    kwargs = {k: v for k, v in inputs.items() if v is not None}
     if not train:
-      return self.classifier.apply(mine, images, train=False, **classifier_kwargs), variables
+      return self.classifier.apply(mine, images, train=False, **kwargs), variables
     mutable = [c for c in mine if c != "params"]
     if not mutable:
       return self.classifier.apply(mine, images, train=True, rngs={"dropout": rng},
-                                   **classifier_kwargs), variables
+                                   **kwargs), variables
     out, updates = self.classifier.apply(mine, images, train=True, mutable=mutable,
-                                         rngs={"dropout": rng}, **classifier_kwargs)
+                                         rngs={"dropout": rng}, **kwargs)
     return out, with_owned(variables, owner, updates)
 
   def apply_network(self, name: str, variables: Variables, *args, train: bool,
@@ -400,10 +448,12 @@ class Method:
   label_kinds: ClassVar[tuple[str, ...]] = ("classification",)
   settings: ClassVar[tuple[str, ...] | None] = None
 
-  def check_task(self, labels: Any, *, has_target: bool, num_source_domains: int) -> None:
+  def check_task(self, labels: Any, *, has_target: bool, num_source_domains: int,
+                 source_sampling: str = "per_domain") -> None:
     """Refuses a task this method cannot train (before anything is written).
-    `labels` is the task's `LabelSpace`. Override to add a method's own
-    conditions (e.g. several labelled domains)."""
+    `labels` is the task's `LabelSpace`; `source_sampling` is how several
+    labelled domains are batched (`config.data.source_sampling`). Override to
+    add a method's own conditions (e.g. several labelled domains)."""
     name = type(self).__name__
     if labels.kind not in self.label_kinds:
       raise ValueError(f"{name} trains {' or '.join(self.label_kinds)} tasks, and this task is "
@@ -416,7 +466,7 @@ class Method:
       raise ValueError(f"{name} reads an unlabelled target domain, and config.target is empty "
                        "(domain generalisation); name the target, or choose a method that reads "
                        "only the labelled domains")
-    del num_source_domains
+    del num_source_domains, source_sampling
 
   # ------------------------------------------------------------- construction
 
@@ -538,6 +588,21 @@ class Method:
     `extra_domains` key. None by default."""
     del ctx, state, predict
     return {}
+
+
+def require_domains(method: str, num_source_domains: int, source_sampling: str, *,
+                    minimum: int = 2, grouped: bool = True) -> None:
+  """Refuses a task with fewer than `minimum` labelled domains, or (`grouped`)
+  whose labelled domains are pooled: a method that compares domains needs
+  each step's batch to hold each domain's examples in known numbers."""
+  if num_source_domains < minimum:
+    raise ValueError(f"{method} compares labelled domains and needs at least {minimum}; "
+                     f"config.source names {num_source_domains}: name several, separated by "
+                     "commas (e.g. --config.source=synth_digits,digits)")
+  if grouped and source_sampling != "per_domain":
+    raise ValueError(f"{method} computes a loss per labelled domain and needs "
+                     "config.data.source_sampling='per_domain' (each domain's examples in "
+                     f"every batch), not {source_sampling!r}")
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -83,7 +83,7 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 
 
 def create_classifier(model_config: ml_collections.ConfigDict, num_classes: int,
-                      frozen_norm: str = "") -> Classifier:
+                      frozen_norm: str = "", num_source_domains: int = 1) -> Classifier:
   """Builds the `Classifier` that `config.model` describes.
 
   Args:
@@ -92,6 +92,8 @@ def create_classifier(model_config: ml_collections.ConfigDict, num_classes: int,
       dtype; parameters stay fp32 except under 'float64'), and `backbone_kwargs`.
     num_classes: classes of the task.
     frozen_norm: regex of BatchNorm module paths that keep running statistics.
+    num_source_domains: labelled domains of the task (a 'multi_source' head
+      has a branch for each).
   """
   if model_config.get("dtype", "float32") not in _DTYPES:
     raise ValueError(f"config.model.dtype must be one of {sorted(_DTYPES)}, "
@@ -120,4 +122,6 @@ def create_classifier(model_config: ml_collections.ConfigDict, num_classes: int,
       dtype=dtype,
       bottleneck_layers=model_config.get("bottleneck_layers", 1),
       bottleneck_relu=model_config.get("bottleneck_relu", True),
+      feature_dropout=model_config.get("feature_dropout", 0.0),
+      num_branches=num_source_domains,
   )

@@ -163,6 +163,9 @@ def load(init_variables: Variables, path: str, *, backbone: str,
     loaded = match(flat_init, checkpoint, dont_load=dont_load, whole_model=True, source=path)
   else:
     checkpoint = read(path, backbone=backbone)
+    if "_ibn_" in backbone and is_plain_resnet(checkpoint):
+      checkpoint, fresh = resnet_into_ibn(checkpoint, flat_init)
+      dont_load = (*dont_load, *fresh)
     loaded = match(flat_init, checkpoint, dont_load=dont_load, load_head=load_head,
                    source=path)
   merged = {}
@@ -474,6 +477,43 @@ def _torchvision_resnet_module(module: str) -> str | None:
       rest = ["downsample_conv" if rest[1] == "0" else "downsample_bn"]
     return "/".join(["backbone", block, *rest])
   return None
+
+
+def is_plain_resnet(checkpoint: Checkpoint) -> bool:
+  """Whether a translated ResNet checkpoint lacks IBN-Net's parts (torchvision's does)."""
+  return not any(re.search(r"/(IN|BN)/", key) for key in checkpoint.arrays)
+
+
+def resnet_into_ibn(checkpoint: Checkpoint, target: Mapping[str, Any]
+                    ) -> tuple[Checkpoint, tuple[str, ...]]:
+  """A torchvision ResNet checkpoint laid out for an IBN-Net model (`target`:
+  flat paths with collection): each IBN-a block's `bn1` (C channels) fills the
+  BatchNorm part `bn1/BN`, which normalises the last `C - int(C / 2)`
+  channels, with those channels. The InstanceNorm parts have no counterpart
+  and keep their initialisation: IBN-a's `bn1/IN`, IBN-b's blocks' `IN`, and
+  IBN-b's stem `bn1` (an InstanceNorm, so torchvision's stem BatchNorm is
+  dropped).
+
+  Returns:
+    `(checkpoint, dont_load regexes of the variables kept fresh)`.
+  """
+  arrays = dict(checkpoint.arrays)
+  fresh = set()
+  for key, want in target.items():
+    inner = _inner(key)
+    if "/BN/" in inner:
+      whole = key.replace("/BN/", "/", 1)
+      if whole in arrays:
+        arrays[key] = arrays.pop(whole)[-want.shape[0]:]
+    elif re.search(r"(^|/)IN/(scale|bias)$", inner):
+      fresh.add(re.escape(inner))
+  if "batch_stats/backbone/bn1/mean" not in target and "params/backbone/bn1/scale" in target:
+    # IBN-b: the stem normalises per example.
+    fresh.update(re.escape(f"backbone/bn1/{leaf}") for leaf in ("scale", "bias"))
+    for leaf in ("params/backbone/bn1/scale", "params/backbone/bn1/bias",
+                 "batch_stats/backbone/bn1/mean", "batch_stats/backbone/bn1/var"):
+      arrays.pop(leaf, None)
+  return dataclasses.replace(checkpoint, arrays=arrays), tuple(sorted(fresh))
 
 
 _VGG_FEATURES = vgg_lib.torchvision_feature_names()

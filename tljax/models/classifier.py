@@ -80,15 +80,19 @@ class Classifier(nn.Module):
     bottleneck_dropout: dropout after the bottleneck's ReLU.
     bottleneck_layers: blocks of the bottleneck (OSBP: 2).
     bottleneck_relu: the ReLU of each bottleneck block (UAN's authors: none).
-    head_type: 'linear', 'two_layer' (TLlib's MDD head) or 'mcd' (MCD's
-      three-layer head); '' picks 'two_layer' when `head_hidden` > 0, else 'linear'.
-    head_hidden: the hidden width of a 'two_layer' or 'mcd' head.
+    head_type: 'linear', 'two_layer' (TLlib's MDD head), 'mcd' (MCD's
+      three-layer head) or 'multi_source' (MFSAN's per-domain branches); ''
+      picks 'two_layer' when `head_hidden` > 0, else 'linear'.
+    head_hidden: the hidden width of a 'two_layer', 'mcd' or 'multi_source' head.
     head_dropout: dropout inside those heads.
     bottleneck_l2_preserving_dropout: TLlib's AFN dropout (see `Bottleneck`).
     init_scheme: init scheme of the bottleneck and head (`tljax.models.heads.INIT_SCHEMES`).
     frozen_norm: regex of BatchNorm paths that keep their running statistics.
     dtype: compute dtype (features and logits are returned in fp32, or fp64
       when computing in fp64).
+    feature_dropout: dropout on the features before the head (TLlib's DG
+      `ImageClassifier` with `--freeze-bn`: 0.1); 0 for none.
+    num_branches: branches of a 'multi_source' head (one per labelled domain).
   """
 
   backbone: nn.Module
@@ -105,25 +109,39 @@ class Classifier(nn.Module):
   dtype: Any = jnp.float32
   bottleneck_layers: int = 1
   bottleneck_relu: bool = True
+  feature_dropout: float = 0.0
+  num_branches: int = 1
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool = False,
-               head_gradient_scale: float | jax.Array | None = None,
-               ) -> tuple[jax.Array, jax.Array]:
-    """`head_gradient_scale`: a factor on the gradient the head sends back into
+  def __call__(self, images: jax.Array, train: bool = False, domains: jax.Array | None = None,
+               branches: bool = False,
+               head_gradient_scale: float | jax.Array | None = None) -> tuple[jax.Array, Any]:
+    """`(features, logits)`; with `branches=True` (a 'multi_source' head),
+    `(features, (branch features, branch logits))`. `domains`: each image's
+    labelled-domain position, for backbones whose layers read it (MixStyle).
+    `head_gradient_scale`: a factor on the gradient the head sends back into
     the features (OSBP's gradient reversal between them: -1); None: 1."""
-    features = self.backbone(images, train=train)
+    inputs = {} if domains is None else {"domains": domains}
+    features = self.backbone(images, train=train, **inputs)
     if self.bottleneck_dim:
       features = Bottleneck(self.bottleneck_dim, self.bottleneck_norm, self.bottleneck_dropout,
                             self.bottleneck_l2_preserving_dropout, self.init_scheme,
                             frozen_norm=self.frozen_norm, dtype=self.dtype,
                             layers=self.bottleneck_layers, relu=self.bottleneck_relu,
                             name="bottleneck")(features, train)
+    if self.feature_dropout:
+      features = nn.Dropout(self.feature_dropout, deterministic=not train)(features)
     head_input = features if head_gradient_scale is None else scale_gradient(
         features, head_gradient_scale)
     head_type = self.head_type or ("two_layer" if self.head_hidden else "linear")
-    logits = create_head(head_type, self.num_classes, hidden=self.head_hidden,
-                         dropout=self.head_dropout, dtype=self.dtype, init=self.init_scheme,
-                         name="head")(head_input, train)
+    head = create_head(head_type, self.num_classes, hidden=self.head_hidden,
+                       dropout=self.head_dropout, dtype=self.dtype, init=self.init_scheme,
+                       num_branches=self.num_branches, name="head")
     out = jnp.promote_types(self.dtype, jnp.float32)
+    if branches:
+      if head_type != "multi_source":
+        raise ValueError("branch outputs need config.model.head_type='multi_source'")
+      branch_features, branch_logits = head(head_input, train, branches=True)
+      return features.astype(out), (branch_features.astype(out), branch_logits.astype(out))
+    logits = head(head_input, train)
     return features.astype(out), logits.astype(out)

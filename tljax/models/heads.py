@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from tljax.models.layers import BatchNorm, torch_linear_init
 
-HEAD_TYPES = ("linear", "two_layer", "mcd")
+HEAD_TYPES = ("linear", "two_layer", "mcd", "multi_source")
 # How the linear layers of bottlenecks and heads start:
 #   torch:     PyTorch's nn.Linear default, U(+-1/sqrt(fan_in)) for kernel and bias.
 #   tllib_mdd: TLlib's MDD classifier: bottleneck N(0, 0.005) with bias 0.1,
@@ -89,10 +89,53 @@ class MCDHead(nn.Module):
     return dense(self.num_classes, self.hidden, self.dtype, "output")(x)
 
 
+class MultiSourceHead(nn.Module):
+  """One branch per labelled domain (MFSAN's domain-specific feature
+  extractors and classifiers), each `Dense(hidden) -> BatchNorm -> ReLU ->
+  Dense(num_classes)` on the shared features.
+
+  Called as a head, it returns the log of the branches' mean class
+  probabilities, so its arg-max is MFSAN's prediction (the average of the
+  branches' softmax outputs) and its softmax those probabilities. With
+  `branches=True` it returns every branch's features and logits, `(S, B,
+  hidden)` and `(S, B, C)`, for the training step.
+  """
+
+  num_classes: int
+  num_branches: int
+  hidden: int = 256
+  dtype: Any = jnp.float32
+  init_scheme: str = "torch"
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False, branches: bool = False):
+    features, logits = [], []
+    for i in range(self.num_branches):
+      h = dense(self.hidden, x.shape[-1], self.dtype, f"branch{i}_linear",
+                init=self.init_scheme, role="bottleneck")(x)
+      h = BatchNorm(momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=f"branch{i}_bn")(h, train)
+      h = nn.relu(h)
+      features.append(h)
+      logits.append(dense(self.num_classes, self.hidden, self.dtype, f"branch{i}_head",
+                          init=self.init_scheme)(h))
+    features, logits = jnp.stack(features), jnp.stack(logits)
+    if branches:
+      return features, logits
+    probabilities = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.log(jnp.mean(probabilities, axis=0))
+
+
 def create_head(head_type: str, num_classes: int, *, hidden: int, dropout: float,
-                dtype: Any = jnp.float32, init: str = "torch",
+                dtype: Any = jnp.float32, init: str = "torch", num_branches: int = 1,
                 name: str | None = None) -> nn.Module:
-  """A classification head: 'linear', 'two_layer' (MDD) or 'mcd' (MCD)."""
+  """A classification head: 'linear', 'two_layer' (MDD), 'mcd' (MCD) or
+  'multi_source' (MFSAN: `num_branches` branches of width `hidden`)."""
+  if head_type == "multi_source":
+    if num_branches < 2:
+      raise ValueError("the multi_source head has one branch per labelled domain and needs "
+                       "several: name them in config.source, separated by commas")
+    return MultiSourceHead(num_classes, num_branches, hidden or 256, dtype=dtype,
+                           init_scheme=init, name=name)
   if head_type == "two_layer":
     return TwoLayerHead(num_classes, hidden, dropout, dtype=dtype, init_scheme=init, name=name)
   if head_type == "mcd":

@@ -15,6 +15,17 @@ the same function as XLA's convolution, with gradients written as the large
 matmuls XLA:CPU runs well (see `experiments/results/profile.md`); accelerators
 keep XLA's convolutions. `remat=True` recomputes each block in the backward
 pass to save activation memory.
+
+Domain-generalisation variants (`tljax.models.normalization`, TLlib's DG
+backbones): MixStyle after chosen stages (`mixstyle_layers=('layer1',
+'layer2', 'layer3')`), and IBN-Net's `resnet{18,34,50,101}_ibn_{a,b}`, whose
+module names follow IBN-Net's state dicts (`layer1_0/bn1/IN`,
+`layer1_0/bn1/BN`, `layer1_0/IN`): IBN-a normalises the first half of the
+channels of every block's first norm per example (stages 1-3), IBN-b puts an
+InstanceNorm in the stem instead of BatchNorm and after the residual sum of
+the last block of stages 1-2. Either loads IBN-Net's checkpoints, or a
+torchvision ResNet's, whose BatchNorm weights fill the BatchNorm parts (see
+`tljax.models.checkpoints`), the InstanceNorm parts keeping their init.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ import jax.numpy as jnp
 
 from tljax.models import register
 from tljax.models.layers import BatchNorm
+from tljax.models.normalization import InstanceBatchNorm, InstanceNorm, MixStyle
 
 # torchvision initialises convolutions with kaiming_normal_(mode="fan_out").
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -209,6 +221,7 @@ class BasicBlock(nn.Module):
   frozen_norm: str = ""
   dtype: Any = jnp.float32
   conv_impl: str = "auto"
+  ibn: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -216,14 +229,26 @@ class BasicBlock(nn.Module):
     conv = functools.partial(_conv, dtype=self.dtype, impl=self.conv_impl)
     shortcut = x
     y = conv(self.planes, 3, self.strides, name="conv1")(x)
-    y = nn.relu(norm("bn1")(y, train))
+    y = nn.relu(_first_norm(self.ibn, self.frozen_norm, self.dtype)(y, train))
     y = conv(self.planes, 3, 1, name="conv2")(y)
     y = norm("bn2")(y, train)
     if self.strides != 1 or x.shape[-1] != self.planes * self.expansion:
       shortcut = conv(self.planes * self.expansion, 1, self.strides,
                       name="downsample_conv")(x)
       shortcut = norm("downsample_bn")(shortcut, train)
-    return nn.relu(y + shortcut)
+    return nn.relu(_after_sum(self.ibn, self.dtype, y + shortcut))
+
+
+def _first_norm(ibn: str | None, frozen_norm: str, dtype: Any):
+  """A block's first norm, `bn1`: IBN-a's instance-batch norm, or BatchNorm."""
+  if ibn == "a":
+    return InstanceBatchNorm(frozen=frozen_norm, dtype=dtype, name="bn1")
+  return _batch_norm(frozen_norm, dtype, "bn1")
+
+
+def _after_sum(ibn: str | None, dtype: Any, x: jax.Array) -> jax.Array:
+  """IBN-b's InstanceNorm of a block's residual sum (`IN`), else the sum itself."""
+  return InstanceNorm(dtype=dtype, name="IN")(x) if ibn == "b" else x
 
 
 class BottleneckBlock(nn.Module):
@@ -243,6 +268,7 @@ class BottleneckBlock(nn.Module):
   frozen_norm: str = ""
   dtype: Any = jnp.float32
   conv_impl: str = "auto"
+  ibn: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -250,7 +276,7 @@ class BottleneckBlock(nn.Module):
     conv = functools.partial(_conv, dtype=self.dtype, impl=self.conv_impl)
     shortcut = x
     y = conv(self.planes, 1, 1, name="conv1")(x)
-    y = nn.relu(norm("bn1")(y, train))
+    y = nn.relu(_first_norm(self.ibn, self.frozen_norm, self.dtype)(y, train))
     y = conv(self.planes, 3, self.strides, name="conv2")(y)
     y = nn.relu(norm("bn2")(y, train))
     y = conv(self.planes * self.expansion, 1, 1, name="conv3")(y)
@@ -259,7 +285,7 @@ class BottleneckBlock(nn.Module):
       shortcut = conv(self.planes * self.expansion, 1, self.strides,
                       name="downsample_conv")(x)
       shortcut = norm("downsample_bn")(shortcut, train)
-    return nn.relu(y + shortcut)
+    return nn.relu(_after_sum(self.ibn, self.dtype, y + shortcut))
 
 
 class ResNet(nn.Module):
@@ -276,6 +302,11 @@ class ResNet(nn.Module):
     remat: recompute each block's activations in the backward pass
       (`nn.remat`) instead of keeping them: less memory for large batches,
       about one more forward pass of compute.
+    ibn: IBN-Net's setting per stage ('a', 'b' or None, TLlib's `ibn_cfg`):
+      () for a plain ResNet.
+    mixstyle_layers: stages ('layer1', 'layer2', 'layer3') after which a
+      MixStyle layer mixes feature statistics in training.
+    mixstyle_p, mixstyle_alpha, mixstyle_mode: the MixStyle layers' settings.
   """
 
   block: type[nn.Module]
@@ -284,40 +315,64 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   conv_impl: str = "auto"
   remat: bool = False
+  ibn: Sequence[str | None] = ()
+  mixstyle_layers: Sequence[str] = ()
+  mixstyle_p: float = 0.5
+  mixstyle_alpha: float = 0.1
+  mixstyle_mode: str = "crossdomain"
 
   @property
   def features_dim(self) -> int:
     return 512 * self.block.expansion
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, images: jax.Array, train: bool = False,
+               domains: jax.Array | None = None) -> jax.Array:
     """Maps `(B, H, W, 3)` images to `(B, features_dim)` pooled features."""
+    unknown = sorted(set(self.mixstyle_layers) - {"layer1", "layer2", "layer3"})
+    if unknown:
+      raise ValueError(f"mixstyle_layers {unknown}: a ResNet mixes after layer1, layer2 or "
+                       "layer3 (as TLlib's)")
+    ibn = tuple(self.ibn) or (None,) * len(self.stage_sizes)
     x = _conv(64, 7, 2, self.dtype, "conv1", self.conv_impl)(images)
-    x = nn.relu(_batch_norm(self.frozen_norm, self.dtype, "bn1")(x, train))
+    if ibn[0] == "b":
+      x = nn.relu(InstanceNorm(dtype=self.dtype, name="bn1")(x))
+    else:
+      x = nn.relu(_batch_norm(self.frozen_norm, self.dtype, "bn1")(x, train))
     # Padding for max pooling is -inf in flax, as in torch.
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     # `train` is a Python bool that selects code paths: static under remat.
     block = nn.remat(self.block, static_argnums=(2,)) if self.remat else self.block
     for stage, num_blocks in enumerate(self.stage_sizes):
       for index in range(num_blocks):
+        # IBN-b normalises only the last block's sum of its stages (IBN-Net's layout).
+        block_ibn = ibn[stage] if ibn[stage] != "b" or index == num_blocks - 1 else None
         x = block(
             planes=64 * 2**stage,
             strides=2 if stage > 0 and index == 0 else 1,
             frozen_norm=self.frozen_norm,
             dtype=self.dtype,
             conv_impl=self.conv_impl,
+            ibn=block_ibn,
             name=f"layer{stage + 1}_{index}",
         )(x, train)
+      if f"layer{stage + 1}" in self.mixstyle_layers:
+        x = MixStyle(self.mixstyle_p, self.mixstyle_alpha, self.mixstyle_mode,
+                     name=f"mixstyle_layer{stage + 1}")(x, train, domains)
     # Pool in fp32 so that bf16 runs do not lose precision in the sum.
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
 
 
-def _factory(block: type[nn.Module], stage_sizes: Sequence[int]):
+def _factory(block: type[nn.Module], stage_sizes: Sequence[int],
+             ibn: Sequence[str | None] = ()):
 
   def create(*, dtype: Any = jnp.float32, frozen_norm: str = "", conv_impl: str = "auto",
-             remat: bool = False) -> ResNet:
+             remat: bool = False, mixstyle_layers: Sequence[str] = (), mixstyle_p: float = 0.5,
+             mixstyle_alpha: float = 0.1, mixstyle_mode: str = "crossdomain") -> ResNet:
     return ResNet(block=block, stage_sizes=tuple(stage_sizes), frozen_norm=frozen_norm,
-                  dtype=dtype, conv_impl=conv_impl, remat=remat)
+                  dtype=dtype, conv_impl=conv_impl, remat=remat, ibn=tuple(ibn),
+                  mixstyle_layers=tuple(mixstyle_layers), mixstyle_p=mixstyle_p,
+                  mixstyle_alpha=mixstyle_alpha, mixstyle_mode=mixstyle_mode)
 
   return create
 
@@ -327,3 +382,12 @@ resnet34 = register("resnet34")(_factory(BasicBlock, (3, 4, 6, 3)))
 resnet50 = register("resnet50")(_factory(BottleneckBlock, (3, 4, 6, 3)))
 resnet101 = register("resnet101")(_factory(BottleneckBlock, (3, 4, 23, 3)))
 resnet152 = register("resnet152")(_factory(BottleneckBlock, (3, 8, 36, 3)))
+
+# IBN-Net (TLlib's `tllib.normalization.ibn`): IBN-a in stages 1-3, IBN-b in 1-2.
+IBN_A, IBN_B = ("a", "a", "a", None), ("b", "b", None, None)
+for _name, _block, _sizes in (("resnet18", BasicBlock, (2, 2, 2, 2)),
+                              ("resnet34", BasicBlock, (3, 4, 6, 3)),
+                              ("resnet50", BottleneckBlock, (3, 4, 6, 3)),
+                              ("resnet101", BottleneckBlock, (3, 4, 23, 3))):
+  register(f"{_name}_ibn_a")(_factory(_block, _sizes, IBN_A))
+  register(f"{_name}_ibn_b")(_factory(_block, _sizes, IBN_B))

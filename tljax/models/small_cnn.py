@@ -15,6 +15,12 @@ parameter layout (HWIO kernel, bias) and the same function:
   these sizes on the CPUs measured; kept for comparison).
 
 `'auto'` (the default) picks `'cpu'` on the CPU backend, `'xla'` elsewhere.
+
+Domain-generalisation options (`tljax.models.normalization`): MixStyle after
+chosen blocks (`mixstyle_layers=('block1', 'block2')`), and IBN-Net's
+instance-batch norm in place of the BatchNorm of the first blocks
+(`ibn_blocks=2`: the first two of three, as IBN-a does in the first three of a
+ResNet's four stages).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import jax.numpy as jnp
 
 from tljax.models import register
 from tljax.models.layers import BatchNorm
+from tljax.models.normalization import InstanceBatchNorm, MixStyle
 
 
 # Convolution kernels: flax's default (LeCun normal, variance 1/fan_in) or
@@ -143,6 +150,12 @@ class SmallCNN(nn.Module):
     kernel_init: 'flax' (LeCun normal) or 'torch' (PyTorch's Conv2d default).
     frozen_norm: regex of BatchNorm paths that keep running statistics.
     dtype: compute dtype.
+    mixstyle_layers: blocks ('block1', 'block2', ...) after which a MixStyle
+      layer mixes feature statistics in training.
+    mixstyle_p, mixstyle_alpha, mixstyle_mode: the MixStyle layers' settings
+      (`normalization.MixStyle`).
+    ibn_blocks: the first this many blocks normalise with IBN-a's
+      instance-batch norm (`bn{i}/IN`, `bn{i}/BN`) instead of BatchNorm.
   """
 
   widths: Sequence[int] = (32, 64, 128)
@@ -151,18 +164,36 @@ class SmallCNN(nn.Module):
   kernel_init: str = "flax"
   frozen_norm: str = ""
   dtype: Any = jnp.float32
+  mixstyle_layers: Sequence[str] = ()
+  mixstyle_p: float = 0.5
+  mixstyle_alpha: float = 0.1
+  mixstyle_mode: str = "crossdomain"
+  ibn_blocks: int = 0
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, images: jax.Array, train: bool = False,
+               domains: jax.Array | None = None) -> jax.Array:
+    blocks = [f"block{i + 1}" for i in range(len(self.widths))]
+    unknown = sorted(set(self.mixstyle_layers) - set(blocks[:-1]))
+    if unknown:
+      raise ValueError(f"mixstyle_layers {unknown}: a small_cnn mixes after one of "
+                       f"{blocks[:-1]} (not the last block, whose output is the feature)")
     x = images.astype(self.dtype)
     for i, (width, size) in enumerate(zip(self.widths, self.kernel_sizes)):
       # No bias: the BatchNorm after it removes any (its gradient is only rounding noise).
       x = Conv(width, size, impl=self.conv_impl, use_bias=False, kernel_init=self.kernel_init,
                dtype=self.dtype, name=f"conv{i + 1}")(x)
-      x = BatchNorm(frozen=self.frozen_norm, momentum=0.9, epsilon=1e-5,
-                    dtype=self.dtype, name=f"bn{i + 1}")(x, train)
+      if i < self.ibn_blocks:
+        x = InstanceBatchNorm(frozen=self.frozen_norm, dtype=self.dtype,
+                              name=f"bn{i + 1}")(x, train)
+      else:
+        x = BatchNorm(frozen=self.frozen_norm, momentum=0.9, epsilon=1e-5,
+                      dtype=self.dtype, name=f"bn{i + 1}")(x, train)
       x = nn.relu(x)
       x = _max_pool_2x2(x)
+      if blocks[i] in self.mixstyle_layers:
+        x = MixStyle(self.mixstyle_p, self.mixstyle_alpha, self.mixstyle_mode,
+                     name=f"mixstyle_{blocks[i]}")(x, train, domains)
     return x.reshape(x.shape[0], -1)
 
 

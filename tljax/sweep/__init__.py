@@ -549,9 +549,12 @@ def collect(out: str, grid: dict[str, Any] | None = None,
                    "higher_is_better": higher_is_better(results[0]),
                    "metric": _metric_name(results[0], measure),
                    "runs": results})
+  task_names = [names[t] for t in tasks]
+  if len(task_names) > 1:
+    rows += _average_rows(rows, methods, task_names)
   by_key = {(r["method"], r["task"]): r for r in rows}
   baselines = (grid or {}).get("baselines", BASELINES)
-  table = {"rows": rows, "methods": methods, "tasks": [names[t] for t in tasks],
+  table = {"rows": rows, "methods": methods, "tasks": task_names,
            "metric": rows[0]["metric"] if rows else _metric_name({}, measure),
            "skipped": unusable}
   if isinstance(baselines, Mapping):  # one baseline per row
@@ -565,6 +568,41 @@ def collect(out: str, grid: dict[str, Any] | None = None,
       for baseline in baselines:
         row.update(_compare_fields(row, by_key.get((baseline, row["task"])), baseline))
   return table
+
+
+AVERAGE = "Avg"
+
+
+def _average_rows(rows: list[dict[str, Any]], methods: Sequence[str],
+                  tasks: Sequence[str]) -> list[dict[str, Any]]:
+  """Per method with runs in every task, a row for the average over tasks
+  (task `AVERAGE`): each seed's mean over the tasks, then the statistics of
+  those per-seed means over the seeds run in every task, so that the average
+  has its own interval and pairs with the baseline's average seed by seed
+  (as DomainBed averages a trial's held-out domains)."""
+  by_key = {(r["method"], r["task"]): r for r in rows}
+  out = []
+  for method in methods:
+    parts = [by_key.get((method, task)) for task in tasks]
+    if not all(parts):
+      continue
+    seeds = sorted(set.intersection(*(set(p["by_seed"]) for p in parts)), key=str)
+    if not seeds:
+      continue
+    by_seed = {s: statistics.fmean(p["by_seed"][s] for p in parts) for s in seeds}
+    values = list(by_seed.values())
+    mean, std = _mean_std(values)
+    low, high = confidence_interval(values)
+    references = [p["reference"] for p in parts]
+    out.append({"method": method, "task": AVERAGE, "seeds": len(seeds), "mean": mean,
+                "std": std, "ci_low": low, "ci_high": high,
+                "source_mean": statistics.fmean(p["source_mean"] for p in parts),
+                "wall_time_s": statistics.fmean(p["wall_time_s"] for p in parts),
+                "reference": (statistics.fmean(references)
+                              if all(r is not None for r in references) else None),
+                "by_seed": by_seed, "higher_is_better": parts[0]["higher_is_better"],
+                "metric": parts[0]["metric"], "runs": []})
+  return out
 
 
 # Rows a collected table compares every method with, unless the grid names its
@@ -630,7 +668,8 @@ def render_markdown(table: dict[str, Any], title: str) -> str:
     cells = [method] + [f"{r['mean']:.1f} ± {r['std']:.1f}" if r else "–" for r in rows]
     present = [r for r in rows if r]
     if multi:
-      cells.append(f"{statistics.fmean(r['mean'] for r in present):.1f}" if len(present) == len(tasks) else "–")
+      average = by_key.get((method, AVERAGE))
+      cells.append(f"{average['mean']:.1f} ± {average['std']:.1f}" if average else "–")
     if has_reference:
       refs = [r["reference"] for r in present if r["reference"] is not None]
       cells.append(f"{statistics.fmean(refs):.1f}" if refs and len(refs) == len(tasks) else "–")
@@ -641,7 +680,9 @@ def render_markdown(table: dict[str, Any], title: str) -> str:
   lines.append("")
   metric = table.get("metric", "target accuracy (%) on the target evaluation split")
   lines.append(f"{metric[0].upper()}{metric[1:]}, mean ± std over seeds; `source acc.` is the "
-               "same measure on the labelled domains' evaluation splits.")
+               "same measure on the labelled domains' evaluation splits."
+               + (" `Avg`: each seed's mean over the columns, then mean ± std over the seeds "
+                  "run in every column." if multi else ""))
   comparisons = _render_comparisons(table)
   if comparisons:
     lines += ["", comparisons]
@@ -669,7 +710,8 @@ def _render_comparisons(table: dict[str, Any]) -> str:
     columns = [c for b in present for c in (f"vs {b}", f"paired Δ vs {b}")]
     cells = lambda r: [c for b in present for c in (r[f"vs_{b}"] or "–", paired(r, b))]
   out = []
-  for task in table["tasks"]:
+  averaged = any(r["task"] == AVERAGE for r in table["rows"])
+  for task in list(table["tasks"]) + ([AVERAGE] if averaged else []):
     rows = [r for r in table["rows"] if r["task"] == task]
     header = ["method", "mean", "95% interval", "seeds"] + columns
     out += [f"### {task}: 95% intervals and comparisons", "",
@@ -730,7 +772,8 @@ def select_configs(table: dict[str, Any], validator: str, *, within_family: bool
     raise ValueError(f"--select={validator!r}: choose one of {sorted(validators.VALIDATORS)}")
   higher = validators.VALIDATORS[validator].higher_is_better
   out = []
-  for task in table["tasks"]:
+  averaged = any(r["task"] == AVERAGE for r in table["rows"])
+  for task in list(table["tasks"]) + ([AVERAGE] if averaged else []):
     rows = [r for r in table["rows"] if r["task"] == task]
     groups = collections.defaultdict(list)
     for r in rows:
