@@ -3,7 +3,9 @@
     python -m tljax.main --config=configs/default.py:digits --workdir=/tmp/tljax/default
 
 `get_config('digits')`: the embedded Digits -> Digits-M task with a small CNN
-trained from scratch. `get_config('synth')` / `get_config('synth_m')`: the
+trained from scratch. `get_config('ssl_digits')` / `get_config('ssl_synth')`:
+semi-supervised learning (TLlib's protocol, see `_ssl`) on the 1,797
+scikit-learn digits or on SynthDigits. `get_config('synth')` / `get_config('synth_m')`: the
 larger embedded SynthDigits -> real digits tasks (same network). `get_config('office31')`: Office-31 A -> W with an
 ImageNet ResNet-50 (TLlib's setting; set `config.model.init` to the torchvision
 checkpoint and `config.manual_dir` to the dataset, other tasks via
@@ -16,7 +18,15 @@ fields; any field can also be set on the command line, e.g.
 
 import ml_collections
 
-TASKS = ("digits", "synth", "synth_m", "office31")
+TASKS = ("digits", "synth", "synth_m", "office31", "ssl_digits", "ssl_synth")
+# Semi-supervised tasks: the dataset whose train split is labelled (N per class)
+# and unlabelled (the rest), evaluated on its test split.
+SSL_DATASETS = {"ssl_digits": "digits_full", "ssl_synth": "synth_digits"}
+# The overrides that start a semi-supervised run from a pretrained tljax
+# classifier as TLlib's `--finetune` does: its backbone (at 0.1x the rate), a
+# new bottleneck and head. Add `model.init=<workdir or checkpoint>`.
+SSL_PRETRAINED = {"model.dont_load": ("bottleneck/.*", "head/.*"),
+                  "param_groups": (("classifier/backbone/.*", 0.1), (".*", 1.0))}
 
 
 def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
@@ -172,7 +182,61 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
     _synth(config, arg)
   if arg == "office31":
     _office31(config)
+  if arg in SSL_DATASETS:
+    _ssl(config, arg)
   return config
+
+
+def _ssl(config: ml_collections.ConfigDict, arg: str) -> None:
+  """Semi-supervised learning, TLlib's protocol (`tljax/data/task.py`): a few
+  labels per class of one training split, the rest of it unlabelled, the
+  test split to evaluate.
+
+  `ssl_digits`: the 1,797 scikit-learn digits (`digits_full`: 1,198 train,
+  599 test). `ssl_synth`: SynthDigits (20,000 train, 2,000 test). Labels:
+  4 per class (`data.labels_per_class`; TLlib's tables use 4, its scripts also
+  25: `--config.data.labels_per_class=25`), drawn as TLlib's `x_u_split` with
+  the run's seed (each seed labels its own examples, and every method of one
+  seed the same ones); `--config.data.source_subset_seed=K` fixes the draw.
+
+  From scratch by default; from a pretrained network as TLlib's
+  `--finetune`: `--config.model.init=<workdir or checkpoint>` with
+  `SSL_PRETRAINED` (its backbone at 0.1x the rate, a new bottleneck and head),
+  e.g. an ERM run on SynthDigits for `ssl_digits`:
+
+      python -m tljax.main --config=configs/source_only.py:synth --workdir=/tmp/tljax/pretrain_synth
+      python -m tljax.main --config=configs/fixmatch.py:ssl_digits --workdir=/tmp/tljax/fixmatch_ssl \\
+          --config.model.init=/tmp/tljax/pretrain_synth "--config.model.dont_load=('bottleneck/.*', 'head/.*')" \\
+          "--config.param_groups=(('classifier/backbone/.*', 0.1), ('.*', 1.0))"
+
+  TLlib's semi-supervised classifier: bottleneck (here 256 wide) with
+  BatchNorm, ReLU and dropout 0.5. TLlib's optimizer (SGD, Nesterov, weight
+  decay 5e-4, `lr (1 + 0.0004 step)^-0.75`, batch 32 labelled + 32
+  unlabelled), with one learning rate for every method on these tasks (0.01;
+  TLlib tunes it per method and dataset, recorded in each method's config),
+  so that comparisons isolate the unlabelled loss. Weak augmentation: a shift
+  of up to 2 pixels (`digits`, FixMatch's flip-and-shift without the flip);
+  strong: `digits_strong`. Validators are off (they read every unlabelled
+  example at each evaluation; `--config.validation.validators=snd,...` turns
+  them on).
+  """
+  config.source = config.target = SSL_DATASETS[arg]
+  config.source_split = config.target_split = "train"
+  config.eval_source_split = config.eval_target_split = "test"
+  config.source_val_split = ""
+  config.validation.validators = ()
+  config.data.labels_per_class = 4
+  # A derived reference: the draw follows the run's seed, and an explicit
+  # source_subset_seed replaces it without also changing the seed.
+  config.data.source_subset_seed = config.get_ref("seed") + 0
+  config.data.train_preprocess = ml_collections.ConfigDict({"name": "digits",
+                                                            "random_shift": 2})
+  config.data.strong_preprocess = ml_collections.ConfigDict({"name": "digits_strong"})
+  config.model.bottleneck_dropout = 0.5
+  config.optimizer.weight_decay = 5e-4
+  config.schedule.gamma = 0.0004
+  config.batch_size = 32
+  config.total_steps = 2000
 
 
 def terms_method(name: str, forward: str, terms: dict[str, ml_collections.ConfigDict], *,
