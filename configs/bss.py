@@ -7,7 +7,7 @@
 `eta sum_{i<=k} sigma_{-i}^2` of the batch's feature matrix. TLlib's
 hyperparameters (`bss.py`): k 1, trade-off (eta) 0.001, weight decay 5e-4; the
 rest of TLlib's fine-tuning recipe as in `configs/finetune.py` (tasks digits,
-synth, synth_m, office31).
+synth, synth_m, mnist_m, mnist_digits, office31).
 """
 
 import ml_collections

@@ -10,7 +10,7 @@ predictions on the training split, and its cross-entropy towards
 `relationship[y_t]` is added. TLlib's hyperparameters (`co_tuning.py`):
 trade-off 2.3, the source head at the backbone's 0.1x rate, weight decay 5e-4;
 the rest of TLlib's fine-tuning recipe as in `configs/finetune.py` (tasks
-digits, synth, synth_m, office31: ImageNet's 1000 classes).
+digits, synth, synth_m, mnist_m, mnist_digits, office31: ImageNet's 1000 classes).
 """
 
 import ml_collections

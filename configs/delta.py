@@ -13,10 +13,10 @@ tljax/methods/delta.py), plus an L2 penalty on the new head.
 hyperparameters (`delta.py`): regularization attention_feature_map,
 trade-off-backbone 0.01, trade-off-head 0.01, weight decay 0, attention softmax
 temperature 5; the rest of TLlib's fine-tuning recipe as in
-`configs/finetune.py` (tasks digits, synth, synth_m, office31). TLlib trains the
-attention classifier with SGD at lr 0.01 for 10 epochs of batches of 32; here
-it is fitted by full-batch SGD on the frozen starting features (300 steps at
-0.1).
+`configs/finetune.py` (tasks digits, synth, synth_m, mnist_m, mnist_digits,
+office31). TLlib trains the attention classifier with SGD at lr 0.01 for 10
+epochs of batches of 32; here it is fitted by full-batch SGD on the frozen
+starting features (300 steps at 0.1).
 """
 
 import ml_collections

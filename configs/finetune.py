@@ -16,6 +16,8 @@ Tasks (`:<task>`), each the target of a `configs/source_only.py` pretraining:
   digits   -> digits_m        (pretrain: configs/source_only.py:digits, on digits)
   synth    -> digits_full     (pretrain: configs/source_only.py:synth, on synth_digits)
   synth_m  -> digits_m_full   (pretrain: configs/source_only.py:synth, on synth_digits)
+  mnist_m  -> mnist5k_m       (pretrain: configs/source_only.py:mnist_m, on mnist5k)
+  mnist_digits -> digits_full (pretrain: configs/source_only.py:mnist_digits, on mnist5k_8x8)
   office31 -> office31/webcam (an ImageNet ResNet-50 file; 80% train / 20% test)
 
 TLlib's fine-tuning recipe: SGD (momentum 0.9, Nesterov, lr 0.01, weight
@@ -31,13 +33,15 @@ import ml_collections
 from configs import default
 
 TARGETS = {"digits": "digits_m", "synth": "digits_full", "synth_m": "digits_m_full",
-           "office31": "office31/webcam"}
+           "mnist_m": "mnist5k_m", "mnist_digits": "digits_full", "office31": "office31/webcam"}
 
 # The parameters a pretrained tljax classifier provides (backbone and
 # bottleneck); a torchvision checkpoint provides the backbone alone.
 PRETRAINED = {"digits": "classifier/(backbone|bottleneck)/.*",
               "synth": "classifier/(backbone|bottleneck)/.*",
               "synth_m": "classifier/(backbone|bottleneck)/.*",
+              "mnist_m": "classifier/(backbone|bottleneck)/.*",
+              "mnist_digits": "classifier/(backbone|bottleneck)/.*",
               "office31": "classifier/backbone/.*"}
 
 

@@ -9,7 +9,7 @@ backbone and bottleneck of a tljax run) plus `beta/2 |w|^2` on the new head.
 TLlib's hyperparameters (its `delta.py --regularization-type l2_sp`):
 trade-off-backbone (alpha) 0.01, trade-off-head (beta) 0.01, weight decay 0
 (the penalties replace it); the rest of TLlib's fine-tuning recipe as in
-`configs/finetune.py` (tasks digits, synth, synth_m, office31).
+`configs/finetune.py` (tasks digits, synth, synth_m, mnist_m, mnist_digits, office31).
 """
 
 import ml_collections

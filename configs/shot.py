@@ -20,7 +20,8 @@ total_steps), batch 64, 15 epochs of the target split.
 Digits: 15 epochs of Digits-M (598 images, 10 steps of 64). Synthetic task:
 15 epochs of the 1,797 target digits (29 steps of 64). In a sweep, a row with
 `"init_from": "source_only"` starts each seed from that seed's source_only run
-(`experiments/grids/synth.py`).
+(`experiments/grids/synth.py`). MNIST tasks: 15 epochs of the target `train`
+split, 1,670 MNIST-M digits (27 steps) or 1,198 UCI digits (19 steps).
 
 Office-31 (ResNet-50, the authors' hyperparameters: lr 0.01, bottleneck 256,
 15 epochs of the target: 195 steps for Webcam; set `total_steps` to
@@ -38,7 +39,8 @@ import ml_collections
 from configs import default
 
 # Batches of 64 in one pass over each task's target split.
-_TARGET_BATCHES = {"digits": 10, "synth": 29, "synth_m": 29, "office31": 13}
+_TARGET_BATCHES = {"digits": 10, "synth": 29, "synth_m": 29, "mnist_m": 27, "mnist_digits": 19,
+                   "office31": 13}
 
 
 def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
