@@ -15,6 +15,9 @@ embedded digit domains, test on one never seen) and `'digits_ms'`
 (multi-source: the same domains, the held-out one an unlabelled target);
 `'pacs_dg'`, `'office_home_dg'`, `'domainnet_dg'` (TLlib's DG recipe on
 ResNet-50) and `'office_home_ms'`, `'domainnet_ms'` (multi-source adaptation).
+`get_config('ssl_digits')` / `get_config('ssl_synth')` / `get_config('ssl_mnist')`:
+semi-supervised learning (TLlib's protocol, see `_ssl`) on the 1,797
+scikit-learn digits, on SynthDigits or on the 5,000 MNIST digits.
 `get_config('office31')`: Office-31 A -> W with an
 ImageNet ResNet-50 (TLlib's setting; set `config.model.init` to the torchvision
 checkpoint and `config.manual_dir` to the dataset, other tasks via
@@ -33,7 +36,7 @@ TASKS = ("digits", "synth", "synth_m", "synth_partial", "synth_open_set", "synth
          "mnist_m", "mnist_digits",
          "office31", "office31_partial", "office31_open_set", "office31_universal",
          "digits_dg", "digits_ms", "pacs_dg", "office_home_dg", "domainnet_dg", "office_home_ms",
-         "domainnet_ms")
+         "domainnet_ms", "ssl_digits", "ssl_synth", "ssl_mnist")
 # The label-set protocol (`config.data.label_sets`) of each task that has one.
 LABEL_SETS = {"synth_partial": "digits_partial", "synth_open_set": "digits_open_set",
               "synth_universal": "digits_universal", "office31_partial": "office31_partial",
@@ -52,6 +55,15 @@ OFFICE_HOME_DOMAINS = tuple(f"office_home/{d}" for d in ("art", "clipart", "prod
                                                          "real_world"))
 DOMAINNET_DOMAINS = tuple(f"domainnet/{d}" for d in ("clipart", "infograph", "painting",
                                                      "quickdraw", "real", "sketch"))
+# Semi-supervised tasks: the dataset whose train split is labelled (N per class)
+# and unlabelled (the rest), evaluated on its test split.
+SSL_DATASETS = {"ssl_digits": "digits_full", "ssl_synth": "synth_digits",
+                "ssl_mnist": "mnist5k_full"}
+# The overrides that start a semi-supervised run from a pretrained tljax
+# classifier as TLlib's `--finetune` does: its backbone (at 0.1x the rate), a
+# new bottleneck and head. Add `model.init=<workdir or checkpoint>`.
+SSL_PRETRAINED = {"model.dont_load": ("bottleneck/.*", "head/.*"),
+                  "param_groups": (("classifier/backbone/.*", 0.1), (".*", 1.0))}
 
 
 def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
@@ -238,8 +250,64 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
     tllib_dg(config, arg[:-len("_dg")])
   if arg in ("office_home_ms", "domainnet_ms"):
     _image_multi_source(config, arg[:-len("_ms")])
+  if arg in SSL_DATASETS:
+    _ssl(config, arg)
   config.data.label_sets = LABEL_SETS.get(arg, "")
   return config
+
+
+def _ssl(config: ml_collections.ConfigDict, arg: str) -> None:
+  """Semi-supervised learning, TLlib's protocol (`tljax/data/task.py`): a few
+  labels per class of one training split, the rest of it unlabelled, the
+  test split to evaluate.
+
+  `ssl_digits`: the 1,797 scikit-learn digits (`digits_full`: 1,198 train,
+  599 test). `ssl_synth`: SynthDigits (20,000 train, 2,000 test).
+  `ssl_mnist`: 5,000 real MNIST digits (`mnist5k_full`: 3,330 train, 1,670
+  test). Labels:
+  4 per class (`data.labels_per_class`; TLlib's tables use 4, its scripts also
+  25: `--config.data.labels_per_class=25`), drawn as TLlib's `x_u_split` with
+  the run's seed (each seed labels its own examples, and every method of one
+  seed the same ones); `--config.data.source_subset_seed=K` fixes the draw.
+
+  From scratch by default; from a pretrained network as TLlib's
+  `--finetune`: `--config.model.init=<workdir or checkpoint>` with
+  `SSL_PRETRAINED` (its backbone at 0.1x the rate, a new bottleneck and head),
+  e.g. an ERM run on SynthDigits for `ssl_digits`:
+
+      python -m tljax.main --config=configs/source_only.py:synth --workdir=/tmp/tljax/pretrain_synth
+      python -m tljax.main --config=configs/fixmatch.py:ssl_digits --workdir=/tmp/tljax/fixmatch_ssl \\
+          --config.model.init=/tmp/tljax/pretrain_synth "--config.model.dont_load=('bottleneck/.*', 'head/.*')" \\
+          "--config.param_groups=(('classifier/backbone/.*', 0.1), ('.*', 1.0))"
+
+  TLlib's semi-supervised classifier: bottleneck (here 256 wide) with
+  BatchNorm, ReLU and dropout 0.5. TLlib's optimizer (SGD, Nesterov, weight
+  decay 5e-4, `lr (1 + 0.0004 step)^-0.75`, batch 32 labelled + 32
+  unlabelled), with one learning rate for every method on these tasks (0.01;
+  TLlib tunes it per method and dataset, recorded in each method's config),
+  so that comparisons isolate the unlabelled loss. Weak augmentation: a shift
+  of up to 2 pixels (`digits`, FixMatch's flip-and-shift without the flip);
+  strong: `digits_strong`. Validators are off (they read every unlabelled
+  example at each evaluation; `--config.validation.validators=snd,...` turns
+  them on).
+  """
+  config.source = config.target = SSL_DATASETS[arg]
+  config.source_split = config.target_split = "train"
+  config.eval_source_split = config.eval_target_split = "test"
+  config.source_val_split = ""
+  config.validation.validators = ()
+  config.data.labels_per_class = 4
+  # A derived reference: the draw follows the run's seed, and an explicit
+  # source_subset_seed replaces it without also changing the seed.
+  config.data.source_subset_seed = config.get_ref("seed") + 0
+  config.data.train_preprocess = ml_collections.ConfigDict({"name": "digits",
+                                                            "random_shift": 2})
+  config.data.strong_preprocess = ml_collections.ConfigDict({"name": "digits_strong"})
+  config.model.bottleneck_dropout = 0.5
+  config.optimizer.weight_decay = 5e-4
+  config.schedule.gamma = 0.0004
+  config.batch_size = 32
+  config.total_steps = 2000
 
 
 def terms_method(name: str, forward: str, terms: dict[str, ml_collections.ConfigDict], *,

@@ -13,6 +13,14 @@ without the flip), the strong view is `digits_strong` (RandAugment-like
 affine, brightness and contrast, then cutout); tljax's shared digits
 optimizer.
 
+Semi-supervised tasks (`ssl_digits`, `ssl_synth`, configs/default.py):
+TLlib's semi-supervised `fixmatch.py`, threshold 0.7 (its CIFAR-10 run with 4
+labels per class, and most of its runs), trade-off 1, labelled strong-view
+cross-entropy at 0.1; its CIFAR-10 learning rate: 0.003 (the shared 0.01 of
+the embedded tasks):
+
+    python -m tljax.main --config=configs/fixmatch.py:ssl_digits --workdir=/tmp/tljax/fixmatch_ssl
+
 Office-31 (ResNet-50, TLlib's hyperparameters for A -> W: lr 0.001,
 lr-gamma 0.0004, wd 1e-3, bottleneck 256, 20 epochs x 1000 iterations
 (TLlib fixmatch.sh); strong view `imagenet_strong`, RandAugment
@@ -37,7 +45,10 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
       "threshold": 0.9,
       "trade_off": 1.0,
   })
-  if arg == "office31":
+  if arg in default.SSL_DATASETS:
+    config.method.threshold = 0.7
+    config.method.trade_off_cls_strong = 0.1
+  elif arg == "office31":
     config.data.strong_preprocess = ml_collections.ConfigDict({"name": "imagenet_strong",
                                                                "scale": (0.5, 1.0)})
     config.optimizer.learning_rate = 0.001

@@ -44,6 +44,8 @@ _TARGET_BATCHES = {"digits": 10, "synth": 29, "synth_m": 29, "mnist_m": 27, "mni
 
 
 def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
+  if arg not in _TARGET_BATCHES:
+    raise ValueError(f"unknown SHOT task {arg!r}: choose one of {sorted(_TARGET_BATCHES)}")
   config = default.get_config(arg)
   office = arg == "office31"
   config.method = ml_collections.ConfigDict({

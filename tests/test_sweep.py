@@ -99,6 +99,21 @@ def test_init_from_points_each_run_at_its_parents_workdir(tmp_path):
     sweep.expand(cyclic)
 
 
+def test_init_field_hands_the_parents_workdir_to_another_field(tmp_path):
+  grid = {"methods": {"erm": "configs/source_only.py:ssl_digits",
+                      "round1": {"config": "configs/noisy_student.py:ssl_digits",
+                                 "init_from": "erm", "init_field": "method.teacher"}},
+          "tasks": {"t": {"model.init": "/pretrained"}}, "seeds": [0]}
+  round1 = next(r for r in sweep.expand(grid) if r.method == "round1")
+  command = round1.command(str(tmp_path))
+  parent = os.path.abspath(os.path.join(str(tmp_path), "erm", "t", "seed0"))
+  assert f"--config.method.teacher={parent}" in command
+  assert "--config.model.init=/pretrained" in command  # the student's own start is kept
+  grid["methods"]["round1"]["overrides"] = {"method.teacher": "/elsewhere"}
+  with pytest.raises(ValueError, match="give init_from or a method.teacher override"):
+    sweep.expand(grid)
+
+
 def test_local_launch_starts_a_run_after_its_parent_and_skips_it_when_the_parent_fails(
     tmp_path, monkeypatch):
   out = str(tmp_path / "sweep")

@@ -217,6 +217,8 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
   sampling = config.data.get("source_sampling", "per_domain")
   method.check_task(labels, has_target=has_target, num_source_domains=num_source_domains,
                     source_sampling=sampling if num_source_domains > 1 else "per_domain")
+  for views in (method.source_views, method.target_views):
+    view_preprocessing(config, views, None)  # a missing view's config fails here, before writing
   per_step = domains_per_step(config, num_source_domains)
   # With per-domain sampling each domain in a step gives `batch_size` examples.
   domain_batch_size = config.batch_size if (sampling == "per_domain"
@@ -705,29 +707,46 @@ def domains_per_step(config, num_source_domains: int) -> int:
   return chosen
 
 
+def view_preprocessing(config, view_names: Sequence[str], train_pp):
+  """The preprocessing of a training example read as `image` (`train_pp`)
+  plus the views `view_names`: `image_<v>` is `config.data.<v>_preprocess`
+  (e.g. `image_strong`, `config.data.strong_preprocess`). Without views, `train_pp`.
+
+  Raises:
+    ValueError: a view whose preprocessing the config does not set.
+  """
+  if not view_names:
+    return train_pp
+  views = {"image": train_pp}
+  for view in view_names:
+    field = f"{view[len('image_'):]}_preprocess"
+    if not view.startswith("image_") or field not in config.data:
+      raise ValueError(f"the method reads the view {view!r} of each example, and "
+                       f"config.data.{field} is not set; set it (e.g. "
+                       f"--config.data.{field}.name=digits_strong)")
+    views[view] = preprocess.from_config(config.data[field], config.data.image_size)
+  return preprocess.multi_view(views)
+
+
 def train_batches(config, domains: Domains, method, first_step: int,
                   sharding: NamedSharding) -> Iterator[dict]:
   """`{'source': ..., 'target': ...}` global batches of the domains the method
   reads, from step `first_step` on, as global arrays sharded by `sharding`.
 
   `source` holds `image`, `label`, `index` (the example's position in its
-  domain's split) and `domain`; `target` the same without `label` (target labels
-  never reach the step), plus the views in `method.target_views`."""
+  domain's split) and `domain`, plus the views in `method.source_views`;
+  `target` the same without `label` (target labels never reach the step), plus
+  the views in `method.target_views`."""
   kwargs = dict(global_batch_size=config.batch_size, start_step=first_step,
                 process_index=jax.process_index(), process_count=jax.process_count(),
                 num_threads=config.data.num_threads, num_workers=config.data.num_workers)
   train_pp = preprocess.from_config(config.data.train_preprocess, config.data.image_size)
   streams = {}
   if "source" in method.inputs:
-    streams["source"] = _source_stream(config, domains, train_pp, **kwargs)
+    source_pp = view_preprocessing(config, method.source_views, train_pp)
+    streams["source"] = _source_stream(config, domains, source_pp, **kwargs)
   if "target" in method.inputs:
-    target_pp = train_pp
-    if method.target_views:
-      views = {"image": train_pp}
-      views.update({v: preprocess.from_config(config.data[f"{v[len('image_'):]}_preprocess"],
-                                              config.data.image_size)
-                    for v in method.target_views})
-      target_pp = preprocess.multi_view(views)
+    target_pp = view_preprocessing(config, method.target_views, train_pp)
     streams["target"] = pipeline.train_batches(domains.target_train, preprocess=target_pp,
                                                seed=2 * config.seed + 1, **kwargs)
   for i, (key, (train_split, _)) in enumerate(sorted(domains.extra.items())):
@@ -1120,7 +1139,9 @@ def _evaluate(run: Run, setup: Setup, domains: Domains, state: TrainState) -> di
     same_target = (config.target_split == config.eval_target_split
                    or len(domains.target_train) == len(domains.target_eval) and
                    domains.target_eval.split == domains.target_train.split)
-    unlabelled = target if same_target else predict(domains.target_train)
+    # The unlabelled split is predicted only for the validators that read it.
+    unlabelled = None if not config.validation.validators else (
+        target if same_target else predict(domains.target_train))
     target_report = evaluation.task_report(target, labels,
                                            _predicted(setup, state, target, labels, config))
     # The oracle is the task's target measure (accuracy, H-score or MAE), read

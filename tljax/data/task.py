@@ -26,6 +26,15 @@ embedded digits ones). Target classes are matched to the labelled classes by
 *name*; target-private classes all become one "unknown" label, which only
 evaluation reads (target labels never reach the train step).
 
+Semi-supervised learning is TLlib's protocol: `config.data.labels_per_class
+= N` labels N examples of each class of the labelled split, drawn as TLlib's
+`x_u_split` draws them (`split_labelled`, seeded by
+`config.data.source_subset_seed`, which the semi-supervised tasks of
+`configs/default.py` tie to the run's seed, as TLlib seeds it with `--seed`);
+when `config.target` names the same dataset and split, the rest of that split
+is the unlabelled domain (its labels never reach the step), and evaluation
+reads the target's `eval_target_split` (the test split).
+
 Everything here is a cheap view over a domain's examples (`views.subset`):
 nothing is copied or rebuilt.
 """
@@ -364,18 +373,38 @@ def restrict_classes(domain: Domain, keep: Sequence[int], table: np.ndarray | No
 
 def stratified_count_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
   """A seeded, class-balanced subset: `per_class` examples of every class
-  present (all of a class with fewer), sorted."""
+  present, sorted.
+
+  TLlib's `x_u_split` draw: one `np.random.RandomState(seed)`, and for each
+  class in increasing order `choice(members, per_class, replace=False)`, so a
+  seed labels the same examples as TLlib's semi-supervised examples do on the
+  same split (the legacy generator is what keeps that equality).
+
+  Raises:
+    ValueError: `per_class` <= 0, or a class with fewer than `per_class` examples.
+  """
   if per_class <= 0:
     raise ValueError(f"config.data.labels_per_class={per_class} must be > 0")
-  rng = np.random.default_rng(seed)
-  kept = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
+  rng = np.random.RandomState(seed)  # pylint: disable=no-member
+  kept = []
+  for label in np.unique(labels):
+    members = np.flatnonzero(labels == label)
+    if len(members) < per_class:
+      raise ValueError(f"config.data.labels_per_class={per_class}: class {label} has only "
+                       f"{len(members)} examples; lower labels_per_class to {len(members)} "
+                       "or fewer")
+    kept.append(rng.choice(members, per_class, replace=False))
   return np.sort(np.concatenate(kept))
 
 
 def split_labelled(domain: Domain, per_class: int, seed: int) -> tuple[Domain, Domain]:
   """The semi-supervised protocol's two parts of one split: `per_class`
-  labelled examples of each class (seeded), and the rest (whose labels the
-  trainer never passes to the step)."""
+  labelled examples of each class (seeded, `stratified_count_indices`), and
+  the rest (whose labels the trainer never passes to the step).
+
+  Raises:
+    ValueError: as `stratified_count_indices`, or nothing left unlabelled.
+  """
   labels = views.domain_labels(domain)
   labelled = stratified_count_indices(labels, per_class, seed)
   rest = np.setdiff1d(np.arange(len(labels)), labelled)

@@ -37,6 +37,11 @@ from tljax.losses.reweight import (class_weighted_cross_entropy, iwan_importance
                                    uan_transferability)
 from tljax.losses.self_training import (class_balance_loss, confidence_self_training_loss,
                                         l2_consistency_loss)
+from tljax.losses.semi_supervised import (enqueue_per_class, flexmatch_thresholds,
+                                          pseudo_group_contrastive, sigmoid_warm_up,
+                                          soft_cross_entropy, strong_weak_consistency,
+                                          tsa_cross_entropy, tsa_threshold,
+                                          worst_case_estimation)
 
 __all__ = [
     "GaussianKernel", "kernel_bank", "gaussian_kernel_matrices",
@@ -54,6 +59,9 @@ __all__ = [
     "information_maximization",
     "pada_class_weights", "class_weighted_cross_entropy", "pada_adversarial_weights",
     "iwan_importance_weights", "uan_transferability", "uan_normalize", "unknown_class_bce",
+    "sigmoid_warm_up", "strong_weak_consistency", "tsa_threshold", "tsa_cross_entropy",
+    "flexmatch_thresholds", "worst_case_estimation", "pseudo_group_contrastive",
+    "enqueue_per_class", "soft_cross_entropy",
     "l2", "starting_point_l2", "behavioral_regularization", "attention_behavioral_regularization",
     "channel_attention", "batch_spectral_shrinkage", "co_tuning_loss", "category_relationship",
 ]

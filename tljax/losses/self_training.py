@@ -52,19 +52,23 @@ def confidence_self_training_loss(logits: jax.Array, teacher_logits: jax.Array, 
 
 
 def l2_consistency_loss(probs: jax.Array, teacher_probs: jax.Array,
-                        mask: jax.Array | None = None) -> jax.Array:
-  """`mean_i m_i ||p_i - q_i||^2`: TLlib's `L2ConsistencyLoss` (mean reduction).
+                        mask: jax.Array | None = None, *, reduction: str = "mean") -> jax.Array:
+  """`mean_i m_i ||p_i - q_i||^2`: TLlib's `L2ConsistencyLoss` (mean reduction;
+  `reduction='sum'`: the sum over the batch, its semi-supervised mean teacher's).
 
   Args:
     probs: `(n, C)` student probabilities.
     teacher_probs: `(n, C)` teacher probabilities (not detached here: the
       caller decides what gets a gradient).
     mask: optional `(n,)` weights.
+    reduction: 'mean' or 'sum' over the batch.
   """
+  if reduction not in ("mean", "sum"):
+    raise ValueError(f"reduction={reduction!r}: choose 'mean' or 'sum'")
   distances = jnp.sum(jnp.square(as_float(probs) - as_float(teacher_probs)), axis=-1)
   if mask is not None:
     distances = distances * mask
-  return jnp.mean(distances)
+  return jnp.mean(distances) if reduction == "mean" else jnp.sum(distances)
 
 
 def class_balance_loss(probs: jax.Array) -> jax.Array:

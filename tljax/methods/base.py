@@ -432,6 +432,9 @@ class Method:
       'target')` or `('target',)` (source-free). Only these reach the step.
     target_views: preprocessed views of each target example besides
       `image`, e.g. `('image_strong',)` (`config.data.strong_preprocess`).
+    source_views: the same for each labelled example (TLlib's
+      semi-supervised methods add a cross-entropy on a strong view of the
+      labelled batch); an instance may make it a property of its fields.
     refresh_every: > 0 calls `refresh` before the steps `0, N, 2N, ...`
       (e.g. pseudo-labels recomputed over the whole target split);
       `REFRESH_ONCE`: once, before step 0. A method whose period depends on
@@ -443,6 +446,7 @@ class Method:
 
   inputs: ClassVar[tuple[str, ...]] = ("source", "target")
   target_views: ClassVar[tuple[str, ...]] = ()
+  source_views: ClassVar[tuple[str, ...]] = ()
   refresh_every: ClassVar[int] = 0
   refresh_domain: ClassVar[str] = "target"
   label_kinds: ClassVar[tuple[str, ...]] = ("classification",)

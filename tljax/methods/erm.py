@@ -24,13 +24,31 @@ from tljax.methods import base, register, terms
 @register("source_only")
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SourceOnly(base.Method):
-  """ERM: the supervised loss on the source batch, which alone goes through the network."""
+  """ERM: the supervised loss on the source batch, which alone goes through the network.
+
+  Attributes:
+    trade_off_cls_strong: > 0 adds this weight times the loss on a strong view
+      of the labelled batch (`terms.labelled_loss`): TLlib's semi-supervised
+      ERM (`erm.py`, 0.1), the baseline of its semi-supervised methods.
+  """
 
   inputs = ("source",)
   label_kinds = ("classification", "regression")
 
+  trade_off_cls_strong: float = 0.0
+
+  @property
+  def source_views(self) -> tuple[str, ...]:
+    return ("image_strong",) if self.trade_off_cls_strong else ()
+
   def loss(self, ctx, variables, batch, step, rng):
-    return terms.source_only_loss(ctx, variables, batch, rng)
+    if not self.trade_off_cls_strong:
+      return terms.source_only_loss(ctx, variables, batch, rng)
+    source = batch["source"]
+    cls_loss, logits, variables = terms.labelled_loss(
+        ctx, variables, source, rng, trade_off_strong=self.trade_off_cls_strong)
+    return cls_loss, (variables, {"cls_loss": cls_loss,
+                                  **ctx.supervised_metrics(logits, source["label"])})
 
 
 @register("adabn")

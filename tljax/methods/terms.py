@@ -133,12 +133,21 @@ class TermsMethod(base.Method):
       counts (reversal warm start, progressive weight) start at that point.
     pretrain_lr_scale: the pre-training learning rate relative to the main
       one (TLlib's BSP: 0.001 / 0.003).
+    trade_off_cls_strong: > 0 adds this weight times the supervised loss on a
+      strong view of the labelled batch (`image_strong`,
+      `config.data.strong_preprocess`), TLlib's semi-supervised examples'
+      `trade_off_cls_strong`; its pass follows the domains' passes.
   """
 
   terms: tuple[tuple[str, Term], ...]
   forward: str
   pretrain_steps: int
   pretrain_lr_scale: float
+  trade_off_cls_strong: float = 0.0
+
+  @property
+  def source_views(self) -> tuple[str, ...]:
+    return ("image_strong",) if self.trade_off_cls_strong else ()
 
   def __post_init__(self):
     if self.forward not in FORWARDS:
@@ -177,6 +186,11 @@ class TermsMethod(base.Method):
                                              source["label"], forward_rng,
                                              joint=self.forward == "joint")
     cls_loss = ctx.supervised_loss(outputs.source_logits, outputs.source_labels)
+    if self.trade_off_cls_strong:
+      (_, strong_logits), variables = ctx.apply_classifier(
+          variables, source["image_strong"], train=True, rng=jax.random.fold_in(forward_rng, 1))
+      cls_loss = cls_loss + self.trade_off_cls_strong * ctx.supervised_loss(
+          strong_logits, source["label"])
     transfer = jnp.zeros((), float)
     metrics = {}
     for (name, term), key in zip(self.terms, jax.random.split(term_rng, max(len(self.terms), 1))):
@@ -212,6 +226,30 @@ def source_only_loss(ctx: base.StepContext, variables: base.Variables, batch: di
   cls_loss = ctx.supervised_loss(logits, source["label"])
   return cls_loss, (variables, {"cls_loss": cls_loss,
                                 **ctx.supervised_metrics(logits, source["label"])})
+
+
+def labelled_loss(ctx: base.StepContext, variables: base.Variables, source: dict,
+                  rng: jax.Array, *, trade_off_strong: float
+                  ) -> tuple[jax.Array, jax.Array, base.Variables]:
+  """The labelled batch's loss in TLlib's semi-supervised examples:
+
+      L = CE(f(x_l), y_l) + trade_off_strong * CE(f(x_l_strong), y_l)
+
+  one training pass over `image`, then (when `trade_off_strong` > 0) one over
+  its strong view `image_strong` (`Method.source_views`).
+
+  Returns:
+    `(loss, logits of image, variables)`.
+  """
+  weak_rng, strong_rng = jax.random.split(rng)
+  (_, logits), variables = ctx.apply_classifier(variables, source["image"], train=True,
+                                                rng=weak_rng)
+  loss = ctx.supervised_loss(logits, source["label"])
+  if trade_off_strong:
+    (_, strong_logits), variables = ctx.apply_classifier(variables, source["image_strong"],
+                                                         train=True, rng=strong_rng)
+    loss = loss + trade_off_strong * ctx.supervised_loss(strong_logits, source["label"])
+  return loss, logits, variables
 
 
 def source_only_update(ctx: base.StepContext, state: base.TrainState, batch: dict,
@@ -314,11 +352,14 @@ def create_terms_method(name: str, method_config: dict[str, Any], *, num_classes
       where = "config.method" if len(parts) == 1 else f"config.method.{part}"
       raise ValueError(f"{where} lacks {missing}, which {part!r} needs (see configs/{part}.py)")
     terms.append((part, cls(**kwargs)))
-  missing = sorted(method_fields - set(top))
+  required = {f.name for f in dataclasses.fields(TermsMethod)
+              if f.default is dataclasses.MISSING} - {"terms"}
+  missing = sorted(required - set(top))
   if missing:
     raise ValueError(f"config.method lacks {missing} (see configs/{parts[0]}.py)")
   return TermsMethod(terms=tuple(terms), **{k: convert(v) for k, v in top.items()})
 
 
 __all__ = ["Term", "ReversalTerm", "TermsMethod", "register_term", "term_names", "get_term",
-           "layer", "phase_cond", "pretrain_then", "source_only_loss", "source_only_update", "create_terms_method", "FORWARDS"]
+           "layer", "phase_cond", "pretrain_then", "source_only_loss", "labelled_loss",
+           "source_only_update", "create_terms_method", "FORWARDS"]

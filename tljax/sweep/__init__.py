@@ -13,7 +13,9 @@ Office-31 rows beside its embedded ones):
               {"config": spec, "overrides": {field: value}} for that method only,
               optionally with "init_from": another row's name: each run then
               starts from that row's run of the same task and seed
-              (`model.init` = its workdir), e.g. SHOT from `source_only`}
+              (`model.init` = its workdir), e.g. SHOT from `source_only`;
+              "init_field" names another config field to receive that
+              workdir, e.g. `method.teacher` (Noisy Student's rounds)}
     tasks:   {column name: {config field: value}}, e.g. {"A→W": {"source": ..., "target": ...}}
     seeds:   [0, 1, 2]
     overrides (optional): {config field: value} applied to every run
@@ -78,6 +80,7 @@ class Run:
   spec: str
   overrides: tuple[tuple[str, Any], ...]
   init_from: str | None = None  # the row whose run (same task and seed) this one starts from
+  init_field: str = "model.init"  # the config field that receives that run's workdir
 
   @property
   def name(self) -> str:
@@ -97,7 +100,7 @@ class Run:
             f"--config.seed={self.seed}"]
     args += [f"--config.{key}={_flag_value(value)}" for key, value in self.overrides]
     if self.init_from is not None:
-      args.append(f"--config.model.init={os.path.abspath(self.parent().workdir(out))}")
+      args.append(f"--config.{self.init_field}={os.path.abspath(self.parent().workdir(out))}")
     return args
 
 
@@ -145,15 +148,16 @@ def expand(grid: dict[str, Any]) -> list[Run]:
   common = dict(grid.get("overrides", {}))
   runs = []
   for method, spec in grid["methods"].items():
-    method_overrides, init_from = {}, None
+    method_overrides, init_from, init_field = {}, None, "model.init"
     if isinstance(spec, dict):
-      init_from = spec.get("init_from")
+      init_from, init_field = spec.get("init_from"), spec.get("init_field", "model.init")
       spec, method_overrides = spec["config"], dict(spec.get("overrides", {}))
       if init_from is not None and init_from not in grid["methods"]:
         raise ValueError(f"method {method!r}: init_from={init_from!r} is not a row of the grid "
                          f"(rows: {sorted(grid['methods'])})")
-      if init_from is not None and "model.init" in method_overrides:
-        raise ValueError(f"method {method!r}: give init_from or a model.init override, not both")
+      if init_from is not None and init_field in method_overrides:
+        raise ValueError(f"method {method!r}: give init_from or a {init_field} override, "
+                         "not both")
     chain, row = [method], init_from
     while row is not None:  # init_from links must end at a row that starts fresh
       if row in chain:
@@ -164,7 +168,8 @@ def expand(grid: dict[str, Any]) -> list[Run]:
     for task, task_overrides in grid["tasks"].items():
       for seed in grid["seeds"]:
         overrides = {**common, **method_overrides, **task_overrides}
-        runs.append(Run(method, task, int(seed), spec, tuple(sorted(overrides.items())), init_from))
+        runs.append(Run(method, task, int(seed), spec, tuple(sorted(overrides.items())),
+                        init_from, init_field))
   return runs
 
 
