@@ -10,6 +10,13 @@ Office-31 (ResNet-50, TLlib's hyperparameters: lr 0.01, lr-gamma 0.001, wd 1e-3,
 
     python -m tljax.main --config=configs/dann.py:office31 --workdir=/tmp/tljax/dann_a2w \\
         --config.model.init=/path/to/resnet50.safetensors --config.manual_dir=/path/to/office31
+
+Regression (TLlib's `image_regression/dann.py` and `dann.sh`: the same
+discriminator and reversal on a bottleneck Linear(256) -> ReLU without
+BatchNorm, one pass per domain, a sigmoid head, the mean squared error, wd
+1e-3, batch 36, 40 epochs), e.g. the embedded Color -> Noisy sprites:
+
+    python -m tljax.main --config=configs/dann.py:sprites_c2n --workdir=/tmp/tljax/dann_c2n
 """
 
 import ml_collections
@@ -33,6 +40,12 @@ def term(task: str = "digits") -> ml_collections.ConfigDict:
 
 def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config = default.get_config(arg)
+  if default.is_regression(arg):
+    config.method = default.terms_method("dann", "per_domain", {"dann": term(arg)})
+    default.regression_recipe(config, arg, bottleneck_dim=256, bottleneck_norm=False,
+                              weight_decay=1e-3, batch_size={"dsprites": 36, "mpi3d": 36},
+                              epochs={"dsprites": 40, "mpi3d": 40})
+    return config
   config.method = default.terms_method("dann", "joint", {"dann": term(arg)})
   if arg == "office31":
     config.total_steps = 20000

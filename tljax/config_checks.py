@@ -55,6 +55,10 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("model.bottleneck_dropout", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("model.head_hidden", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
     ("model.head_dropout", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("model.output_activation", lambda v: v in ("", "sigmoid"), "'' or 'sigmoid'"),
+    ("label_kind", lambda v: v in ("", "classification", "regression"),
+     "'classification', 'regression' or '' (the domains' kind)"),
+    ("regression_loss", lambda v: v in ("l1", "l2"), "'l2' (mean squared error) or 'l1'"),
 )
 
 # Method fields checked wherever they appear (also inside composed terms).

@@ -205,6 +205,10 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
                                  tuple(str(c) for c in range(num_classes)))
   method = create_method(config.method, num_classes=num_classes)
   method.check_task(labels, has_target=has_target, num_source_domains=num_source_domains)
+  if config.model.get("output_activation") and labels.kind != task_lib.REGRESSION:
+    raise ValueError(f"config.model.output_activation={config.model.output_activation!r} bounds "
+                     f"regression outputs, and this task is {labels.kind} ({labels.describe()}); "
+                     "set --config.model.output_activation=''")
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   if input_shape is None:
     input_shape = (config.data.image_size, config.data.image_size, 3)
@@ -463,6 +467,14 @@ def _label_space(config, labelled: list[_Raw], target: _Raw | None,
   if len(kinds) > 1:
     raise ValueError(f"the domains mix classification and regression labels ({config.source} "
                      f"-> {config.target or config.test_domains}); a run has one kind of label")
+  declared = config.get("label_kind", "")
+  if declared and declared != first.label_kind:
+    what = (f"factors {', '.join(first.factor_names)}" if first.factor_names
+            else f"{first.num_classes} classes")
+    raise ValueError(f"config.label_kind={declared!r}: this config is for {declared} tasks, and "
+                     f"{first.name} is a {first.label_kind} domain ({what}); run a "
+                     f"{first.label_kind} task's config (configs/default.py: TASKS) or set "
+                     f"--config.label_kind={first.label_kind}")
   preset = task_lib.preset(config.data.label_sets) if config.data.label_sets else None
   if first.label_kind == task_lib.REGRESSION:
     if preset or config.data.source_classes or config.data.target_classes or (

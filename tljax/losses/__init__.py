@@ -21,13 +21,14 @@ from tljax.losses.kernels import GaussianKernel, gaussian_kernel_matrices, kerne
 from tljax.losses.lmmd import lmmd, lmmd_weights
 from tljax.losses.mcc import mcc
 from tljax.losses.mcd import classifier_discrepancy, mcd_entropy
-from tljax.losses.mdd import mdd, shift_log
+from tljax.losses.mdd import mdd, regression_mdd, shift_log
 from tljax.losses.mmd import (dan_kernel_weights, kernel_mmd, max_test_power_weights, mk_mmd,
                               mmd)
 from tljax.losses.regularization import (attention_behavioral_regularization,
                                          batch_spectral_shrinkage, behavioral_regularization,
                                          category_relationship, channel_attention,
                                          co_tuning_loss, l2, starting_point_l2)
+from tljax.losses.rsd import rsd, subspace_distance
 from tljax.losses.self_training import (class_balance_loss, confidence_self_training_loss,
                                         l2_consistency_loss)
 
@@ -39,7 +40,8 @@ __all__ = [
     "scale_gradient", "gradient_reversal", "warm_start_coeff",
     "domain_adversarial_loss", "domain_accuracy", "inverted_label_loss",
     "multilinear_map", "randomized_multilinear_map", "init_randomized_map", "entropy_weights",
-    "mcc", "mdd", "shift_log", "bsp", "adaptive_feature_norm", "entropy", "entropy_loss",
+    "mcc", "mdd", "regression_mdd", "shift_log", "rsd", "subspace_distance",
+    "bsp", "adaptive_feature_norm", "entropy", "entropy_loss",
     "bnm", "lmmd", "lmmd_weights", "classifier_discrepancy", "mcd_entropy",
     "confidence_self_training_loss", "l2_consistency_loss", "class_balance_loss",
     "information_maximization",

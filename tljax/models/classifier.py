@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tljax.models.heads import batch_norm_scale_init, create_head, dense
+from tljax.models.heads import batch_norm_scale_init, create_head, dense, output_activation
 from tljax.models.layers import BatchNorm
 
 
@@ -66,12 +66,15 @@ class Classifier(nn.Module):
     bottleneck_dim: 0 for no bottleneck (features = pooled backbone output).
     bottleneck_norm: BatchNorm in the bottleneck.
     bottleneck_dropout: dropout after the bottleneck's ReLU.
-    head_type: 'linear', 'two_layer' (TLlib's MDD head) or 'mcd' (MCD's
-      three-layer head); '' picks 'two_layer' when `head_hidden` > 0, else 'linear'.
-    head_hidden: the hidden width of a 'two_layer' or 'mcd' head.
+    head_type: 'linear', 'two_layer' (TLlib's MDD head), 'mcd' (MCD's
+      three-layer head) or 'bn_mlp' (TLlib's DD regressor head); '' picks
+      'two_layer' when `head_hidden` > 0, else 'linear'.
+    head_hidden: the hidden width of a 'two_layer', 'mcd' or 'bn_mlp' head.
     head_dropout: dropout inside those heads.
     bottleneck_l2_preserving_dropout: TLlib's AFN dropout (see `Bottleneck`).
     init_scheme: init scheme of the bottleneck and head (`tljax.models.heads.INIT_SCHEMES`).
+    output_activation: '' (logits, unbounded) or 'sigmoid' (TLlib's regressors:
+      factors in [0, 1]); the second output goes through it.
     frozen_norm: regex of BatchNorm paths that keep their running statistics.
     dtype: compute dtype (features and logits are returned in fp32, or fp64
       when computing in fp64).
@@ -87,6 +90,7 @@ class Classifier(nn.Module):
   head_dropout: float = 0.5
   bottleneck_l2_preserving_dropout: bool = False
   init_scheme: str = "torch"
+  output_activation: str = ""
   frozen_norm: str = ""
   dtype: Any = jnp.float32
 
@@ -102,5 +106,6 @@ class Classifier(nn.Module):
     logits = create_head(head_type, self.num_classes, hidden=self.head_hidden,
                          dropout=self.head_dropout, dtype=self.dtype, init=self.init_scheme,
                          name="head")(features, train)
+    logits = output_activation(self.output_activation, logits)
     out = jnp.promote_types(self.dtype, jnp.float32)
     return features.astype(out), logits.astype(out)
