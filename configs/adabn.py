@@ -19,4 +19,6 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config.method = ml_collections.ConfigDict({"name": "adabn"})
   if arg == "office31":
     source_only.erm_office31(config)
+  if default.is_regression(arg):
+    source_only.erm_regression(config, arg)
   return config

@@ -19,6 +19,13 @@ Label sets that differ (the closed-set method as a baseline, TLlib's runs):
 `office31_partial` (TLlib's partial dann.sh: lr 0.002, batch 36, 5 epochs x
 1000 iterations) and `office31_open_set` (TLlib's open-set dann.sh: lr 0.002,
 batch 32, 20 epochs x 500 iterations, unknown below probability 0.9).
+
+Regression (TLlib's `image_regression/dann.py` and `dann.sh`: the same
+discriminator and reversal on a bottleneck Linear(256) -> ReLU without
+BatchNorm, one pass per domain, a sigmoid head, the mean squared error, wd
+1e-3, batch 36, 40 epochs), e.g. the embedded Color -> Noisy sprites:
+
+    python -m tljax.main --config=configs/dann.py:sprites_c2n --workdir=/tmp/tljax/dann_c2n
 """
 
 import ml_collections
@@ -44,6 +51,12 @@ def term(task: str = "digits") -> ml_collections.ConfigDict:
 
 def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config = default.get_config(arg)
+  if default.is_regression(arg):
+    config.method = default.terms_method("dann", "per_domain", {"dann": term(arg)})
+    default.regression_recipe(config, arg, bottleneck_dim=256, bottleneck_norm=False,
+                              weight_decay=1e-3, batch_size={"dsprites": 36, "mpi3d": 36},
+                              epochs={"dsprites": 40, "mpi3d": 40})
+    return config
   config.method = default.terms_method("dann", "joint", {"dann": term(arg)})
   if arg in default.MULTI_SOURCE_TASKS:
     default.pooled(config)  # the single-source method on the union of the sources

@@ -25,6 +25,16 @@ checkpoint and `config.manual_dir` to the dataset, other tasks via
 `office31_partial`, `office31_open_set`, `office31_universal`: the same with
 TLlib's (and UAN's) class subsets (`tljax.data.task.PRESETS`).
 
+Regression tasks, `<dataset>_<source>2<target>` (TLlib's image regression:
+predict a sprite's scale and position, mean absolute error): `sprites_c2n`,
+... over the embedded dSprites-like `sprites` domains (`b` binary, `c` color,
+`n` noisy, `p` photo; 32 px, the small CNN from scratch, minutes on a CPU),
+and for users with the files, TLlib's `dsprites_c2n`, ... (`c` color, `n`
+noisy, `s` scream) and `mpi3d_rl2rc`, ... (`rl` real, `rc` realistic, `t`
+toy) with an ImageNet ResNet-18 at 128 px (`config.model.init`,
+`config.manual_dir`). Each regression method config sets its TLlib recipe
+through `regression_recipe`.
+
 Method configs (`configs/<method>.py:<task>`) start here and override a few
 fields; any field can also be set on the command line, e.g.
 `--config.total_steps=500 --config.optimizer.learning_rate=0.03`.
@@ -32,11 +42,12 @@ fields; any field can also be set on the command line, e.g.
 
 import ml_collections
 
-TASKS = ("digits", "synth", "synth_m", "synth_partial", "synth_open_set", "synth_universal",
-         "mnist_m", "mnist_digits",
-         "office31", "office31_partial", "office31_open_set", "office31_universal",
-         "digits_dg", "digits_ms", "pacs_dg", "office_home_dg", "domainnet_dg", "office_home_ms",
-         "domainnet_ms", "ssl_digits", "ssl_synth", "ssl_mnist")
+CLASSIFICATION_TASKS = (
+    "digits", "synth", "synth_m", "synth_partial", "synth_open_set", "synth_universal",
+    "mnist_m", "mnist_digits",
+    "office31", "office31_partial", "office31_open_set", "office31_universal",
+    "digits_dg", "digits_ms", "pacs_dg", "office_home_dg", "domainnet_dg", "office_home_ms",
+    "domainnet_ms", "ssl_digits", "ssl_synth", "ssl_mnist")
 # The label-set protocol (`config.data.label_sets`) of each task that has one.
 LABEL_SETS = {"synth_partial": "digits_partial", "synth_open_set": "digits_open_set",
               "synth_universal": "digits_universal", "office31_partial": "office31_partial",
@@ -65,10 +76,28 @@ SSL_DATASETS = {"ssl_digits": "digits_full", "ssl_synth": "synth_digits",
 SSL_PRETRAINED = {"model.dont_load": ("bottleneck/.*", "head/.*"),
                   "param_groups": (("classifier/backbone/.*", 0.1), (".*", 1.0))}
 
+# Regression datasets: each domain's letter in a task name, and the domain.
+REGRESSION_DOMAINS = {
+    "sprites": {"b": "sprites/binary", "c": "sprites/color", "n": "sprites/noisy",
+                "p": "sprites/photo"},
+    "dsprites": {"c": "dsprites/color", "n": "dsprites/noisy", "s": "dsprites/scream"},
+    "mpi3d": {"rl": "mpi3d/real", "rc": "mpi3d/realistic", "t": "mpi3d/toy"},
+}
+REGRESSION_TASKS = tuple(f"{dataset}_{source}2{target}"
+                         for dataset, domains in REGRESSION_DOMAINS.items()
+                         for source in domains for target in domains if source != target)
+TASKS = CLASSIFICATION_TASKS + REGRESSION_TASKS
+
+
+def is_regression(arg: str) -> bool:
+  return arg in REGRESSION_TASKS
+
 
 def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   if arg not in TASKS:
-    raise ValueError(f"unknown task {arg!r}: choose one of {TASKS}")
+    shown = ", ".join(CLASSIFICATION_TASKS + REGRESSION_TASKS[:2])
+    raise ValueError(f"unknown task {arg!r}: choose one of {shown}, ... "
+                     "(configs/default.py: TASKS)")
   config = ml_collections.ConfigDict()
   config.seed = 0  # parameters, dropout and data order all derive from it
 
@@ -91,6 +120,10 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   # largest known-class probability is below this (TLlib's open-set rule and
   # default); methods with their own rule (OSBP, UAN) override it.
   config.unknown_threshold = 0.8
+  # The kind of labels this config is for: 'classification' or 'regression'
+  # (float factors); a domain of the other kind stops the run with one line.
+  # "": whatever the domains hold.
+  config.label_kind = "classification"
   # Regression tasks (float factors): the training loss on the labelled data.
   config.regression_loss = "l2"  # l2 (TLlib's mse) | l1
   config.source_split = "train"
@@ -176,7 +209,10 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   # normalise with their running statistics in training too and keep them,
   # while their scale and bias still train (TLlib's DG --freeze-bn).
   config.model.eval_mode_norm = ""
-  config.model.init_scheme = "torch"  # bottleneck + head init: torch | tllib_mdd | tllib_afn
+  # bottleneck + head init: torch | tllib_mdd | tllib_afn | tllib_regressor
+  config.model.init_scheme = "torch"
+  # The head's output activation: "" (logits) or "sigmoid" (regressors, factors in [0, 1]).
+  config.model.output_activation = ""
   config.model.dtype = "float32"  # compute dtype (bfloat16 on GPU/TPU); params stay fp32
   # ("float64", with jax_enable_x64, computes and keeps everything in fp64: parity tests)
   # Where the classifier starts: a pretrained checkpoint (.safetensors, .pth,
@@ -252,6 +288,8 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
     _image_multi_source(config, arg[:-len("_ms")])
   if arg in SSL_DATASETS:
     _ssl(config, arg)
+  if is_regression(arg):
+    _regression(config, arg)
   config.data.label_sets = LABEL_SETS.get(arg, "")
   return config
 
@@ -365,6 +403,80 @@ def _mnist(config: ml_collections.ConfigDict, arg: str) -> None:
   else:
     config.source = "mnist5k_8x8"
     config.target = "digits_full"
+
+
+def _regression(config: ml_collections.ConfigDict, arg: str) -> None:
+  """A regression task: TLlib's image-regression setting (a sigmoid head on
+  factors in [0, 1], the mean squared error, SGD at 0.1 with its inverse
+  decay (gamma 1e-4), no augmentation: TLlib only resizes). The method
+  configs add their own recipe (`regression_recipe`).
+
+  The embedded `sprites_*` tasks use the small CNN from scratch at 32 px
+  (TLlib: an ImageNet ResNet-18 at 128 px), and one budget for every method
+  (batch, steps), as the digits tasks do; `dsprites_*` and `mpi3d_*` are
+  TLlib's setting (ResNet-18, 128 px, backbone at 0.1x the learning rate,
+  each method's batch and epochs of TLlib's .sh files)."""
+  dataset, _, pair = arg.partition("_")
+  source, _, target = pair.partition("2")
+  config.source = REGRESSION_DOMAINS[dataset][source]
+  config.target = REGRESSION_DOMAINS[dataset][target]
+  config.label_kind = "regression"
+  config.regression_loss = "l2"
+  config.model.output_activation = "sigmoid"
+  # The classification validators read class probabilities; a regressor has
+  # held-out source error (tljax/validators.py, `label_kind`).
+  config.validation.validators = ("source_mae",)
+  config.optimizer.learning_rate = 0.1
+  config.schedule.gamma = 0.0001
+  if dataset == "sprites":
+    config.data.image_size = 32
+    config.total_steps = SPRITES_STEPS
+    config.batch_size = 64
+    return
+  config.data.image_size = 128
+  # TLlib: Resize(128), ToTensor, ImageNet normalisation, for training and
+  # evaluation: the whole image (a crop as large as the resized frame).
+  for preprocess in ("train_preprocess", "eval_preprocess"):
+    config.data[preprocess] = ml_collections.ConfigDict({"name": "imagenet_eval", "resize": 128})
+  config.data.cache = False
+  config.data.num_threads = 8
+  config.model.name = "resnet18"
+  config.model.backbone_kwargs = ml_collections.ConfigDict()
+  config.model.init = ""  # the torchvision ImageNet resnet18 .safetensors/.pth file
+  config.model.dont_load = ("head/.*", "bottleneck/.*")
+  config.param_groups = (("classifier/backbone/.*", 0.1), (".*", 1.0))
+  config.eval_batch_size = 128
+  config.log_every = 100
+  config.eval_every = 1000
+  config.checkpoint_every = 1000
+
+
+# Steps of every method on the embedded sprites tasks (batch 64).
+SPRITES_STEPS = 2000
+
+
+def regression_recipe(config: ml_collections.ConfigDict, arg: str, *, bottleneck_dim: int,
+                      bottleneck_norm: bool, weight_decay: float,
+                      batch_size: dict[str, int], epochs: dict[str, int]) -> None:
+  """A method's TLlib image-regression recipe on task `arg`.
+
+  Args:
+    config: a regression task's config (`get_config(arg)`).
+    arg: the task.
+    bottleneck_dim: the bottleneck's width (TLlib's ERM and DD: 512 with
+      BatchNorm, as wide as ResNet-18's features; DANN, RSD: 256 without).
+    bottleneck_norm: BatchNorm in the bottleneck.
+    weight_decay: TLlib's `--wd` of the method.
+    batch_size: TLlib's batch per dataset ('dsprites', 'mpi3d').
+    epochs: TLlib's epochs (of 500 iterations) per dataset.
+  """
+  dataset = arg.partition("_")[0]
+  config.model.bottleneck_dim = bottleneck_dim
+  config.model.bottleneck_norm = bottleneck_norm
+  config.optimizer.weight_decay = weight_decay
+  if dataset != "sprites":
+    config.batch_size = batch_size[dataset]
+    config.total_steps = 500 * epochs[dataset]
 
 
 def tllib_dan_office31(config: ml_collections.ConfigDict) -> None:

@@ -30,6 +30,18 @@ on the embedded digits; `office31_partial` (TLlib's partial erm.sh: batch 36,
 batch 32, 20 epochs x 500 iterations). In open-set and universal tasks ERM
 rejects by confidence: a target example whose largest known-class probability
 is below `config.unknown_threshold` (0.8) is unknown (TLlib's open-set erm.py).
+
+Regression (TLlib's image-regression ERM, `erm.py` / `erm.sh`: a bottleneck of
+512 with BatchNorm, a sigmoid head, the mean squared error, wd 5e-4; batch 128
+and 20 epochs on dSprites, 36 and 40 on MPI3D), e.g. the embedded Color ->
+Noisy sprites:
+
+    python -m tljax.main --config=configs/source_only.py:sprites_c2n --workdir=/tmp/tljax/erm_c2n
+
+TLlib's `erm.py` also runs the target batch through the network in training
+mode, so its BatchNorm running statistics (the evaluated ones) take in
+target batches; tljax's ERM never reads the target (that variant is
+`configs/source_only_joint_bn.py` with `--config.method.forward=per_domain`).
 """
 
 import ml_collections
@@ -45,6 +57,13 @@ def erm_office31(config: ml_collections.ConfigDict) -> None:
   config.model.bottleneck_dim = 0
   config.model.dont_load = ("head/.*",)
   config.total_steps = 2500
+
+
+def erm_regression(config: ml_collections.ConfigDict, arg: str) -> None:
+  """TLlib's image-regression ERM recipe (also the target oracle's)."""
+  default.regression_recipe(config, arg, bottleneck_dim=512, bottleneck_norm=True,
+                            weight_decay=5e-4, batch_size={"dsprites": 128, "mpi3d": 36},
+                            epochs={"dsprites": 20, "mpi3d": 40})
 
 
 def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
@@ -65,4 +84,6 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
     config.total_steps = 10000
   if arg in default.DG_TASKS + default.MULTI_SOURCE_TASKS:
     default.pooled(config)
+  if default.is_regression(arg):
+    erm_regression(config, arg)
   return config

@@ -23,8 +23,10 @@ sys.path.insert(0, str(REPO))
 
 # Configs that are not one method's: the defaults, the composer, the probe.
 _NOT_METHODS = {"default", "combine", "linear_probe"}
+# Regression methods, whose configs take regression tasks (tests/test_regression.py).
+_REGRESSION_ONLY = {"dd", "rsd"}
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(str(REPO / "configs" / "*.py"))
-                 if os.path.basename(p)[:-3] not in _NOT_METHODS | {"__init__"})
+                 if os.path.basename(p)[:-3] not in _NOT_METHODS | _REGRESSION_ONLY | {"__init__"})
 
 
 def _config(name, task="digits"):

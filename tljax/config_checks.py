@@ -74,6 +74,10 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("validation.validators",
      lambda v: isinstance(v, (tuple, list)) and set(v) <= set(validators_lib.VALIDATORS),
      f"a tuple of validator names, of {', '.join(sorted(validators_lib.VALIDATORS))}"),
+    ("model.output_activation", lambda v: v in ("", "sigmoid"), "'' or 'sigmoid'"),
+    ("label_kind", lambda v: v in ("", "classification", "regression"),
+     "'classification', 'regression' or '' (the domains' kind)"),
+    ("regression_loss", lambda v: v in ("l1", "l2"), "'l2' (mean squared error) or 'l1'"),
 )
 
 

@@ -217,6 +217,10 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
   sampling = config.data.get("source_sampling", "per_domain")
   method.check_task(labels, has_target=has_target, num_source_domains=num_source_domains,
                     source_sampling=sampling if num_source_domains > 1 else "per_domain")
+  if config.model.get("output_activation") and labels.kind != task_lib.REGRESSION:
+    raise ValueError(f"config.model.output_activation={config.model.output_activation!r} bounds "
+                     f"regression outputs, and this task is {labels.kind} ({labels.describe()}); "
+                     "set --config.model.output_activation=''")
   for views in (method.source_views, method.target_views):
     view_preprocessing(config, views, None)  # a missing view's config fails here, before writing
   per_step = domains_per_step(config, num_source_domains)
@@ -491,6 +495,14 @@ def _label_space(config, labelled: list[_Raw], target: _Raw | None,
   if len(kinds) > 1:
     raise ValueError(f"the domains mix classification and regression labels ({config.source} "
                      f"-> {config.target or config.test_domains}); a run has one kind of label")
+  declared = config.get("label_kind", "")
+  if declared and declared != first.label_kind:
+    what = (f"factors {', '.join(first.factor_names)}" if first.factor_names
+            else f"{first.num_classes} classes")
+    raise ValueError(f"config.label_kind={declared!r}: this config is for {declared} tasks, and "
+                     f"{first.name} is a {first.label_kind} domain ({what}); run a "
+                     f"{first.label_kind} task's config (configs/default.py: TASKS) or set "
+                     f"--config.label_kind={first.label_kind}")
   preset = task_lib.preset(config.data.label_sets) if config.data.label_sets else None
   if preset is not None:
     preset.check(config.data.label_sets, first.class_names, first.name)

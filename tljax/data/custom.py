@@ -1,8 +1,9 @@
-"""The user's own domains: a folder per class, or an image list.
+"""The user's own domains: a folder per class, an image list, or a CSV of regression targets.
 
     config.source = "image_folder:/data/product_photos"    # <root>/<class>/**/*.jpg
     config.target = "image_folder:shop_photos"             # relative to config.manual_dir
     config.source = "image_list:/data/office31/image_list/amazon.txt"
+    config.source = "image_csv:/data/sprites/color.csv"     # path,scale,x,y per line
 
 `image_folder:ROOT`: every subfolder of ROOT is a class (sorted by name), its
 images (searched recursively) are the class's examples. A `classes.txt` in
@@ -17,7 +18,14 @@ listed file; absolute paths are used as they are. Class names come from a
 `classes.txt` (one per line, label order) next to FILE or in that root, or
 else are the numbers "0".."K-1".
 
-Either way the dataset has one split, `train` (use TFDS slicing such as
+`image_csv:FILE`: a regression domain. The CSV's header names the columns:
+the image path first (any name, e.g. `path`), then the factors, e.g.
+`path,scale,position x,position y`; each row is an image and its factor
+values (finite numbers). Paths are relative to FILE's folder (absolute ones
+are used as they are). The label is the vector of factors, named after the
+header (`Domain.factor_names`).
+
+Any way the dataset has one split, `train` (use TFDS slicing such as
 `train[:80%]` / `train[80%:]` for a held-out part: stored examples are in a
 hashed order, so slices mix the classes). It is built once into the TFDS data
 dir under a config named after the folder or file and a fingerprint of its
@@ -28,13 +36,16 @@ one.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import math
 import os
 import pathlib
 import re
 from typing import Sequence
 
 from absl import logging
+import numpy as np
 import tensorflow_datasets as tfds
 
 from tljax.data import image_files
@@ -183,3 +194,95 @@ class ImageList(ImageFolder, skip_registration=True):
         digest.update(f"{entry.key}\tmissing\n".encode())
     return cls(config=_config(list_file, digest.hexdigest()), class_names=class_names,
                entries=entries, **kwargs)
+
+
+class ImageCSV(image_files.ImageFileBuilder, skip_registration=True):
+  """Regression targets of images: `image_csv:FILE` with `path,factor1,...` rows."""
+
+  name = "image_csv"
+  takes_path = True
+  DESCRIPTION = "Images and their regression targets, from a CSV ('path,factor1,...' rows)."
+
+  def __init__(self, *, factor_names: Sequence[str], entries: Sequence[image_files.Entry],
+               **kwargs):
+    self._factor_names = tuple(factor_names)
+    self._entries = list(entries)
+    super().__init__(**kwargs)
+    # TFDS pickles a builder (e.g. into grain's worker processes) as the
+    # arguments it calls `__init__` with again.
+    self._original_state.update(factor_names=self._factor_names, entries=self._entries)
+
+  @classmethod
+  def from_path(cls, path: str, *, manual_dir: str | None = None, **kwargs) -> "ImageCSV":
+    """The builder of the CSV `path` (relative paths start at `manual_dir`).
+
+    Raises:
+      DatasetFilesNotFoundError: the CSV or an image it names is missing.
+      ValueError: a header without factors, or a row without a number for
+        every factor (named by line).
+    """
+    csv_file = resolve_user_path(path, manual_dir)
+    layout = ("a CSV with a header 'path,factor1,factor2,...' and one "
+              "'relative/image.png,0.5,0.25,...' row per image, paths relative to its folder")
+    if not csv_file.is_file():
+      raise image_files.DatasetFilesNotFoundError(
+          f"image_csv:{path}: {csv_file} is not a file. Expected {layout}.")
+    with open(csv_file, encoding="utf-8", newline="") as f:
+      lines = [(number, row) for number, row in enumerate(csv.reader(f), start=1)
+               if row and not (len(row) == 1 and not row[0].strip())]
+    if not lines or len(lines[0][1]) < 2:
+      raise ValueError(f"{csv_file}: the first line must be a header naming the image column "
+                       f"and at least one factor, e.g. 'path,scale'; expected {layout}")
+    factor_names = tuple(c.strip() for c in lines[0][1][1:])
+    if not all(factor_names) or len(set(factor_names)) != len(factor_names):
+      raise ValueError(f"{csv_file}:{lines[0][0]}: the header's factor names must be unique and "
+                       f"non-empty, got {list(factor_names)}")
+    digest = hashlib.sha256(f"{csv_file}\n".encode())
+    digest.update(csv_file.read_bytes())
+    entries = []
+    for number, row in lines[1:]:
+      if len(row) != len(factor_names) + 1:
+        raise ValueError(f"{csv_file}:{number}: expected {len(factor_names) + 1} fields (the "
+                         f"image and {', '.join(factor_names)}), got {len(row)}: {row!r}")
+      rel = row[0].strip()
+      values = []
+      for name, text in zip(factor_names, row[1:]):
+        try:
+          value = float(text)
+        except ValueError:
+          value = math.nan
+        if not math.isfinite(value):
+          raise ValueError(f"{csv_file}:{number}: {text.strip()!r} is not a finite number "
+                           f"(factor {name!r})")
+        values.append(value)
+      image = pathlib.Path(rel) if os.path.isabs(rel) else csv_file.parent / rel
+      if not image.is_file():
+        raise image_files.DatasetFilesNotFoundError(
+            f"{csv_file}:{number}: image {rel!r} not found ({image}); paths are relative to "
+            "the CSV's folder")
+      stat = image.stat()
+      digest.update(f"{rel}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+      entries.append(image_files.Entry(key=f"{number:08d} {rel}", path=str(image),
+                                       label=tuple(values), file_name=rel))
+    if not entries:
+      raise ValueError(f"{csv_file} lists no images; expected {layout}")
+    return cls(config=_config(csv_file, digest.hexdigest()), factor_names=factor_names,
+               entries=entries, **kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=self.DESCRIPTION,
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=self.IMAGE_SHAPE),
+            "label": tfds.features.Tensor(shape=(len(self._factor_names),), dtype=np.float32),
+            "file_name": tfds.features.Text(),
+        }),
+        supervised_keys=("image", "label"),
+        # What `tljax.data.registry.open_domain` names the label's factors.
+        metadata=tfds.core.MetadataDict(factor_names=list(self._factor_names)),
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # the files were found in `from_path`
+    return {"train": self._generate_examples(self._entries)}

@@ -141,13 +141,14 @@ class Entry:
   Attributes:
     key: unique within the split (a list may name a file twice).
     path: the file.
-    label: index into the dataset's class names.
+    label: index into the dataset's class names, or the factor values of a
+      regression dataset.
     file_name: stored with the example: the path relative to the dataset's root.
   """
 
   key: str
   path: str
-  label: int
+  label: int | tuple[float, ...]
   file_name: str
 
 

@@ -3,7 +3,8 @@
 A preprocessing function maps an example `{'image', 'label'}` and a
 `numpy.random.Generator` (seeded by grain from the pipeline seed and the
 example's position in the stream, so augmentation is reproducible and
-independent of the number of processes) to `{'image': float32 HWC, 'label': int32}`.
+independent of the number of processes) to `{'image': float32 HWC, 'label'}`, the
+label an int32 class, or a float32 vector of factors (regression, `label_array`).
 Every preset takes the image as a uint8 HWC array or as the encoded file that
 builders of image-file datasets store; a file is decoded to 8-bit RGB by the
 rules of `tljax.data.image_modes`, the ones it was checked with when stored.
@@ -77,8 +78,15 @@ def from_config(preprocess_config: Mapping[str, Any], image_size: int | None = N
   return get_preprocess(name, **kwargs)
 
 
+def label_array(label) -> np.ndarray:
+  """A label as the pipeline batches it: an int32 class, or a float32 vector of
+  regression factors (no preset changes a label)."""
+  label = np.asarray(label)
+  return label.astype(np.float32) if label.dtype.kind == "f" else np.int32(label)
+
+
 def _output(image: np.ndarray, label) -> Example:
-  return {"image": image.astype(np.float32), "label": np.int32(label)}
+  return {"image": image.astype(np.float32), "label": label_array(label)}
 
 
 @register("none")
@@ -311,7 +319,7 @@ def imagenet_train(size: int = 224, resize: int | str | None = "auto", resize_mo
 
   def fn(example: Example, rng: np.random.Generator) -> Example:
     return {"image": normalise(crop_and_flip(example["image"], rng)),
-            "label": np.int32(example["label"])}
+            "label": label_array(example["label"])}
 
   return fn
 
@@ -347,7 +355,7 @@ def imagenet_eval(size: int = 224, resize: int | str | None = "auto", resize_mod
     del rng  # deterministic
     pixels = _crop_and_resize(example["image"], size, resize, resize_mode,
                               lambda w, h: _centre_crop(w, h, size))
-    return {"image": normalise(pixels), "label": np.int32(example["label"])}
+    return {"image": normalise(pixels), "label": label_array(example["label"])}
 
   return fn
 
@@ -599,7 +607,7 @@ def imagenet_strong(size: int = 224, resize: int | str | None = "auto", resize_m
     pixels = np.ascontiguousarray(crop_and_flip(example["image"], rng))
     pil = rand_augment(PIL.Image.fromarray(pixels), rng, num_ops=num_ops, magnitude=magnitude,
                        magnitude_std=magnitude_std, prob=prob, fill=fill)
-    return {"image": normalise(np.asarray(pil)), "label": np.int32(example["label"])}
+    return {"image": normalise(np.asarray(pil)), "label": label_array(example["label"])}
 
   return fn
 

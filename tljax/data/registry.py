@@ -1,7 +1,8 @@
 """Dataset names -> TFDS builders -> random-access domains.
 
 A domain is named `dataset[/config]` (`office31/amazon`, `mnist`) or, for data a
-user brings, `image_folder:PATH` / `image_list:PATH` (see `tljax.data.custom`).
+user brings, `image_folder:PATH` / `image_list:PATH` / `image_csv:PATH` (see
+`tljax.data.custom`).
 Builders of datasets TFDS lacks, or has only with a download, live in this
 package and are built from files the user already has (`manual_dir`), never
 from the network.
@@ -37,6 +38,7 @@ _BUILDER_MODULES: dict[str, str] = {
     "mnist5k_m": "tljax.data.mnist5k",
     "mnist5k_full": "tljax.data.mnist5k",
     "mnist5k_8x8": "tljax.data.mnist5k",
+    "sprites": "tljax.data.sprites",
     "office31": "tljax.data.office:Office31",
     "office_home": "tljax.data.office:OfficeHome",
     "pacs": "tljax.data.pacs:PACS",
@@ -48,6 +50,9 @@ _BUILDER_MODULES: dict[str, str] = {
     "mnist_m": "tljax.data.digit_benchmarks:MNISTM",
     "image_folder": "tljax.data.custom:ImageFolder",
     "image_list": "tljax.data.custom:ImageList",
+    "image_csv": "tljax.data.custom:ImageCSV",
+    "dsprites": "tljax.data.disentanglement:DSprites",
+    "mpi3d": "tljax.data.disentanglement:MPI3D",
 }
 
 
@@ -158,7 +163,7 @@ def _builder(name: str, data_dir: str | None, manual_dir: str | None, skip_corru
     raise ValueError(
         f"unknown dataset {name!r}: config.source / config.target must name one "
         f"of {', '.join(dataset_names())} (optionally with a builder config, "
-        "e.g. office31/amazon), or image_folder:PATH / image_list:PATH")
+        "e.g. office31/amazon), or image_folder:PATH / image_list:PATH / image_csv:PATH")
   manual_dir = os.path.expanduser(manual_dir) if manual_dir else None
   module_name, _, class_name = _BUILDER_MODULES[dataset].partition(":")
   module = importlib.import_module(module_name)

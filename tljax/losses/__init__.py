@@ -24,7 +24,7 @@ from tljax.losses.kernels import GaussianKernel, gaussian_kernel_matrices, kerne
 from tljax.losses.lmmd import lmmd, lmmd_weights
 from tljax.losses.mcc import mcc
 from tljax.losses.mcd import classifier_discrepancy, mcd_entropy
-from tljax.losses.mdd import mdd, shift_log
+from tljax.losses.mdd import mdd, regression_mdd, shift_log
 from tljax.losses.mmd import (dan_kernel_weights, kernel_mmd, max_test_power_weights, mk_mmd,
                               mmd)
 from tljax.losses.open_set import unknown_class_bce
@@ -35,6 +35,7 @@ from tljax.losses.regularization import (attention_behavioral_regularization,
 from tljax.losses.reweight import (class_weighted_cross_entropy, iwan_importance_weights,
                                    pada_adversarial_weights, pada_class_weights, uan_normalize,
                                    uan_transferability)
+from tljax.losses.rsd import rsd, subspace_distance
 from tljax.losses.self_training import (class_balance_loss, confidence_self_training_loss,
                                         l2_consistency_loss)
 from tljax.losses.semi_supervised import (enqueue_per_class, flexmatch_thresholds,
@@ -53,7 +54,8 @@ __all__ = [
     "scale_gradient", "gradient_reversal", "warm_start_coeff",
     "domain_adversarial_loss", "domain_accuracy", "inverted_label_loss",
     "multilinear_map", "randomized_multilinear_map", "init_randomized_map", "entropy_weights",
-    "mcc", "mdd", "shift_log", "bsp", "adaptive_feature_norm", "entropy", "entropy_loss",
+    "mcc", "mdd", "regression_mdd", "shift_log", "rsd", "subspace_distance",
+    "bsp", "adaptive_feature_norm", "entropy", "entropy_loss",
     "bnm", "lmmd", "lmmd_weights", "classifier_discrepancy", "mcd_entropy",
     "confidence_self_training_loss", "l2_consistency_loss", "class_balance_loss",
     "information_maximization",

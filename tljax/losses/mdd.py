@@ -1,6 +1,7 @@
-"""Margin Disparity Discrepancy for classification (Zhang et al., "Bridging
-Theory and Algorithm for Domain Adaptation", ICML 2019), TLlib's
-`ClassificationMarginDisparityDiscrepancy`.
+"""Margin Disparity Discrepancy (Zhang et al., "Bridging Theory and Algorithm
+for Domain Adaptation", ICML 2019) for classification and regression, TLlib's
+`ClassificationMarginDisparityDiscrepancy` and
+`RegressionMarginDisparityDiscrepancy` (the "DD" of TLlib's image regression).
 
 The network has a main head `h` and an adversarial head `h'` on the same
 features; `h'` sits behind `gradient_reversal` (TLlib: warm start with
@@ -59,4 +60,44 @@ def mdd(source_logits: jax.Array,
   return -margin * jnp.mean(source_cross_entropy) + jnp.mean(target_shifted)
 
 
-__all__ = ["shift_log", "mdd"]
+def regression_mdd(source_outputs: jax.Array,
+                   source_adv_outputs: jax.Array,
+                   target_outputs: jax.Array,
+                   target_adv_outputs: jax.Array,
+                   *,
+                   margin: float,
+                   disparity: str = "l1") -> jax.Array:
+  """Regression MDD (the disparity discrepancy of TLlib's DD), with TLlib's signs:
+
+      D = -margin * mean_{i,f} L(h'(x^s_i)_f, h(x^s_i)_f)
+          + mean_{j,f} L(h'(x^t_j)_f, h(x^t_j)_f)
+
+  with `L(a, b) = |a - b|` ('l1', TLlib's `F.l1_loss`, its default) or
+  `(a - b)^2` ('l2', `F.mse_loss`), averaged over examples and factors. The
+  main head's outputs `h` are constants (TLlib's `y.detach()`), so `D` gives
+  the main head no gradient. As in classification, the adversarial head
+  descends `-D` and the features, through the reversed gradient, `D`. TLlib
+  averages `source_i + target_i` elementwise, which is this for equal batch
+  sizes.
+
+  Args:
+    source_outputs: `(n_s, F)` main-head predictions on source.
+    source_adv_outputs: `(n_s, F)` adversarial-head predictions on source.
+    target_outputs: `(n_t, F)` main-head predictions on target.
+    target_adv_outputs: `(n_t, F)` adversarial-head predictions on target.
+    margin: `gamma` (TLlib's DD: 1).
+    disparity: 'l1' or 'l2'.
+  """
+  if disparity not in ("l1", "l2"):
+    raise ValueError(f"disparity must be 'l1' or 'l2', not {disparity!r}")
+  loss = jnp.abs if disparity == "l1" else jnp.square
+
+  def mean_disparity(outputs, adv_outputs):
+    outputs = jax.lax.stop_gradient(as_float(outputs))
+    return jnp.mean(loss(as_float(adv_outputs) - outputs))
+
+  return (-margin * mean_disparity(source_outputs, source_adv_outputs)
+          + mean_disparity(target_outputs, target_adv_outputs))
+
+
+__all__ = ["shift_log", "mdd", "regression_mdd"]

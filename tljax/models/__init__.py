@@ -88,7 +88,8 @@ def create_classifier(model_config: ml_collections.ConfigDict, num_classes: int,
 
   Args:
     model_config: `name` (backbone), `bottleneck_dim`, `bottleneck_norm`,
-      `bottleneck_dropout`, `bottleneck_layers`, `bottleneck_relu`, `head_type`, `head_hidden`, `head_dropout`, `dtype` (compute
+      `bottleneck_dropout`, `bottleneck_layers`, `bottleneck_relu`, `head_type`,
+      `head_hidden`, `head_dropout`, `output_activation` (regression: 'sigmoid'), `dtype` (compute
       dtype; parameters stay fp32 except under 'float64'), and `backbone_kwargs`.
     num_classes: classes of the task.
     frozen_norm: regex of BatchNorm module paths that keep running statistics.
@@ -118,6 +119,7 @@ def create_classifier(model_config: ml_collections.ConfigDict, num_classes: int,
       head_dropout=model_config.get("head_dropout", 0.5),
       bottleneck_l2_preserving_dropout=model_config.get("bottleneck_l2_preserving_dropout", False),
       init_scheme=model_config.get("init_scheme", "torch"),
+      output_activation=model_config.get("output_activation", ""),
       frozen_norm=frozen_norm,
       dtype=dtype,
       bottleneck_layers=model_config.get("bottleneck_layers", 1),

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from tljax.losses.adversarial import scale_gradient
-from tljax.models.heads import batch_norm_scale_init, create_head, dense
+from tljax.models.heads import batch_norm_scale_init, create_head, dense, output_activation
 from tljax.models.layers import BatchNorm
 
 
@@ -81,12 +81,16 @@ class Classifier(nn.Module):
     bottleneck_layers: blocks of the bottleneck (OSBP: 2).
     bottleneck_relu: the ReLU of each bottleneck block (UAN's authors: none).
     head_type: 'linear', 'two_layer' (TLlib's MDD head), 'mcd' (MCD's
-      three-layer head) or 'multi_source' (MFSAN's per-domain branches); ''
-      picks 'two_layer' when `head_hidden` > 0, else 'linear'.
-    head_hidden: the hidden width of a 'two_layer', 'mcd' or 'multi_source' head.
+      three-layer head), 'multi_source' (MFSAN's per-domain branches) or
+      'bn_mlp' (TLlib's DD regressor head); '' picks 'two_layer' when
+      `head_hidden` > 0, else 'linear'.
+    head_hidden: the hidden width of a 'two_layer', 'mcd', 'multi_source' or
+      'bn_mlp' head.
     head_dropout: dropout inside those heads.
     bottleneck_l2_preserving_dropout: TLlib's AFN dropout (see `Bottleneck`).
     init_scheme: init scheme of the bottleneck and head (`tljax.models.heads.INIT_SCHEMES`).
+    output_activation: '' (logits, unbounded) or 'sigmoid' (TLlib's regressors:
+      factors in [0, 1]); the second output goes through it.
     frozen_norm: regex of BatchNorm paths that keep their running statistics.
     dtype: compute dtype (features and logits are returned in fp32, or fp64
       when computing in fp64).
@@ -105,6 +109,7 @@ class Classifier(nn.Module):
   head_dropout: float = 0.5
   bottleneck_l2_preserving_dropout: bool = False
   init_scheme: str = "torch"
+  output_activation: str = ""
   frozen_norm: str = ""
   dtype: Any = jnp.float32
   bottleneck_layers: int = 1
@@ -143,5 +148,5 @@ class Classifier(nn.Module):
         raise ValueError("branch outputs need config.model.head_type='multi_source'")
       branch_features, branch_logits = head(head_input, train, branches=True)
       return features.astype(out), (branch_features.astype(out), branch_logits.astype(out))
-    logits = head(head_input, train)
+    logits = output_activation(self.output_activation, head(head_input, train))
     return features.astype(out), logits.astype(out)

@@ -1,8 +1,10 @@
 """Heads and the networks methods add beside the classifier.
 
 The classifier's heads (linear, TLlib's two-layer MDD head, MCD's
-three-layer head) and the networks methods play against the features with: a
-domain discriminator (DANN, CDAN, ADDA) and an adversarial head (MDD). They
+three-layer head, TLlib's regression head of DD), their output activation (a
+sigmoid for regression factors in [0, 1]), and the networks methods play
+against the features with: a domain discriminator (DANN, CDAN, ADDA) and an
+adversarial head (MDD, DD). They
 live here, with the other networks; `tljax/losses` holds only functions of
 arrays. Linear layers start as PyTorch's do, as in TLlib.
 """
@@ -17,14 +19,19 @@ import jax.numpy as jnp
 
 from tljax.models.layers import BatchNorm, torch_linear_init
 
-HEAD_TYPES = ("linear", "two_layer", "mcd", "multi_source")
+HEAD_TYPES = ("linear", "two_layer", "mcd", "multi_source", "bn_mlp")
 # How the linear layers of bottlenecks and heads start:
 #   torch:     PyTorch's nn.Linear default, U(+-1/sqrt(fan_in)) for kernel and bias.
 #   tllib_mdd: TLlib's MDD classifier: bottleneck N(0, 0.005) with bias 0.1,
 #              heads N(0, 0.01) with bias 0.
 #   tllib_afn: TLlib's AFN classifier: bottleneck and head N(0, 0.01) for kernel
 #              and bias, bottleneck BatchNorm scale N(1, 0.01) and bias 0.
-INIT_SCHEMES = ("torch", "tllib_mdd", "tllib_afn")
+#   tllib_regressor: TLlib's DD regressor (`tllib.alignment.mdd.ImageRegressor`):
+#              bottleneck as PyTorch's default, heads N(0, 0.01) with bias 0.
+INIT_SCHEMES = ("torch", "tllib_mdd", "tllib_afn", "tllib_regressor")
+# What the head's outputs go through: nothing (class logits, unbounded
+# regression) or a sigmoid (TLlib's regressors, whose factors lie in [0, 1]).
+OUTPUT_ACTIVATIONS = ("", "sigmoid")
 
 
 def linear_init(scheme: str, role: str, fan_in: int) -> tuple[Any, Any]:
@@ -38,6 +45,11 @@ def linear_init(scheme: str, role: str, fan_in: int) -> tuple[Any, Any]:
     return nn.initializers.normal(0.01), nn.initializers.zeros
   if scheme == "tllib_afn":
     return nn.initializers.normal(0.01), nn.initializers.normal(0.01)
+  if scheme == "tllib_regressor":
+    if role == "bottleneck":
+      init = torch_linear_init(fan_in)
+      return init, init
+    return nn.initializers.normal(0.01), nn.initializers.zeros
   raise ValueError(f"unknown init scheme {scheme!r}; choose one of {INIT_SCHEMES}")
 
 
@@ -125,17 +137,58 @@ class MultiSourceHead(nn.Module):
     return jnp.log(jnp.mean(probabilities, axis=0))
 
 
+class BatchNormMLPHead(nn.Module):
+  """`(Dense(hidden) -> BatchNorm -> ReLU) x depth -> Dense(num_outputs)`.
+
+  TLlib's DD regressor heads (`tllib.alignment.mdd.ImageRegressor`, the main
+  and the adversarial one) are `(Conv3x3 -> BatchNorm2d -> ReLU) x 2 ->
+  average pool -> Linear` over the bottleneck's feature map. On pooled
+  features (a 1x1 map) a padded 3x3 convolution is a dense layer of its
+  centre tap, and pooling the identity, so this is that head on the features
+  tljax's backbones return (TLlib's ResNet-18 at 128 px has a 4x4 map). The
+  output activation is applied by the caller. BatchNorm takes PyTorch's
+  defaults (momentum 0.1, i.e. flax 0.9; eps 1e-5).
+  """
+
+  num_outputs: int
+  hidden: int = 512
+  depth: int = 2
+  dtype: Any = jnp.float32
+  init_scheme: str = "torch"
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    for i in range(self.depth):
+      x = dense(self.hidden, x.shape[-1], self.dtype, f"linear{i}", init=self.init_scheme)(x)
+      x = BatchNorm(momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=f"bn{i}")(x, train)
+      x = nn.relu(x)
+    return dense(self.num_outputs, x.shape[-1], self.dtype, "output", init=self.init_scheme)(x)
+
+
+def output_activation(name: str, outputs: jax.Array) -> jax.Array:
+  """`outputs` through the activation `name` (`OUTPUT_ACTIVATIONS`)."""
+  if name == "sigmoid":
+    return jax.nn.sigmoid(outputs)
+  if name:
+    raise ValueError(f"unknown output activation {name!r}; choose one of {OUTPUT_ACTIVATIONS}")
+  return outputs
+
+
 def create_head(head_type: str, num_classes: int, *, hidden: int, dropout: float,
                 dtype: Any = jnp.float32, init: str = "torch", num_branches: int = 1,
                 name: str | None = None) -> nn.Module:
-  """A classification head: 'linear', 'two_layer' (MDD), 'mcd' (MCD) or
-  'multi_source' (MFSAN: `num_branches` branches of width `hidden`)."""
+  """A head of `num_classes` outputs (classes or regression factors): 'linear',
+  'two_layer' (MDD), 'mcd' (MCD), 'multi_source' (MFSAN: `num_branches`
+  branches of width `hidden`) or 'bn_mlp' (DD's regressor, `hidden` wide)."""
   if head_type == "multi_source":
     if num_branches < 2:
       raise ValueError("the multi_source head has one branch per labelled domain and needs "
                        "several: name them in config.source, separated by commas")
     return MultiSourceHead(num_classes, num_branches, hidden or 256, dtype=dtype,
                            init_scheme=init, name=name)
+
+  if head_type == "bn_mlp":
+    return BatchNormMLPHead(num_classes, hidden, dtype=dtype, init_scheme=init, name=name)
   if head_type == "two_layer":
     return TwoLayerHead(num_classes, hidden, dropout, dtype=dtype, init_scheme=init, name=name)
   if head_type == "mcd":

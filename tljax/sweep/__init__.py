@@ -652,8 +652,19 @@ def _comparison_fields(table: Mapping[str, Any]) -> list[str]:
 
 
 def read_reference(path: str) -> dict[tuple[str, str], float]:
+  """Published numbers: a CSV with columns `method,task` and `accuracy` (percent)
+  or `mae` (regression errors)."""
   with open(path) as f:
-    return {(row["method"], row["task"]): float(row["accuracy"]) for row in csv.DictReader(f)}
+    rows = list(csv.DictReader(f))
+  column = next((c for c in ("accuracy", "mae") if rows and c in rows[0]), None)
+  if column is None:
+    raise ValueError(f"{path}: expected columns method,task and accuracy or mae")
+  return {(row["method"], row["task"]): float(row[column]) for row in rows}
+
+
+def _decimals(table: Mapping[str, Any]) -> int:
+  """Decimals a table shows: errors (MAE, in the factors' units) 3, percentages 1."""
+  return 3 if "absolute error" in table.get("metric", "") else 1
 
 
 def render_markdown(table: dict[str, Any], title: str) -> str:
@@ -662,7 +673,9 @@ def render_markdown(table: dict[str, Any], title: str) -> str:
   tasks = table["tasks"]
   multi = len(tasks) > 1
   has_reference = any(r["reference"] is not None for r in table["rows"])
-  header = ["method"] + tasks + (["Avg"] if multi else []) + ["source acc.", "seeds", "wall time / run"]
+  digits = _decimals(table)
+  source = "source MAE" if digits == 3 else "source acc."
+  header = ["method"] + tasks + (["Avg"] if multi else []) + [source, "seeds", "wall time / run"]
   if has_reference:
     header.insert(len(tasks) + 1 + int(multi), "reference Avg" if multi else "reference")
   lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -670,15 +683,18 @@ def render_markdown(table: dict[str, Any], title: str) -> str:
     rows = [by_key.get((method, t)) for t in tasks]
     if not any(rows):
       continue
-    cells = [method] + [f"{r['mean']:.1f} ± {r['std']:.1f}" if r else "–" for r in rows]
+    cells = [method] + [f"{r['mean']:.{digits}f} ± {r['std']:.{digits}f}" if r else "–"
+                        for r in rows]
     present = [r for r in rows if r]
     if multi:
       average = by_key.get((method, AVERAGE))
-      cells.append(f"{average['mean']:.1f} ± {average['std']:.1f}" if average else "–")
+      cells.append(f"{average['mean']:.{digits}f} ± {average['std']:.{digits}f}" if average
+                   else "–")
     if has_reference:
       refs = [r["reference"] for r in present if r["reference"] is not None]
-      cells.append(f"{statistics.fmean(refs):.1f}" if refs and len(refs) == len(tasks) else "–")
-    cells.append(f"{statistics.fmean(r['source_mean'] for r in present):.1f}")
+      cells.append(f"{statistics.fmean(refs):.{digits}f}" if refs and len(refs) == len(tasks)
+                   else "–")
+    cells.append(f"{statistics.fmean(r['source_mean'] for r in present):.{digits}f}")
     cells.append(str(min(r["seeds"] for r in present)))
     cells.append(f"{statistics.fmean(r['wall_time_s'] for r in present):.0f} s")
     lines.append("| " + " | ".join(cells) + " |")
@@ -697,11 +713,13 @@ def render_markdown(table: dict[str, Any], title: str) -> str:
 def _render_comparisons(table: dict[str, Any]) -> str:
   """Per task: the 95% interval of each method and its verdict against the baselines."""
   methods = {r["method"] for r in table["rows"]}
+  digits = _decimals(table)
+
   def paired(r, suffix):
     if not r[f"paired_vs_{suffix}"]:
       return "–"
-    return (f"{r[f'delta_vs_{suffix}']:+.1f} [{r[f'delta_low_vs_{suffix}']:+.1f}, "
-            f"{r[f'delta_high_vs_{suffix}']:+.1f}] {r[f'paired_vs_{suffix}']}")
+    return (f"{r[f'delta_vs_{suffix}']:+.{digits}f} [{r[f'delta_low_vs_{suffix}']:+.{digits}f}, "
+            f"{r[f'delta_high_vs_{suffix}']:+.{digits}f}] {r[f'paired_vs_{suffix}']}")
 
   if "baseline_of" in table:
     if not set(table["baseline_of"].values()) & methods:
@@ -723,13 +741,15 @@ def _render_comparisons(table: dict[str, Any]) -> str:
             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
       out.append("| " + " | ".join(
-          [r["method"], f"{r['mean']:.1f}", f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}]",
+          [r["method"], f"{r['mean']:.{digits}f}",
+           f"[{r['ci_low']:.{digits}f}, {r['ci_high']:.{digits}f}]",
            str(r["seeds"])] + cells(r)) + " |")
     out.append("")
   out.append("Intervals: Student-t over seeds. `vs`: a method is `better` or `worse` than "
              "a baseline only when the two intervals do not overlap; otherwise the data "
              "cannot tell them apart (`not distinguishable`). `paired Δ`: the mean "
-             "difference in points from the baseline's run of the same seed, its 95% "
+             f"difference {'of the error' if digits == 3 else 'in points'} from the "
+             "baseline's run of the same seed, its 95% "
              "interval, and `better` / `worse` when that interval excludes 0 (pairing "
              "by seed removes the spread the two runs share; for errors, lower is better).")
   return "\n".join(out)
@@ -756,7 +776,9 @@ def config_scores(row: Mapping[str, Any], validator: str) -> float | None:
   for run in row["runs"]:
     final = run.get("validators_final") or {}
     if validator == "oracle":
-      values.append(run["target_accuracy"])
+      # The task's target measure: accuracy, or a regression error.
+      values.append(run["target_accuracy"] if run.get("target_accuracy") is not None
+                    else run_value(run))
     elif validator == "source_accuracy" and validator not in final:
       # results.json files written before the validator's own value was kept
       # (the evaluation split's source accuracy stood in for it).
@@ -777,6 +799,9 @@ def select_configs(table: dict[str, Any], validator: str, *, within_family: bool
     raise ValueError(f"--select={validator!r}: choose one of {sorted(validators.VALIDATORS)}")
   higher = validators.VALIDATORS[validator].higher_is_better
   out = []
+  task_higher = all(r.get("higher_is_better", True) for r in table["rows"])
+  if validator == "oracle":
+    higher = task_higher  # the task's measure: lower is better for errors
   averaged = any(r["task"] == AVERAGE for r in table["rows"])
   for task in list(table["tasks"]) + ([AVERAGE] if averaged else []):
     rows = [r for r in table["rows"] if r["task"] == task]
@@ -793,7 +818,7 @@ def select_configs(table: dict[str, Any], validator: str, *, within_family: bool
       if not scored:
         continue
       pick = (max if higher else min)(scored, key=lambda vr: vr[0])[1]
-      oracle = max(members, key=lambda r: r["mean"])
+      oracle = (max if task_higher else min)(members, key=lambda r: r["mean"])
       out.append({"task": task, "group": group, "validator": validator,
                   "pick": pick["method"], "pick_accuracy": pick["mean"],
                   "oracle_pick": oracle["method"], "oracle_accuracy": oracle["mean"],
