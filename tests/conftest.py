@@ -5,12 +5,23 @@ here. Tests that need a single device build a mesh over `jax.devices()[:1]`.
 """
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# Compiled programs are kept on disk and shared by every test process and the
+# runs the tests start (`python -m tljax.main` inherits these variables): the
+# tests compile the same small networks' steps many times over, and most of a
+# short test run is compilation. Set TLJAX_TEST_JAX_CACHE= (empty) to turn it off.
+_CACHE = os.environ.get("TLJAX_TEST_JAX_CACHE",
+                        os.path.join(tempfile.gettempdir(), f"tljax_tests_jax_cache_{os.getuid()}"))
+if _CACHE:
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 # The reference models (torchvision, timm) load triton, whose native library
 # crashes the process when TensorFlow (which TFDS imports) was loaded first; in

@@ -341,16 +341,21 @@ def test_mldg_update_equals_the_explicit_two_step_computation(digits_data_dir, t
     theta, lr, beta = state.params, 0.05, 0.7
     support_loss = functools.partial(loss_on, rows_s)
     query_loss = functools.partial(loss_on, rows_q)
-    # Step 1: theta' = theta - lr * grad L_s(theta).
-    g_s = jax.grad(support_loss)(theta)
-    theta_prime = jax.tree.map(lambda p, g: p - lr * g, theta, g_s)
-    # Step 2: d/dtheta [L_s(theta) + beta L_q(theta')] = g_s + beta (I - lr H_s) g_q(theta').
-    g_q = jax.grad(query_loss)(theta_prime)
-    hvp = jax.jvp(jax.grad(support_loss), (theta,), (g_q,))[1]
-    outer = jax.tree.map(lambda a, q, h: a + beta * (q - lr * h), g_s, g_q, hvp)
-    expected = jax.tree.map(lambda p, g: p - lr * g, theta, outer)
 
-    new_state, _ = setup.method.train_step(ctx, state, batch, rng)
+    @jax.jit  # one compiled program rather than hundreds of float64 ops dispatched one by one
+    def explicit_update(theta):
+      # Step 1: theta' = theta - lr * grad L_s(theta).
+      g_s = jax.grad(support_loss)(theta)
+      theta_prime = jax.tree.map(lambda p, g: p - lr * g, theta, g_s)
+      # Step 2: d/dtheta [L_s(theta) + beta L_q(theta')] = g_s + beta (I - lr H_s) g_q(theta').
+      g_q = jax.grad(query_loss)(theta_prime)
+      hvp = jax.jvp(jax.grad(support_loss), (theta,), (g_q,))[1]
+      outer = jax.tree.map(lambda a, q, h: a + beta * (q - lr * h), g_s, g_q, hvp)
+      return jax.tree.map(lambda p, g: p - lr * g, theta, outer)
+
+    expected = explicit_update(theta)
+
+    new_state, _ = jax.jit(lambda s, b, r: setup.method.train_step(ctx, s, b, r))(state, batch, rng)
     got, want = flat(new_state.params), flat(expected)
     moved = 0.0
     for k in want:
@@ -428,19 +433,6 @@ def test_ibn_resnet_loads_torchvision_weights_into_its_batchnorm_parts(variant, 
 
 DG_METHODS = ["irm", "vrex", "groupdro", "coral_dg", "mldg", "mixstyle"]
 MULTI_SOURCE_METHODS = ["m3sda", "mfsan"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _persistent_compilation_cache(tmp_path_factory):
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  old = {n: getattr(jax.config, n) for n in names}
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  yield
-  for n, v in old.items():
-    jax.config.update(n, v)
 
 
 def run_config(name: str, data_dir: str, **overrides) -> ml_collections.ConfigDict:

@@ -380,19 +380,6 @@ RUN_FIELDS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _persistent_compilation_cache(tmp_path_factory):
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  old = {n: getattr(jax.config, n) for n in names}
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  yield
-  for n, v in old.items():
-    jax.config.update(n, v)
-
-
 def run_config(name: str, data_dir: str, **overrides) -> ml_collections.ConfigDict:
   """`configs/<name>.py:digits` shrunk to `tiny_config`'s network and four steps."""
   config = importlib.import_module(f"configs.{name}").get_config("digits")

@@ -534,19 +534,6 @@ def test_classification_method_or_head_stops_on_the_wrong_task(sprites_data_dir,
 # ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _persistent_compilation_cache(tmp_path_factory):
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  old = {n: getattr(jax.config, n) for n in names}
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  yield
-  for n, v in old.items():
-    jax.config.update(n, v)
-
-
 class Runs:
   """The runs of each method, made once per module and in order of need."""
 
