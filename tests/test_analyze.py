@@ -15,8 +15,8 @@ from tljax import analyze, train
 
 def test_analyze_a_workdir(digits_data_dir, tmp_path):
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(tiny_config(digits_data_dir, total_steps=30, eval_every=30,
-                                       checkpoint_every=30, log_every=10),
+  train.train_and_evaluate(tiny_config(digits_data_dir, total_steps=4, eval_every=4,
+                                       checkpoint_every=4, log_every=2),
                            workdir, devices=jax.devices()[:1])
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   subprocess.run([sys.executable, "-m", "tljax.analyze", f"--workdir={workdir}", "--seeds=1",

@@ -402,7 +402,7 @@ def test_ibn_resnet_loads_torchvision_weights_into_its_batchnorm_parts(variant, 
   torch.save(reference.state_dict(), path)
   config = ml_collections.ConfigDict({"name": f"resnet18_ibn_{variant}", "bottleneck_dim": 0})
   classifier = models.create_classifier(config, 7)
-  init = classifier.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  init = jax.jit(classifier.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   loaded = checkpoints.load(init, path, backbone=f"resnet18_ibn_{variant}",
                             dont_load=("head/.*",))
   params, stats = loaded["params"]["backbone"], loaded["batch_stats"]["backbone"]
