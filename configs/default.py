@@ -213,6 +213,10 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
   config.model.init_scheme = "torch"
   # The head's output activation: "" (logits) or "sigmoid" (regressors, factors in [0, 1]).
   config.model.output_activation = ""
+  # > 0: the labelled loss adds this weight times the cross-entropy of the
+  # auxiliary classifier a backbone sows in training (Inception-v3 with
+  # backbone_kwargs.aux_logits=True; torchvision's recipe: 0.4). 0: none.
+  config.model.aux_loss_weight = 0.0
   config.model.dtype = "float32"  # compute dtype (bfloat16 on GPU/TPU); params stay fp32
   # ("float64", with jax_enable_x64, computes and keeps everything in fp64: parity tests)
   # Where the classifier starts: a pretrained checkpoint (.safetensors, .pth,

@@ -19,6 +19,9 @@ Tasks (`:<task>`), each the target of a `configs/source_only.py` pretraining:
   mnist_m  -> mnist5k_m       (pretrain: configs/source_only.py:mnist_m, on mnist5k)
   mnist_digits -> digits_full (pretrain: configs/source_only.py:mnist_digits, on mnist5k_8x8)
   office31 -> office31/webcam (an ImageNet ResNet-50 file; 80% train / 20% test)
+  office31_inception -> office31/webcam (an ImageNet Inception-v3 file, 299 px, its
+                        auxiliary classifier trained at weight 0.4 as in torchvision's
+                        recipe: `model.aux_loss_weight`)
 
 TLlib's fine-tuning recipe: SGD (momentum 0.9, Nesterov, lr 0.01, weight
 decay 5e-4), batch 48, the pretrained parts at 0.1x the rate (`--finetune`),
@@ -33,7 +36,8 @@ import ml_collections
 from configs import default
 
 TARGETS = {"digits": "digits_m", "synth": "digits_full", "synth_m": "digits_m_full",
-           "mnist_m": "mnist5k_m", "mnist_digits": "digits_full", "office31": "office31/webcam"}
+           "mnist_m": "mnist5k_m", "mnist_digits": "digits_full", "office31": "office31/webcam",
+           "office31_inception": "office31/webcam"}
 
 # The parameters a pretrained tljax classifier provides (backbone and
 # bottleneck); a torchvision checkpoint provides the backbone alone.
@@ -42,7 +46,9 @@ PRETRAINED = {"digits": "classifier/(backbone|bottleneck)/.*",
               "synth_m": "classifier/(backbone|bottleneck)/.*",
               "mnist_m": "classifier/(backbone|bottleneck)/.*",
               "mnist_digits": "classifier/(backbone|bottleneck)/.*",
-              "office31": "classifier/backbone/.*"}
+              "office31": "classifier/backbone/.*",
+              # The auxiliary classifier's fc predicts the task's classes: new, like the head.
+              "office31_inception": "classifier/backbone/(?!AuxLogits/fc/).*"}
 
 
 def finetune_task(config: ml_collections.ConfigDict, arg: str) -> None:
@@ -67,7 +73,7 @@ def finetune_task(config: ml_collections.ConfigDict, arg: str) -> None:
   config.schedule.boundaries = (600,)
   config.schedule.decay = 0.1
   config.eval_every = config.checkpoint_every = 500
-  if arg == "office31":
+  if arg.startswith("office31"):
     # One split: 80% to fine-tune on, 20% to evaluate.
     config.source_split = "train[:80%]"
     config.target_split = config.eval_target_split = config.eval_source_split = "train[80%:]"
@@ -75,6 +81,26 @@ def finetune_task(config: ml_collections.ConfigDict, arg: str) -> None:
     config.total_steps = 10000
     config.schedule.boundaries = (6000,)
     config.eval_every = config.checkpoint_every = 1000
+  if arg == "office31_inception":
+    _inception_v3(config)
+
+
+def _inception_v3(config: ml_collections.ConfigDict) -> None:
+  """torchvision's Inception-v3 recipe on 299 px crops: ImageNet-normalised
+  images taken to the [-1, 1] scaling of Google's weights (`transform_input`),
+  and the auxiliary classifier on `Mixed_6e` trained beside the head,
+  `loss = CE(logits) + 0.4 * CE(aux_logits)`."""
+  config.data.image_size = 299
+  config.model.name = "inception_v3"
+  config.model.backbone_kwargs = ml_collections.ConfigDict({"aux_logits": True,
+                                                            "transform_input": True})
+  config.model.aux_loss_weight = 0.4
+  config.model.init_recipe = (
+      "Pass ImageNet weights: --config.model.init=/path/to/inception_v3_google-0cc3c7bd.pth "
+      "(torchvision's IMAGENET1K_V1 file, read as is).")
+  # Both classifiers' final layers predict the task's classes: their
+  # initialisation stays.
+  config.model.dont_load = ("head/.*", "backbone/AuxLogits/fc/.*")
 
 
 # The run each embedded task's pretrained classifier comes from.
@@ -97,7 +123,7 @@ def require_pretrained(config: ml_collections.ConfigDict, name: str, arg: str) -
 
 
 def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
-  config = default.get_config("office31" if arg == "office31" else "digits")
+  config = default.get_config("office31" if arg.startswith("office31") else "digits")
   finetune_task(config, arg)
   config.method = ml_collections.ConfigDict({"name": "source_only"})
   return config

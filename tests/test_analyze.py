@@ -7,10 +7,11 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import REPO, tiny_config
-from tljax import analyze, train
+from tljax import analyze, shallow, train
 
 
 def test_analyze_a_workdir(digits_data_dir, tmp_path):
@@ -25,10 +26,22 @@ def test_analyze_a_workdir(digits_data_dir, tmp_path):
   out = os.path.join(workdir, "analysis")
   report = json.load(open(os.path.join(out, "analysis.json")))
   assert report["num_source"] == 300 and report["num_target"] == 298 and report["dim"] == 32
-  assert -0.5 <= report["proxy_a_distance"] <= 2.0 and report["mmd2"] > 0
   with Image.open(os.path.join(out, "tsne.png")) as image:
     image.verify()
   data = np.load(os.path.join(out, "features.npz"))
+  source, target = (np.asarray(data[f"{d}_features"], np.float64) for d in ("source", "target"))
+  # MMD^2 of the saved features in numpy: the biased statistic with a Gaussian
+  # kernel whose width is the median distance between distinct pooled samples.
+  pooled = np.concatenate([source, target])
+  squared = np.maximum(((pooled[:, None] - pooled[None]) ** 2).sum(-1), 0)
+  sigma = np.median(np.sqrt(squared[~np.eye(len(pooled), dtype=bool)]))
+  kernel = np.exp(-squared / (2 * sigma**2))
+  n = len(source)
+  mmd2 = kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2 * kernel[:n, n:].mean()
+  assert report["mmd2"] == pytest.approx(mmd2, rel=1e-3, abs=1e-6)
+  # The proxy A-distance (its formula: tests/test_shallow.py) of those features, seed 0.
+  assert report["proxy_a_distance"] == pytest.approx(
+      shallow.proxy_a_distance(source, target, seed=0), abs=1e-9)
   assert data["source_features"].shape == (300, 32) and data["target_labels"].shape == (298,)
   results = json.load(open(os.path.join(out, "shallow_results.json")))["results"]
   assert {"none", "tca", "jda", "bda", "coral", "sa", "gfk"} <= set(results)

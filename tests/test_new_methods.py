@@ -29,7 +29,7 @@ import tljax.losses as L
 from conftest import NEW_METHODS, REPO, flat, set_fields, tiny_config, train_lines
 from tljax import train
 from tljax.data import pipeline, preprocess, registry, views
-from tljax.methods import TrainState, create_method, method_names
+from tljax.methods import TrainState, create_method, method_names, terms
 from tljax.methods.pada import PADA
 from tljax.methods.shot import SHOT, cluster_pseudo_labels
 from tljax.workdir import state_at
@@ -347,7 +347,12 @@ def test_config_builds_its_method_for_both_tasks(name):
     config = module.get_config(task)
     method = create_method(config.method, num_classes=31)
     # IWAN's config composes its term with TLlib's entropy term (iwan+entropy_min).
-    assert config.method.name.split("+")[0] == name and method is not None
+    assert config.method.name.split("+")[0] == name
+    if isinstance(method, terms.TermsMethod):
+      assert [term for term, _ in method.terms] == config.method.name.split("+")
+    else:  # the config's settings reach the method's fields
+      settings = {k: v for k, v in config.method.items() if k != "name"}
+      assert {k: getattr(method, k) for k in settings} == settings
 
 
 def test_combined_terms_build():
@@ -523,7 +528,14 @@ def test_short_run_is_finite(name, runs):
   with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)
   assert results["method"].split("+")[0] == name and results["step"] == 4
-  assert 0.0 <= results["target_accuracy"] <= 1.0
+  # The accuracy is a count of hits over the evaluated examples, each counted
+  # once (the split's size, read from the dataset, for the closed-set tasks).
+  examples = results["target_report"]["num_examples"]
+  hits = results["target_accuracy"] * examples
+  assert hits == pytest.approx(round(hits), abs=1e-6), (hits, examples)
+  if name not in LABEL_SETS:
+    dataset, split = results["target_eval"].split(":")
+    assert examples == len(registry.open_domain(dataset, split, data_dir=runs.data_dir))
   # The adaptation loss is live by the last step (DSAN's progressive weight is 0 at step 0).
   key = {"shot": "im_loss", "mcd": "classifier_discrepancy"}.get(name, "transfer_loss")
   assert lines[-1][key] != 0

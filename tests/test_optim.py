@@ -200,11 +200,32 @@ def test_per_group_settings_express_tllib_afn(make_config):
 
 
 def test_tllib_inverse_schedule(make_config):
+  """`lr * (1 + gamma * step) ** -power` at points worked out by hand: at step
+  1000, `1 + gamma * step` is 2 and 2**-0.75 = 0.594604; at 5000 it is 6."""
   config = make_config(**{"optimizer.learning_rate": 0.01, "schedule.gamma": 0.001,
                           "schedule.power": 0.75})
   schedule = optim.create_schedule(config)
-  for step in (0, 1, 100, 5000):
-    np.testing.assert_allclose(float(schedule(step)), 0.01 * (1 + 0.001 * step) ** -0.75, rtol=1e-6)
+  for step, want in ((0, 0.01), (1000, 0.005946035575), (5000, 0.002608474300)):
+    np.testing.assert_allclose(float(schedule(step)), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name, fields, points", [
+    # Cosine to 0 at total_steps = 100: half-way lr / 2, a quarter of the way
+    # lr * (1 + cos(pi / 4)) / 2.
+    ("cosine", {}, ((0, 0.1), (25, 0.0853553391), (50, 0.05), (100, 0.0))),
+    # x0.1 from the boundary on (TLlib's fine-tuning `--lr-decay-epochs`).
+    ("step", {"schedule.boundaries": (60,), "schedule.decay": 0.1},
+     ((0, 0.1), (59, 0.1), (60, 0.01), (99, 0.01))),
+    # Linear warm-up from 0 over 10 steps, then the constant rate.
+    ("constant", {"schedule.warmup_steps": 10}, ((0, 0.0), (5, 0.05), (10, 0.1), (99, 0.1))),
+])
+def test_schedules_at_known_points(make_config, name, fields, points):
+  config = make_config(**{"optimizer.learning_rate": 0.1, "schedule.name": name,
+                          "total_steps": 100, **fields})
+  schedule = optim.create_schedule(config)
+  for step, want in points:
+    np.testing.assert_allclose(float(schedule(step)), want, rtol=1e-6, atol=1e-9,
+                               err_msg=f"{name} at step {step}")
 
 
 def test_param_groups_from_the_command_line(digits_data_dir, tmp_path):

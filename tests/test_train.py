@@ -14,6 +14,7 @@ import pytest
 
 from conftest import REPO
 from tljax import optim, train
+from tljax.data import open_domain
 from tljax.workdir import latest_state
 
 
@@ -28,7 +29,14 @@ def _jsonl(workdir):
     return [json.loads(line) for line in f]
 
 
-def test_end_to_end_run_writes_its_files(make_config, tmp_path, caplog):
+def _label_counts(data_dir, name, split, num_classes):
+  """Examples per class of a split, read from the dataset itself."""
+  domain = open_domain(name, split, data_dir=data_dir)
+  return np.bincount([int(domain.source[i]["label"]) for i in range(len(domain))],
+                     minlength=num_classes)
+
+
+def test_end_to_end_run_writes_its_files(make_config, tmp_path, caplog, digits_data_dir):
   caplog.set_level(logging.INFO)
   workdir = str(tmp_path / "run")
   results = train.train_and_evaluate(make_config(), workdir, devices=jax.devices()[:1])
@@ -49,7 +57,14 @@ def test_end_to_end_run_writes_its_files(make_config, tmp_path, caplog):
   for name, pick in on_disk["selected"].items():
     assert pick["target_accuracy"] == evals[pick["step"]]["target_accuracy"], name
   assert on_disk["step"] == 6 and on_disk["target_accuracy"] == results["target_accuracy"]
-  assert 0.0 <= on_disk["target_accuracy"] <= 1.0 and len(on_disk["target_per_class_accuracy"]) == 10
+  # Every example of the evaluated split counted once: each class's accuracy
+  # times its size in the dataset is a whole number of hits, and the hits over
+  # the split's size are the accuracy.
+  counts = _label_counts(digits_data_dir, "digits_m", "test", 10)
+  hits = np.asarray(on_disk["target_per_class_accuracy"], np.float64) * counts
+  np.testing.assert_allclose(hits, np.round(hits), atol=1e-6)
+  assert on_disk["target_report"]["num_examples"] == counts.sum()
+  assert on_disk["target_accuracy"] == pytest.approx(hits.sum() / counts.sum(), abs=1e-9)
   assert on_disk["config"]["source"] == "digits" and on_disk["versions"]["jax"] == jax.__version__
   lines = _jsonl(workdir)
   assert [l["step"] for l in lines if l["kind"] == "train"] == [2, 4, 6]

@@ -429,6 +429,44 @@ def test_registry_table():
   assert "target_labels" in V.VALIDATORS["oracle"].inputs
 
 
+def test_each_validator_prefers_the_better_model_in_its_direction():
+  """Two models on the same data: one right and confident, its target
+  predictions in class clusters; one wrong on the source and scattered on the
+  target (no clusters for the density measures to find). Every validator
+  scores the first better in the direction the registry declares (a swapped
+  direction selects the worst checkpoint)."""
+  rng = np.random.default_rng(0)
+  n, num_classes, d = 120, 5, 8
+  source_labels, target_labels = rng.integers(0, num_classes, n), rng.integers(0, num_classes, n)
+  centres = 3.0 * rng.normal(size=(num_classes, d))
+  one_hot = lambda labels: np.eye(num_classes, dtype=np.float32)[labels]
+  wrong = lambda labels: (labels + 1) % num_classes
+  noise = lambda: np.float32(0.1 * rng.normal(size=(n, num_classes)))
+  models = {
+      "good": {"source_logits": 8 * one_hot(source_labels) + noise(),
+               "target_logits": 8 * one_hot(target_labels) + noise(),
+               "source_features": np.float32(centres[source_labels] + 0.1 * rng.normal(size=(n, d))),
+               "target_features": np.float32(centres[target_labels] + 0.1 * rng.normal(size=(n, d)))},
+      "bad": {"source_logits": 0.5 * one_hot(wrong(source_labels)) + noise(),
+              "target_logits": np.float32(2.0 * rng.normal(size=(n, num_classes))),
+              "source_features": np.float32(3.0 * rng.normal(size=(n, d))),
+              "target_features": np.float32(3.0 * rng.normal(size=(n, d)))}}
+  scores = {name: V.evaluate({**inputs, "source_labels": source_labels})
+            for name, inputs in models.items()}
+  assert set(scores["good"]) == set(V.VALIDATORS) - {"oracle", "source_mae"}
+  for name in scores["good"]:
+    good_is_higher = float(scores["good"][name]) > float(scores["bad"][name])
+    assert good_is_higher == V.VALIDATORS[name].higher_is_better, (
+        name, float(scores["good"][name]), float(scores["bad"][name]))
+  # Regression: outputs near the factors against outputs anywhere.
+  factors = np.float32(rng.uniform(size=(n, 2)))
+  mae = {name: float(V.evaluate({"source_logits": outputs, "source_labels": factors},
+                                names=["source_mae"])["source_mae"])
+         for name, outputs in (("good", factors + np.float32(0.01)),
+                               ("bad", np.float32(rng.uniform(size=(n, 2)))))}
+  assert (mae["good"] > mae["bad"]) == V.VALIDATORS["source_mae"].higher_is_better
+
+
 def test_evaluate_computes_what_the_inputs_allow():
   inputs = _eval_pass(0)
   results = V.evaluate(inputs)

@@ -67,6 +67,7 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("model.bottleneck_dropout", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("model.head_hidden", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
     ("model.head_dropout", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("model.aux_loss_weight", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     ("data.source_fraction", lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
     ("data.source_subset_seed", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
     ("validation.max_examples", lambda v: isinstance(v, int) and v >= 2,

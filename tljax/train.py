@@ -42,6 +42,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from absl import logging
 import flax
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -272,9 +273,11 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
     optimizers[name] = optim.create_optimizer(config, methods_base.select(param_shapes, mask),
                                               schedule=schedules[name],
                                               lr_scale=specs[name].lr_scale)
+  if config.model.aux_loss_weight:
+    _check_sows_aux_logits(probe, input_shape, config.model.name)
   ctx = methods_base.StepContext(classifier, networks, optimizers, trainable, schedule,
                                  num_classes, num_target_examples, optimizer_schedules=schedules,
-                                 **task_fields)
+                                 aux_loss_weight=config.model.aux_loss_weight, **task_fields)
 
   def init_state(rng, params, model_state):
     variables = {"params": params, **model_state}
@@ -310,6 +313,24 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
   return Setup(method=method, ctx=ctx, state=state, frozen_norm=frozen_norm, train_step=step_fn,
                predict=predict_fn, batch_statistics=statistics_fn,
                predict_labels=predict_labels_fn, source_of_init=source_of_init)
+
+
+def _check_sows_aux_logits(classifier, input_shape: tuple[int, ...], backbone: str) -> None:
+  """Refuses `config.model.aux_loss_weight > 0` for a classifier whose training
+  pass sows no `aux_logits` (before anything is written; shapes only)."""
+  def sown(images):
+    variables = classifier.init({"params": jax.random.PRNGKey(0)}, images, train=False)
+    _, updates = classifier.apply(variables, images, train=True, mutable=True,
+                                  rngs={"dropout": jax.random.PRNGKey(0)})
+    return updates.get("intermediates", {})
+
+  images = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
+  names = {path[-1] for path in flax.traverse_util.flatten_dict(jax.eval_shape(sown, images))}
+  if "aux_logits" not in names:
+    raise ValueError(f"config.model.aux_loss_weight > 0 trains an auxiliary classifier, and the "
+                     f"{backbone} backbone has none in training: build one with "
+                     "--config.model.backbone_kwargs.aux_logits=True (Inception-v3) or set "
+                     "--config.model.aux_loss_weight=0")
 
 
 def _load_pretrained(params: dict, model_state: dict, config) -> tuple[dict, dict, str]:

@@ -24,6 +24,13 @@ parameters the named optimizer(s) train (frozen groups and everything outside
 the optimizer's scope are closed over, so they leave the backward pass, the
 gradient norm, clipping and the non-finite guard), applies the optimizer, and
 returns the new state and the phase's metrics.
+
+A backbone with an auxiliary classifier (Inception-v3's) sows its logits as
+`intermediates/.../aux_logits` in training; with `config.model.aux_loss_weight
+> 0` the labelled loss of every method that goes through the shared forward
+passes (`forward_domains`, `terms.source_only_loss`, `terms.labelled_loss`)
+adds `aux_loss_weight * CE(aux_logits, labels)` (`StepContext.auxiliary_loss`),
+and a method that adds none is refused when its step is traced.
 """
 
 from __future__ import annotations
@@ -43,6 +50,11 @@ from tljax import losses
 
 Variables = dict[str, Any]  # {collection: tree}
 CLASSIFIER = ("classifier",)
+# The entry of a loss function's variables where `StepContext.apply_classifier`
+# leaves the auxiliary logits of its training passes until `auxiliary_loss`
+# takes them (see `StepContext.aux_loss_weight`); `update` removes it, so it
+# never reaches the state.
+AUX_LOGITS = "aux_logits"
 
 
 @flax.struct.dataclass
@@ -228,6 +240,13 @@ class StepContext:
       `config.data.domains_per_step`, drawn anew every step); with per-domain
       sampling a source batch holds `domains_per_step * domain_batch_size`
       examples.
+    aux_loss_weight: > 0 trains an auxiliary classifier that the backbone
+      sows as `aux_logits` (`config.model.aux_loss_weight`; 0.4 in
+      torchvision's Inception-v3 recipe): every training pass of
+      `apply_classifier` keeps those logits in the variables under
+      `AUX_LOGITS`, and `auxiliary_loss` turns the labelled pass's into
+      `aux_loss_weight * CE(aux_logits, labels)`. 0: the auxiliary head,
+      if any, gets no loss.
   """
 
   classifier: nn.Module
@@ -245,6 +264,7 @@ class StepContext:
   domain_batch_size: int | None = None
   domains_per_step: int = 1
   optimizer_schedules: Mapping[str, optax.Schedule] = dataclasses.field(default_factory=dict)
+  aux_loss_weight: float = 0.0
 
   @property
   def is_regression(self) -> bool:
@@ -258,6 +278,34 @@ class StepContext:
       error = outputs - labels.astype(outputs.dtype)
       return jnp.mean(error**2) if self.regression_loss == "l2" else jnp.mean(jnp.abs(error))
     return cross_entropy(outputs, labels)
+
+  def auxiliary_loss(self, variables: Variables, labels: jax.Array
+                     ) -> tuple[jax.Array, Variables]:
+    """`aux_loss_weight * CE(aux_logits, labels)` of the latest training pass
+    whose auxiliary logits no loss has taken yet, over its first `len(labels)`
+    rows (the labelled rows come first in every shared pass: `[source;
+    target]`, or the source pass alone), and the variables with that pass
+    marked as taken. Zero, and the variables unchanged, when
+    `aux_loss_weight` is 0.
+
+    Raises:
+      ValueError: at trace time, when no training pass left auxiliary logits.
+    """
+    if not self.aux_loss_weight:
+      return jnp.zeros((), jnp.float32), variables
+    pending = variables.get(AUX_LOGITS, ())
+    untaken = [i for i, logits in enumerate(pending) if logits is not None]
+    if not untaken:
+      raise ValueError("config.model.aux_loss_weight > 0, and no training pass of the classifier "
+                       "sowed auxiliary logits to train: build a backbone with an auxiliary "
+                       "classifier (e.g. --config.model.backbone_kwargs.aux_logits=True) or set "
+                       "--config.model.aux_loss_weight=0")
+    index = untaken[-1]
+    aux_logits = pending[index][:labels.shape[0]]
+    # A taken pass stays as None, so `update` can tell that some loss read one.
+    taken = pending[:index] + (None,) + pending[index + 1:]
+    loss = self.aux_loss_weight * cross_entropy(aux_logits, labels)
+    return loss, {**variables, AUX_LOGITS: taken}
 
   def supervised_metrics(self, outputs: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
     """What a step logs of its labelled predictions: accuracy, or the mean absolute error."""
@@ -318,12 +366,21 @@ class StepContext:
     if not train:
       return self.classifier.apply(mine, images, train=False, **kwargs), variables
     mutable = [c for c in mine if c != "params"]
+    if self.aux_loss_weight:
+      mutable.append("intermediates")
     if not mutable:
       return self.classifier.apply(mine, images, train=True, rngs={"dropout": rng},
                                    **kwargs), variables
     out, updates = self.classifier.apply(mine, images, train=True, mutable=mutable,
                                          rngs={"dropout": rng}, **kwargs)
-    return out, with_owned(variables, owner, updates)
+    sown = updates.pop("intermediates", {})
+    variables = with_owned(variables, owner, updates)
+    if self.aux_loss_weight:
+      # `sow` keeps a tuple of values under each name.
+      aux_logits = tuple(leaf for path, values in _flat(sown).items() if path[-1] == "aux_logits"
+                         for leaf in jax.tree.leaves(values))
+      variables = {**variables, AUX_LOGITS: variables.get(AUX_LOGITS, ()) + aux_logits}
+    return out, variables
 
   def apply_network(self, name: str, variables: Variables, *args, train: bool,
                     rng: jax.Array | None = None, method: Callable | None = None,
@@ -363,8 +420,13 @@ class StepContext:
     source_rng, target_rng = jax.random.split(rng)
     (source_features, source_logits), variables = self.apply_classifier(
         variables, source_images, train=True, rng=source_rng, owner=owner)
+    pending = variables.get(AUX_LOGITS)
     (target_features, target_logits), variables = self.apply_classifier(
         variables, target_images, train=True, rng=target_rng, owner=owner)
+    if pending is not None:
+      # The target pass's auxiliary logits have no labels: the source pass's
+      # stay the latest, for `auxiliary_loss`.
+      variables = {**variables, AUX_LOGITS: pending}
     return DomainOutputs(source_features, target_features, source_logits, target_logits,
                          labels), variables
 
@@ -396,7 +458,16 @@ class StepContext:
 
     def objective(trainable_params):
       params = merge(variables["params"], trainable_params)
-      return loss_fn({**variables, "params": params})
+      loss, (new_variables, metrics) = loss_fn({**variables, "params": params})
+      new_variables = dict(new_variables)
+      pending = new_variables.pop(AUX_LOGITS, ())
+      if pending and all(logits is not None for logits in pending):
+        # Auxiliary logits that no loss read: the auxiliary head would
+        # silently keep its initialisation.
+        raise ValueError("config.model.aux_loss_weight > 0 trains the backbone's auxiliary "
+                         "classifier, and this method's loss does not add its term "
+                         "(StepContext.auxiliary_loss): set --config.model.aux_loss_weight=0")
+      return loss, (new_variables, metrics)
 
     (loss, (new_variables, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(trainable)
     params = state.params

@@ -186,6 +186,8 @@ class TermsMethod(base.Method):
                                              source["label"], forward_rng,
                                              joint=self.forward == "joint")
     cls_loss = ctx.supervised_loss(outputs.source_logits, outputs.source_labels)
+    aux_loss, variables = ctx.auxiliary_loss(variables, outputs.source_labels)
+    cls_loss = cls_loss + aux_loss
     if self.trade_off_cls_strong:
       (_, strong_logits), variables = ctx.apply_classifier(
           variables, source["image_strong"], train=True, rng=jax.random.fold_in(forward_rng, 1))
@@ -203,6 +205,8 @@ class TermsMethod(base.Method):
       metrics.update({prefix + k: v for k, v in term_metrics.items()})
       if term.trade_off_warmup > 0:
         metrics[prefix + "warmup_scale"] = scale
+    if ctx.aux_loss_weight:
+      metrics["aux_loss"] = aux_loss
     metrics.update(cls_loss=cls_loss, transfer_loss=transfer,
                    **ctx.supervised_metrics(outputs.source_logits, outputs.source_labels))
     return cls_loss + transfer, (variables, metrics)
@@ -223,9 +227,12 @@ def source_only_loss(ctx: base.StepContext, variables: base.Variables, batch: di
   error) on the source batch, which alone goes through the network."""
   source = batch["source"]
   (_, logits), variables = ctx.apply_classifier(variables, source["image"], train=True, rng=rng)
-  cls_loss = ctx.supervised_loss(logits, source["label"])
-  return cls_loss, (variables, {"cls_loss": cls_loss,
-                                **ctx.supervised_metrics(logits, source["label"])})
+  aux_loss, variables = ctx.auxiliary_loss(variables, source["label"])
+  cls_loss = ctx.supervised_loss(logits, source["label"]) + aux_loss
+  metrics = {"cls_loss": cls_loss, **ctx.supervised_metrics(logits, source["label"])}
+  if ctx.aux_loss_weight:
+    metrics["aux_loss"] = aux_loss
+  return cls_loss, (variables, metrics)
 
 
 def labelled_loss(ctx: base.StepContext, variables: base.Variables, source: dict,
@@ -244,7 +251,8 @@ def labelled_loss(ctx: base.StepContext, variables: base.Variables, source: dict
   weak_rng, strong_rng = jax.random.split(rng)
   (_, logits), variables = ctx.apply_classifier(variables, source["image"], train=True,
                                                 rng=weak_rng)
-  loss = ctx.supervised_loss(logits, source["label"])
+  aux_loss, variables = ctx.auxiliary_loss(variables, source["label"])
+  loss = ctx.supervised_loss(logits, source["label"]) + aux_loss
   if trade_off_strong:
     (_, strong_logits), variables = ctx.apply_classifier(variables, source["image_strong"],
                                                          train=True, rng=strong_rng)

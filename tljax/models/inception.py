@@ -21,15 +21,17 @@ ImageNet-normalised images, as torchvision does.
 
 The auxiliary classifier (`aux_logits=True`, torchvision's `InceptionAux` on
 `Mixed_6e`) runs only in training and leaves the return type alone: its logits
-are sown into the `intermediates` collection. A train step reads them with
+are sown into the `intermediates` collection, i.e.
 
     (features, logits), updates = classifier.apply(
         variables, images, train=True, mutable=["batch_stats", "intermediates"],
         rngs={"dropout": rng})
     aux_logits = updates["intermediates"]["backbone"]["aux_logits"][0]
-    loss = cross_entropy(logits) + 0.4 * cross_entropy(aux_logits)
 
-(0.4 is the weight of torchvision's reference recipe). Its 5x5 convolution
+and `config.model.aux_loss_weight` (0.4, torchvision's reference recipe, in
+`configs/finetune.py:office31_inception`) makes the labelled loss
+`cross_entropy(logits) + 0.4 * cross_entropy(aux_logits)`
+(`tljax.methods.base.StepContext.auxiliary_loss`). Its 5x5 convolution
 needs a 17x17 `Mixed_6e` map, i.e. training images of at least 299 px. Its
 `fc` predicts the task's classes (`create_classifier` sets `num_classes`), so
 when fine-tuning from ImageNet weights it keeps its initialisation like the
