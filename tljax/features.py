@@ -83,13 +83,15 @@ def from_pretrained(features_config: ml_collections.ConfigDict) -> Extractor:
   `backbone_kwargs` (e.g. a ViT's `image_size`), `image_size` and
   `eval_preprocess` (how images are prepared for it).
   """
-  if not features_config.get("init"):
+  if not features_config.init:
     raise ValueError("config.features.init must name the pretrained checkpoint "
                      "(.safetensors, .pth, .npz) of config.features.model")
-  backbone_kwargs = dict(features_config.get("backbone_kwargs") or {})
-  probe_config = ml_collections.ConfigDict({"name": features_config.model, "bottleneck_dim": 0,
-                                            "backbone_kwargs": backbone_kwargs})
-  classifier = models.create_classifier(probe_config, num_classes=1)
+  backbone_kwargs = dict(features_config.backbone_kwargs)
+  # Only the backbone is read: a classifier without a bottleneck around it, so
+  # that the checkpoint's backbone names fit.
+  classifier = models.Classifier(backbone=models.get_backbone(features_config.model,
+                                                              **backbone_kwargs),
+                                 num_classes=1, bottleneck_dim=0)
   size = features_config.image_size
   images = jnp.zeros((1, size, size, 3), jnp.float32)
   shapes = jax.eval_shape(lambda: classifier.init(jax.random.PRNGKey(0), images))
@@ -173,9 +175,9 @@ def feature_domain(extractor: Extractor, domain: Domain, cache_dir: str, **kwarg
 
 def create_extractor(features_config: ml_collections.ConfigDict) -> Extractor:
   """From `config.features`: a tljax `workdir`, or a pretrained `model` + `init`."""
-  if features_config.get("workdir"):
-    return from_workdir(features_config.workdir, features_config.get("layer", "features"))
-  if features_config.get("model"):
+  if features_config.workdir:
+    return from_workdir(features_config.workdir, features_config.layer)
+  if features_config.model:
     return from_pretrained(features_config)
   raise ValueError("config.features needs either `workdir` (a trained tljax run, e.g. "
                    "source_only on digits) or `model` and `init` (a pretrained checkpoint)")

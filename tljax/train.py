@@ -214,10 +214,10 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
     labels = task_lib.LabelSpace(task_lib.CLASSIFICATION,
                                  tuple(str(c) for c in range(num_classes)))
   method = create_method(config.method, num_classes=num_classes)
-  sampling = config.data.get("source_sampling", "per_domain")
+  sampling = config.data.source_sampling
   method.check_task(labels, has_target=has_target, num_source_domains=num_source_domains,
                     source_sampling=sampling if num_source_domains > 1 else "per_domain")
-  if config.model.get("output_activation") and labels.kind != task_lib.REGRESSION:
+  if config.model.output_activation and labels.kind != task_lib.REGRESSION:
     raise ValueError(f"config.model.output_activation={config.model.output_activation!r} bounds "
                      f"regression outputs, and this task is {labels.kind} ({labels.describe()}); "
                      "set --config.model.output_activation=''")
@@ -255,7 +255,7 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
   frozen_norm = optim.frozen_norm_regex(param_shapes, config.param_groups, prefix="classifier")
   # BatchNorm layers kept in evaluation mode while their parameters train
   # (TLlib's DG `--freeze-bn`), beside those whose parameters are frozen.
-  frozen_norm = "|".join(r for r in (frozen_norm, config.model.get("eval_mode_norm", "")) if r)
+  frozen_norm = "|".join(r for r in (frozen_norm, config.model.eval_mode_norm) if r)
   classifier = models.create_classifier(config.model, num_classes, frozen_norm=frozen_norm,
                                         num_source_domains=num_source_domains)
   networks = method.networks(num_classes, classifier)
@@ -294,7 +294,7 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
     loaded = dict(method.init_from_checkpoint({"params": params, **model_state},
                                               config.model.init, backbone=config.model.name))
     params, model_state = jax.device_put((loaded.pop("params"), loaded), replicated)
-  if config.model.get("dtype") == "float64":
+  if config.model.dtype == "float64":
     # Layers create float32 parameters; a float64 run keeps all state in float64.
     params, model_state = jax.tree.map(
         lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x,
@@ -495,7 +495,7 @@ def _label_space(config, labelled: list[_Raw], target: _Raw | None,
   if len(kinds) > 1:
     raise ValueError(f"the domains mix classification and regression labels ({config.source} "
                      f"-> {config.target or config.test_domains}); a run has one kind of label")
-  declared = config.get("label_kind", "")
+  declared = config.label_kind
   if declared and declared != first.label_kind:
     what = (f"factors {', '.join(first.factor_names)}" if first.factor_names
             else f"{first.num_classes} classes")
@@ -572,6 +572,8 @@ def open_data(config: ml_collections.ConfigDict, workdir: str) -> Domains:
                      cache=config.data.cache, skip_corrupt=config.data.skip_corrupt)
   labelled, target, held_out = _open_raw(config, open_kwargs)
   every = labelled + ([target] if target else []) + held_out
+  # `config.features` exists only in the configs of heads on cached features
+  # (configs/linear_probe.py): its presence is what selects them.
   if config.get("features") is not None:
     # Heads on cached features: every split becomes feature vectors of a frozen network.
     extractor = features_lib.create_extractor(config.features)
@@ -579,7 +581,7 @@ def open_data(config: ml_collections.ConfigDict, workdir: str) -> Domains:
     _each(every, lambda d: features_lib.feature_domain(extractor, d, cache_dir,
                                                        num_threads=config.data.num_threads))
   # Views (after the feature cache, which keeps the dataset's own labels).
-  label_map = config.data.get("label_map")
+  label_map = config.data.label_map
   if label_map:
     _each(every, lambda d: views.map_labels(d, label_map))
   labels, keep, others = _label_space(config, labelled, target, held_out)
@@ -710,7 +712,7 @@ def _source_stream(config, domains: Domains, preprocess_fn, **kwargs) -> Iterato
 def domains_per_step(config, num_source_domains: int) -> int:
   """Labelled domains in each step's batch: `config.data.domains_per_step`
   of them with per-domain sampling (0: all), else all (pooled)."""
-  chosen = config.data.get("domains_per_step", 0)
+  chosen = config.data.domains_per_step
   if config.data.source_sampling != "per_domain" or not chosen:
     return num_source_domains
   if not 0 < chosen <= num_source_domains:

@@ -82,48 +82,48 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
            "float64": jnp.float64}
 
 
+# The fields of `config.model` that `create_classifier` passes to `Classifier`
+# (configs/default.py defines each, with its default and what it means).
+CLASSIFIER_FIELDS = ("bottleneck_dim", "bottleneck_norm", "bottleneck_dropout", "bottleneck_layers",
+                     "bottleneck_relu", "head_type", "head_hidden", "head_dropout",
+                     "bottleneck_l2_preserving_dropout", "feature_dropout", "init_scheme",
+                     "output_activation")
+
+
 def create_classifier(model_config: ml_collections.ConfigDict, num_classes: int,
                       frozen_norm: str = "", num_source_domains: int = 1) -> Classifier:
   """Builds the `Classifier` that `config.model` describes.
 
   Args:
-    model_config: `name` (backbone), `bottleneck_dim`, `bottleneck_norm`,
-      `bottleneck_dropout`, `bottleneck_layers`, `bottleneck_relu`, `head_type`,
-      `head_hidden`, `head_dropout`, `output_activation` (regression: 'sigmoid'), `dtype` (compute
-      dtype; parameters stay fp32 except under 'float64'), and `backbone_kwargs`.
+    model_config: `config.model` (configs/default.py): `name` (backbone),
+      `backbone_kwargs`, `dtype` (compute dtype; parameters stay fp32 except
+      under 'float64') and `CLASSIFIER_FIELDS`.
     num_classes: classes of the task.
     frozen_norm: regex of BatchNorm module paths that keep running statistics.
     num_source_domains: labelled domains of the task (a 'multi_source' head
       has a branch for each).
+
+  Raises:
+    ValueError: a field `config.model` lacks (e.g. a workdir's config.json
+      written before the field existed), or an unknown dtype or backbone.
   """
-  if model_config.get("dtype", "float32") not in _DTYPES:
+  missing = [f for f in ("name", "backbone_kwargs", "dtype", *CLASSIFIER_FIELDS)
+             if f not in model_config]
+  if missing:
+    raise ValueError(f"config.model lacks {', '.join(missing)}: configs/default.py defines "
+                     "every field; start the config from its get_config()")
+  if model_config.dtype not in _DTYPES:
     raise ValueError(f"config.model.dtype must be one of {sorted(_DTYPES)}, "
                      f"got {model_config.dtype!r}")
-  dtype = _DTYPES[model_config.get("dtype", "float32")]
+  dtype = _DTYPES[model_config.dtype]
   if dtype == jnp.float64 and not jax.config.jax_enable_x64:
     raise ValueError("config.model.dtype='float64' needs 64-bit JAX: "
                      "jax.config.update('jax_enable_x64', True) before building")
-  kwargs = dict(model_config.get("backbone_kwargs", {}) or {})
+  kwargs = dict(model_config.backbone_kwargs)
   if kwargs.get("aux_logits"):
     # An auxiliary classifier (Inception-v3's) predicts the task's classes too.
     kwargs.setdefault("num_classes", num_classes)
   backbone = get_backbone(model_config.name, dtype=dtype, frozen_norm=frozen_norm, **kwargs)
-  return Classifier(
-      backbone=backbone,
-      num_classes=num_classes,
-      bottleneck_dim=model_config.get("bottleneck_dim", 0),
-      bottleneck_norm=model_config.get("bottleneck_norm", True),
-      bottleneck_dropout=model_config.get("bottleneck_dropout", 0.0),
-      head_type=model_config.get("head_type", ""),
-      head_hidden=model_config.get("head_hidden", 0),
-      head_dropout=model_config.get("head_dropout", 0.5),
-      bottleneck_l2_preserving_dropout=model_config.get("bottleneck_l2_preserving_dropout", False),
-      init_scheme=model_config.get("init_scheme", "torch"),
-      output_activation=model_config.get("output_activation", ""),
-      frozen_norm=frozen_norm,
-      dtype=dtype,
-      bottleneck_layers=model_config.get("bottleneck_layers", 1),
-      bottleneck_relu=model_config.get("bottleneck_relu", True),
-      feature_dropout=model_config.get("feature_dropout", 0.0),
-      num_branches=num_source_domains,
-  )
+  return Classifier(backbone=backbone, num_classes=num_classes, frozen_norm=frozen_norm,
+                    dtype=dtype, num_branches=num_source_domains,
+                    **{field: model_config[field] for field in CLASSIFIER_FIELDS})
