@@ -1,67 +1,35 @@
 """Backbones by name, and the classifier built from `config.model`.
 
-A backbone module registers itself with `@register("name")`; its factory takes
-keyword arguments (`dtype`, `frozen_norm`, plus its own) and returns a linen
-module mapping `(B, H, W, C)` images to pooled `(B, D)` features.
+A backbone module registers itself with `@register("name")` (`BACKBONES`, a
+`tljax.registry.Registry`); its factory takes keyword arguments (`dtype`,
+`frozen_norm`, plus its own) and returns a linen module mapping `(B, H, W, C)`
+images to pooled `(B, D)` features.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from tljax import registry
 from tljax.models.classifier import Bottleneck, Classifier  # noqa: F401
 
-_BACKBONES: dict[str, Callable[..., Any]] = {}
-# Modules imported on first lookup, so that each backbone registers itself.
-_BACKBONE_MODULES = (
-    "tljax.models.small_cnn",
-    "tljax.models.identity",
-    "tljax.models.resnet",
-    "tljax.models.vit",
-    "tljax.models.vgg",
-    "tljax.models.inception",
-)
-
-
-def register(name: str):
-  """Class or function decorator adding a backbone factory under `name`."""
-
-  def wrap(factory):
-    if name in _BACKBONES:
-      raise ValueError(f"backbone {name!r} is registered twice")
-    _BACKBONES[name] = factory
-    return factory
-
-  return wrap
-
-
-def _import_all() -> None:
-  for module in _BACKBONE_MODULES:
-    try:
-      importlib.import_module(module)
-    except ModuleNotFoundError as e:
-      if e.name != module:  # a real import error inside the module
-        raise
+# Every module of this package is imported on the first lookup, so that each
+# backbone registers itself.
+BACKBONES = registry.Registry("backbone", field="config.model.name", scan=__name__)
+register = BACKBONES.register
 
 
 def backbone_names() -> list[str]:
-  _import_all()
-  return sorted(_BACKBONES)
+  return BACKBONES.names()
 
 
 def get_backbone(name: str, **kwargs) -> Any:
-  _import_all()
-  if name not in _BACKBONES:
-    raise ValueError(
-        f"unknown backbone {name!r}; config.model.name must be one of "
-        f"{', '.join(backbone_names())}")
-  factory = _BACKBONES[name]
+  factory = BACKBONES.get(name)
   try:
     return factory(**kwargs)
   except TypeError as e:
