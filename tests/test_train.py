@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from tljax import optim, train
+from tljax import train
 from tljax.workdir import latest_state
 
 
 def _final_params(workdir):
   state, step = latest_state(workdir)
   flat = jax.tree_util.tree_flatten_with_path(state["params"])[0]
-  return step, {optim.path_str(p): v for p, v in flat}
+  return step, {jax.tree_util.keystr(p, simple=True, separator="/"): v for p, v in flat}
 
 
 def _jsonl(workdir):
@@ -58,7 +58,10 @@ def test_end_to_end_run_writes_its_files(make_config, tmp_path, caplog):
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
   progress = [r.getMessage() for r in caplog.records if "steps/s" in r.getMessage()]
-  assert progress and "ETA" in progress[-1] and "step 6/6" in progress[-1]
+  assert progress and "ETA" in progress[-1] and "(6/6)" in progress[-1]  # clu's report
+  assert any(r.getMessage().startswith("step 6/6 | loss ") for r in caplog.records)
+  assert [l["step"] for l in lines if l["kind"] == "progress" and "steps_per_sec" in l] == [
+      2, 4, 6]
   # Re-running a finished run restores it and reports the same numbers.
   again = train.train_and_evaluate(make_config(), workdir, devices=jax.devices()[:1])
   assert again["target_accuracy"] == results["target_accuracy"] and again["step"] == 6

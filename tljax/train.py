@@ -49,6 +49,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from clu import metric_writers
+from clu import periodic_actions
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -840,9 +841,10 @@ def versions() -> dict[str, str]:
 
 
 class JsonlWriter(metric_writers.interface.MetricWriter):
-  """Scalars as lines `{"step": s, "kind": "train" | "eval", ...}` of metrics.jsonl.
+  """Scalars as lines `{"step": s, "kind": "train" | "eval" | ..., ...}` of metrics.jsonl.
 
-  Keys arrive as `kind/name`. On a resume, lines past the restored step are
+  Keys arrive as `kind/name`; clu's progress report (`steps_per_sec`,
+  `uptime`) as bare names, written as `"kind": "progress"`. On a resume, lines past the restored step are
   dropped first: the resumed run recomputes them (identically). The file is a
   log, never read back by the run: a line that does not parse (a run killed
   while writing it) is dropped with a warning.
@@ -869,7 +871,9 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
   def write_scalars(self, step, scalars):
     by_kind = collections.defaultdict(dict)
     for key, value in scalars.items():
-      kind, _, name = key.partition("/")
+      kind, slash, name = key.partition("/")
+      if not slash:  # clu's progress report: steps_per_sec, uptime
+        kind, name = "progress", key
       by_kind[kind][name] = float(value)
     with open(self.path, "a") as f:
       for kind, values in by_kind.items():
@@ -912,13 +916,6 @@ def _create_writer(workdir: str, resume_step: int) -> metric_writers.MetricWrite
       JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step)])
 
 
-def _format_duration(seconds: float) -> str:
-  seconds = int(seconds)
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
 class _StopRequest:
   """SIGTERM (preemption) or SIGINT (Ctrl-C) -> save a checkpoint at the next step, exit."""
 
@@ -949,18 +946,12 @@ class _StopRequest:
     self._previous = {}
 
 
-class TrainWindow:
-  """Averages the metrics of the steps since the last log line, and the rate."""
+class _MetricMeans:
+  """The means of the step metrics since the last log line."""
 
-  def __init__(self, total_steps: int):
-    self.total = total_steps
+  def __init__(self):
     self.sums = collections.defaultdict(float)
     self.steps = 0
-    self.start = time.time()
-
-  def restart(self) -> None:
-    self.sums.clear()
-    self.steps, self.start = 0, time.time()
 
   def add(self, metrics: Mapping[str, Any]) -> None:
     for k, v in metrics.items():
@@ -968,15 +959,11 @@ class TrainWindow:
         self.sums[k] += float(v)
     self.steps += 1
 
-  def summary(self, step: int) -> tuple[dict[str, float], str]:
-    elapsed = max(time.time() - self.start, 1e-9)
-    rate = self.steps / elapsed
+  def pop(self) -> dict[str, float]:
     means = {k: v / max(self.steps, 1) for k, v in self.sums.items()}
-    parts = [f"loss {means['loss']:.4f}"] if "loss" in means else []
-    parts += [f"{k} {means[k]:.4f}" for k in ("cls_loss", "transfer_loss") if k in means]
-    line = (f"step {step}/{self.total} | {' | '.join(parts)} | {rate:.2f} steps/s | ETA "
-            f"{_format_duration((self.total - step) / max(rate, 1e-9))}")
-    return {**means, "steps_per_second": rate}, line
+    self.sums.clear()
+    self.steps = 0
+    return means
 
 
 # ----------------------------------------------------------------------------
@@ -1286,7 +1273,12 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState, writer,
   batches = train_batches(config, domains, method, first_step, run.batch_sharding)
   manager = _checkpoint_manager(run, selection)
   stop = _StopRequest().install()
-  window = TrainWindow(total)
+  means = _MetricMeans()
+  # clu's progress report (steps/s, ETA) on the log lines' steps, also written
+  # as `steps_per_sec` and `uptime` scalars (TensorBoard, metrics.jsonl's
+  # `progress` lines). Its first call, after the compiled first step, starts the clock.
+  progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
+                                             every_steps=config.log_every, every_secs=None)
   pending = None  # (step, metrics) of the step dispatched last: read one step late
   last_eval, train_time, loop_start = None, 0.0, time.time()
 
@@ -1307,12 +1299,13 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState, writer,
           f"step {step}: {shown} not finite; training stopped (latest checkpoint: step "
           f"{manager.latest_step()}). Lower config.optimizer.learning_rate or the method's "
           "trade_off, or set config.optimizer.grad_clip_norm.")
-    window.add(metrics)
+    means.add(metrics)
     if step % config.log_every == 0 or step == total:
-      scalars, line = window.summary(step)
+      scalars = means.pop()
       writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
-      logging.info("%s", line)
-      window.restart()
+      shown = [k for k in ("loss", "cls_loss", "transfer_loss") if k in scalars]
+      logging.info("step %d/%d | %s", step, total,
+                   " | ".join(f"{k} {scalars[k]:.4f}" for k in shown))
 
   def flush():
     nonlocal pending
@@ -1329,8 +1322,8 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState, writer,
       if step == first_step + 1:
         jax.block_until_ready(state)
         logging.info("First step (compilation included) took %.1fs.", time.time() - loop_start)
-        window.restart()
         loop_start = time.time()
+      progress(step)
       flush()
       pending = (step, metrics)
       preempted = stop.signal is not None or (
@@ -1519,5 +1512,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                _shown(primary["value"], domains.labels.primary_metric), primary["selection"],
                domains.labels.primary_metric,
                _shown(results["source_report"]["primary"], domains.labels.primary_metric),
-               _format_duration(results["wall_time_s"]))
+               f"{results['wall_time_s']:.0f} s")
   return results
