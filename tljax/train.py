@@ -4,8 +4,8 @@
 short function: `_open_run` (config checks, mesh), `open_data` (the task:
 its domains, label space and views, `tljax.data.task`), `build`
 (mesh-replicated state, the method's step context, the jitted steps),
-`_claim_workdir` (lock and run identity: nothing is written
-before the config, data and model are known good), `_restore` (the latest
+`_claim_workdir` (lock and run identity: nothing, the feature cache included,
+is written before the config, data and model are known good), `_restore` (the latest
 checkpoint that restores, with the validators' records saved beside it),
 `_write_identity` (run.json and config.json, once the restore succeeded),
 `_train` (the loop: steps, evaluations with validators, checkpoints,
@@ -360,6 +360,8 @@ class Domains:
     tests: held-out domains (`config.test_domains`), by name: read only by the
       final evaluation.
     extra: a method's `extra_domains`: `{key: (training split, evaluation split)}`.
+    unsaved_features: feature extractions not yet in the feature cache; the
+      trainer writes them once it holds the workdir's lock.
   """
 
   source_train: Any
@@ -372,6 +374,7 @@ class Domains:
   source_trains: tuple[Any, ...] = ()
   tests: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   extra: Mapping[str, tuple[Any, Any]] = dataclasses.field(default_factory=dict)
+  unsaved_features: Sequence[features_lib.CacheEntry] = ()
 
   @property
   def num_classes(self) -> int:
@@ -562,8 +565,10 @@ def open_data(config: ml_collections.ConfigDict, workdir: str) -> Domains:
   selections and the unknown label (`config.setting`, `config.data.label_sets`,
   `data.source_classes` / `data.target_classes`), the semi-supervised split
   (`data.labels_per_class`), training-domain hold-outs (`data.holdout_fraction`),
-  label maps and label budgets, and (for heads on frozen features) the feature
-  cache under `workdir`.
+  label maps and label budgets, and (for heads on frozen features) the
+  features, read from the cache under `workdir` (or `config.features.cache_dir`);
+  new extractions are returned unsaved (`Domains.unsaved_features`): this
+  writes nothing.
 
   Raises:
     ValueError: domains that contradict the declared setting or each other, a
@@ -573,13 +578,14 @@ def open_data(config: ml_collections.ConfigDict, workdir: str) -> Domains:
                      cache=config.data.cache, skip_corrupt=config.data.skip_corrupt)
   labelled, target, held_out = _open_raw(config, open_kwargs)
   every = labelled + ([target] if target else []) + held_out
+  unsaved = []
   # `config.features` exists only in the configs of heads on cached features
   # (configs/linear_probe.py): its presence is what selects them.
   if config.get("features") is not None:
     # Heads on cached features: every split becomes feature vectors of a frozen network.
     extractor = features_lib.create_extractor(config.features)
     cache_dir = config.features.cache_dir or os.path.join(workdir, "feature_cache")
-    _each(every, lambda d: features_lib.feature_domain(extractor, d, cache_dir,
+    _each(every, lambda d: features_lib.feature_domain(extractor, d, cache_dir, unsaved=unsaved,
                                                        num_threads=config.data.num_threads))
   # Views (after the feature cache, which keeps the dataset's own labels).
   label_map = config.data.label_map
@@ -637,7 +643,7 @@ def open_data(config: ml_collections.ConfigDict, workdir: str) -> Domains:
       example, np.random.default_rng(0))["image"].shape
   return Domains(source_train, target_train, source_eval, target.eval if target else None,
                  source_val, labels, tuple(input_shape), source_trains=source_trains,
-                 tests={raw.name: raw.eval for raw in held_out})
+                 tests={raw.name: raw.eval for raw in held_out}, unsaved_features=tuple(unsaved))
 
 
 def _open_extra_domains(config: ml_collections.ConfigDict, domains: Domains,
@@ -1486,6 +1492,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   config_checks.check_batch_fits(config, domains, setup.method)
   _claim_workdir(run, allow_changes)
   try:
+    features_lib.save(domains.unsaved_features)  # the feature cache, now that the lock is held
     logging.info("Method %s; parameters per group: %s; BatchNorm frozen where: %s",
                  config.method.name,
                  optim.describe_groups(setup.state.params, config.param_groups),
