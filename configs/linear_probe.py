@@ -31,6 +31,9 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
       "workdir": "",  # a tljax run whose latest checkpoint extracts the features
       "model": "resnet50" if arg == "office31" else "",  # or a pretrained backbone...
       "init": "",  # ...and its checkpoint file
+      # the pretrained backbone's own arguments (e.g. a ViT's image_size); any
+      # key may be set: --config.features.backbone_kwargs.<key>=<value>
+      "backbone_kwargs": ml_collections.ConfigDict(),
       "layer": "backbone",  # backbone (pooled) | features (bottleneck) | logits; workdir only
       "image_size": config.data.image_size,
       "eval_preprocess": image_preprocess,  # how images are prepared for the extractor

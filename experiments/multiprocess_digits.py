@@ -28,7 +28,6 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from tljax import optim  # noqa: E402
 from tljax.workdir import latest_state  # noqa: E402
 
 _CONFIG = flags.DEFINE_string("config", "configs/dann.py:digits", "Config to run.")
@@ -76,7 +75,7 @@ def _run(name: str, num_processes: int, devices_per_process: int) -> dict:
   state, step = latest_state(workdir)
   assert step == _STEPS.value, step
   flat = jax.tree_util.tree_flatten_with_path(state["params"])[0]
-  params = {optim.path_str(p): np.asarray(v) for p, v in flat}
+  params = {jax.tree_util.keystr(p, simple=True, separator="/"): np.asarray(v) for p, v in flat}
   print(f"{name}: {results['train_steps_per_second']:.2f} steps/s, wall {wall:.1f} s, "
         f"target accuracy {results['target_accuracy']:.4f}", flush=True)
   return {"name": name, "processes": num_processes, "devices_per_process": devices_per_process,

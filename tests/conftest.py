@@ -75,6 +75,20 @@ def tiny_config(data_dir: str, **overrides):
   return config
 
 
+def model_config(**fields):
+  """configs/default.py's `config.model` with `fields` set: what
+  `models.create_classifier` reads, for tests that build a classifier alone."""
+  import sys
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, str(REPO))
+  from configs import default
+
+  config = default.get_config().model
+  for key, value in fields.items():
+    config[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+  return config
+
+
 def set_fields(config, fields: dict) -> None:
   """Sets dotted config fields, e.g. `{'method.trade_off': 0.3}`."""
   for key, value in fields.items():

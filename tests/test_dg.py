@@ -28,7 +28,7 @@ import optax
 import pytest
 
 import tljax.losses as L
-from conftest import REPO, flat, set_fields, tiny_config, train_lines
+from conftest import REPO, flat, model_config, set_fields, tiny_config, train_lines
 from tljax import models, train
 from tljax.data import pipeline
 from tljax.methods import base, create_method, method_names
@@ -400,7 +400,7 @@ def test_ibn_resnet_loads_torchvision_weights_into_its_batchnorm_parts(variant, 
         module.running_var.uniform_(0.5, 2)
   path = str(tmp_path / "resnet18.pth")
   torch.save(reference.state_dict(), path)
-  config = ml_collections.ConfigDict({"name": f"resnet18_ibn_{variant}", "bottleneck_dim": 0})
+  config = model_config(name=f"resnet18_ibn_{variant}", bottleneck_dim=0, backbone_kwargs={})
   classifier = models.create_classifier(config, 7)
   init = jax.jit(classifier.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   loaded = checkpoints.load(init, path, backbone=f"resnet18_ibn_{variant}",

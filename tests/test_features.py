@@ -1,7 +1,10 @@
 """Feature extraction and heads trained on cached features (linear probes)."""
 
 import importlib
+import json
 import os
+import socket
+import subprocess
 import sys
 
 import jax
@@ -11,6 +14,7 @@ import pytest
 
 from conftest import REPO, tiny_config
 from tljax import features, train
+from tljax import workdir as workdir_lib
 from tljax.data import open_domain
 
 sys.path.insert(0, str(REPO))
@@ -59,6 +63,30 @@ def test_linear_probe_trains_on_the_cache(trained_workdir, digits_data_dir, tmp_
   config.features.cache_dir = cache
   train.train_and_evaluate(config, str(tmp_path / "probe2"), devices=jax.devices()[:1])
   assert {f: os.stat(os.path.join(cache, f)).st_mtime_ns for f in files} == mtimes
+
+
+def test_a_run_refused_by_a_live_lock_writes_no_feature_cache(trained_workdir, digits_data_dir,
+                                                              tmp_path):
+  """The features are extracted before the workdir is claimed (the model's
+  input width comes from them), but written into `feature_cache/` only once
+  the run holds the lock: a refused run leaves the workdir as it was."""
+  config = importlib.import_module("configs.linear_probe").get_config("digits")
+  config.data_dir = digits_data_dir
+  config.features.workdir = trained_workdir
+  config.batch_size, config.data.num_threads = 16, 0
+  workdir = tmp_path / "busy"
+  workdir.mkdir()
+  sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+  try:
+    (workdir / workdir_lib.LOCK_NAME).write_text(json.dumps(
+        {"run": "other", "host": socket.gethostname(), "pid": sleeper.pid, "since": "now"}))
+    before = {p.name: p.read_bytes() for p in workdir.iterdir()}
+    with pytest.raises(workdir_lib.WorkdirInUseError, match="in use by another run"):
+      train.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1])
+    assert {p.name: p.read_bytes() for p in workdir.iterdir()} == before
+  finally:
+    sleeper.kill()
+    sleeper.wait()
 
 
 def test_probe_without_an_extractor_is_a_clear_error(digits_data_dir, tmp_path):

@@ -49,10 +49,10 @@ def test_config_builds_its_method(name, task):
     assert [n for n, _ in method.terms] == config.method.name.split("+")
     assert method.forward == config.method.forward
     for (term_name, term), cls in zip(method.terms, config.method.name.split("+")):
-      assert type(term) is terms.get_term(cls)
+      assert type(term) is terms.TERMS.get(cls)
   else:
     from tljax import methods  # pylint: disable=g-import-not-at-top
-    assert type(method) is methods._METHODS[config.method.name]  # pylint: disable=protected-access
+    assert type(method) is methods.METHODS.get(config.method.name)
 
 
 def test_config_errors_name_the_field():

@@ -34,6 +34,7 @@ from benchmarks import cases
 from benchmarks import flax_steps
 from benchmarks import office31_like
 from benchmarks import profiling
+from conftest import model_config
 from tljax import models
 from tljax.models import checkpoints
 from tljax.models import convert
@@ -282,8 +283,7 @@ def inception_files(tmp_path_factory):
 
 
 def _inception_config(**backbone_kwargs):
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  return ml_collections.ConfigDict({"name": "inception_v3", "backbone_kwargs": backbone_kwargs})
+  return model_config(name="inception_v3", bottleneck_dim=0, backbone_kwargs=backbone_kwargs)
 
 
 def test_inception_v3_parity_with_torchvision(inception_files):

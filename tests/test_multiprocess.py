@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from tljax import optim
 from tljax.workdir import latest_state
 
 _TINY = ["--config=configs/dann.py:digits", "--config.model.backbone_kwargs.widths=(8,8,16)",
@@ -58,7 +57,7 @@ def _run(workdir, data_dir, steps, num_processes, devices_per_process=1):
 def _params(workdir):
   state, step = latest_state(workdir)
   flat = jax.tree_util.tree_flatten_with_path(state["params"])[0]
-  return step, {optim.path_str(p): v for p, v in flat}
+  return step, {jax.tree_util.keystr(p, simple=True, separator="/"): v for p, v in flat}
 
 
 def _max_difference(a, b):

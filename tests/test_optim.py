@@ -42,7 +42,7 @@ def _run(config, steps):
 
 
 def _flat(tree):
-  return {optim.path_str(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {jax.tree_util.keystr(p, simple=True, separator="/"): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def test_uncovered_parameters_are_named(make_config):

@@ -19,12 +19,14 @@ import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import PIL.Image
 import pytest
 
 from conftest import REPO, set_fields
+from tljax import config_checks
 from tljax import main as main_lib
 from tljax import train
 from tljax import workdir as workdir_lib
@@ -326,6 +328,45 @@ def test_bad_input_is_refused_before_anything_is_written(
   assert "\n" not in str(error.value), str(error.value)
   assert re.search(message, str(error.value)), str(error.value)
   assert _snapshot(workdir) == before  # nothing written or lost
+
+
+@pytest.mark.parametrize("section, field", [("model", "feature_dropout"), ("data", "label_map"),
+                                            (None, "label_kind")])
+def test_a_config_that_lacks_a_field_is_one_line(section, field, make_config, tmp_path):
+  """The library reads config fields directly (their defaults are written in
+  configs/default.py only): a config without one is refused at start-up,
+  naming it, with nothing written."""
+  config = make_config()
+  del (config[section] if section else config)[field]
+  workdir = str(tmp_path / "run")
+  with pytest.raises(ValueError) as error:
+    train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  dotted = f"{section}.{field}" if section else field
+  assert re.fullmatch(rf"the config lacks {re.escape(dotted)}: configs/default\.py defines "
+                      r"every field .*", str(error.value)), str(error.value)
+  assert not os.path.exists(workdir)
+
+
+def test_the_checked_fields_are_those_configs_default_defines():
+  """`config_checks.REQUIRED_FIELDS` names every field of every task's default
+  config (but the free keys of the keyword dicts and the method's own)."""
+  sys.path.insert(0, str(REPO))
+  default = importlib.import_module("configs.default")
+
+  def fields(node, prefix=""):
+    out = set()
+    for key, value in node.items():
+      name = prefix + key
+      if (isinstance(value, ml_collections.ConfigDict) and name not in open_dicts
+          and not name.endswith("_preprocess")):
+        out |= fields(value, name + ".")
+      else:
+        out.add(name)
+    return out
+
+  open_dicts = ("method", "model.backbone_kwargs")
+  for task in default.TASKS:
+    assert fields(default.get_config(task)) == set(config_checks.REQUIRED_FIELDS), task
 
 
 def test_a_run_that_failed_before_its_first_checkpoint_takes_the_fix(

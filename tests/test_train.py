@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from tljax import optim, train
+from tljax import features, train
 from tljax.data import open_domain
 from tljax.workdir import latest_state
 
@@ -21,7 +21,7 @@ from tljax.workdir import latest_state
 def _final_params(workdir):
   state, step = latest_state(workdir)
   flat = jax.tree_util.tree_flatten_with_path(state["params"])[0]
-  return step, {optim.path_str(p): v for p, v in flat}
+  return step, {jax.tree_util.keystr(p, simple=True, separator="/"): v for p, v in flat}
 
 
 def _jsonl(workdir):
@@ -73,7 +73,10 @@ def test_end_to_end_run_writes_its_files(make_config, tmp_path, caplog, digits_d
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
   progress = [r.getMessage() for r in caplog.records if "steps/s" in r.getMessage()]
-  assert progress and "ETA" in progress[-1] and "step 6/6" in progress[-1]
+  assert progress and "ETA" in progress[-1] and "(6/6)" in progress[-1]  # clu's report
+  assert any(r.getMessage().startswith("step 6/6 | loss ") for r in caplog.records)
+  assert [l["step"] for l in lines if l["kind"] == "progress" and "steps_per_sec" in l] == [
+      2, 4, 6]
   # Re-running a finished run restores it and reports the same numbers.
   again = train.train_and_evaluate(make_config(), workdir, devices=jax.devices()[:1])
   assert again["target_accuracy"] == results["target_accuracy"] and again["step"] == 6
@@ -209,8 +212,6 @@ def test_cli_rejects_an_unknown_config_key(digits_data_dir, tmp_path):
 def test_source_accuracy_validator_reads_the_held_out_split(make_config, tmp_path, digits_data_dir):
   """The validator's value is the accuracy on `source_val_split`; the evaluation
   split's source accuracy is recorded beside it, not in its place."""
-  from tljax import features
-  from tljax.data import open_domain
   workdir = str(tmp_path / "run")
   config = make_config(**{"source_split": "train[:80%]", "source_val_split": "train[80%:]"})
   results = train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])

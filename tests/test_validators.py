@@ -8,6 +8,7 @@ and jit-vs-eager."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -489,19 +490,29 @@ def test_evaluate_computes_what_the_inputs_allow():
     V.evaluate(dict(inputs, logits=inputs["target_logits"]))
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_spearman_matches_scipy(seed):
+@pytest.mark.parametrize("seed", range(3))
+def test_spearman_is_the_closed_form_without_ties(seed):
+  """Without ties, rho = 1 - 6 sum(d^2) / (n (n^2 - 1)), d the rank differences
+  (Spearman, 1904)."""
   rng = np.random.default_rng(seed)
-  n = [2, 7, 30, 200][seed]
-  x = rng.integers(0, 5, n).astype(np.float32)  # many ties
-  y = np.float32(x + rng.normal(size=n))
-  y[: n // 3] = 1.0  # ties in y too
-  np.testing.assert_allclose(V.spearman(x, y), scipy.stats.spearmanr(x, y).statistic, rtol=1e-5,
-                             atol=1e-6)
-  z = np.float32(rng.normal(size=n))
-  np.testing.assert_allclose(V.spearman(z, y), scipy.stats.spearmanr(z, y).statistic, rtol=1e-5,
-                             atol=1e-6)
-  assert math.isnan(float(V.spearman(np.ones(5, np.float32), np.arange(5, dtype=np.float32))))
+  n = [3, 11, 50][seed]
+  x, y = rng.permutation(n).astype(float), rng.normal(size=n)
+  d = np.argsort(np.argsort(x)) - np.argsort(np.argsort(y))
+  expected = 1 - 6 * np.sum(d**2) / (n * (n**2 - 1))
+  np.testing.assert_allclose(V.spearman(x, y), expected, rtol=1e-12)
+  assert V.spearman(x, 2 * x + 1) == pytest.approx(1.0)
+  assert V.spearman(x, -x**3) == pytest.approx(-1.0)
+
+
+def test_spearman_ties_share_their_mean_rank_and_constants_are_nan():
+  # x ranks (1.5, 1.5, 3, 4), y ranks (1, 2, 3, 4): Pearson's r of the ranks.
+  ranks_x, ranks_y = np.array([1.5, 1.5, 3, 4]), np.arange(1.0, 5)
+  expected = np.corrcoef(ranks_x, ranks_y)[0, 1]
+  assert V.spearman([0.0, 0.0, 2.0, 5.0], [1.0, 2.0, 3.0, 4.0]) == pytest.approx(expected)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # nan without scipy's constant-input warning
+    assert math.isnan(V.spearman(np.ones(5), np.arange(5.0)))
+    assert math.isnan(V.spearman([1.0], [2.0]))
 
 
 def test_select_steps_directions_ties_and_gaps():
@@ -569,7 +580,6 @@ def test_jitted_equals_eager():
                                   source_mask=source_mask, loss="zero_one"),
       "dev_risk": lambda: V.dev_risk(np.float32(weights), np.float32(losses)),
       "iwcv_risk": lambda: V.iwcv_risk(np.float32(weights), np.float32(losses)),
-      "spearman": lambda: V.spearman(np.float32(weights), np.float32(losses)),
   }
   for name, call in calls.items():
     jitted = call()

@@ -31,7 +31,37 @@ def _is_number(value: Any) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-# (field, predicate, what it must be). Fields absent from a config are skipped.
+# Every field configs/default.py defines: the library reads them directly
+# (their defaults are written there only), so a config that lacks one (written
+# by hand, or before the field existed) is refused at start-up, naming it.
+# `method` holds each method's own fields; `*_preprocess` and
+# `model.backbone_kwargs` are keyword dicts whose keys are free.
+REQUIRED_FIELDS: tuple[str, ...] = tuple(
+    f"{section}.{name}" if section else name for section, names in (
+        ("", ("seed", "source", "target", "test_domains", "setting", "unknown_threshold",
+              "label_kind", "regression_loss", "source_split", "target_split",
+              "eval_source_split", "eval_target_split", "source_val_split", "data_dir",
+              "manual_dir", "method", "total_steps", "batch_size", "eval_batch_size",
+              "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+              "param_groups")),
+        ("data", ("image_size", "train_preprocess", "eval_preprocess", "strong_preprocess",
+                  "cache", "num_threads", "num_workers", "skip_corrupt",
+                  "allow_repeats_in_batch", "label_map", "source_fraction",
+                  "source_subset_seed", "source_classes", "target_classes", "label_sets",
+                  "labels_per_class", "holdout_fraction", "holdout_seed", "source_sampling",
+                  "domains_per_step")),
+        ("model", ("name", "backbone_kwargs", "bottleneck_dim", "bottleneck_norm",
+                   "bottleneck_dropout", "bottleneck_layers", "bottleneck_relu", "head_type",
+                   "head_hidden", "head_dropout", "bottleneck_l2_preserving_dropout",
+                   "feature_dropout", "eval_mode_norm", "init_scheme", "output_activation",
+                   "dtype", "init", "dont_load", "init_required", "init_recipe")),
+        ("validation", ("validators", "max_examples")),
+        ("optimizer", ("name", "learning_rate", "momentum", "nesterov", "weight_decay",
+                       "no_decay", "b1", "b2", "grad_clip_norm")),
+        ("schedule", ("name", "gamma", "power", "warmup_steps", "boundaries", "decay")),
+    ) for name in names)
+
+# (field, predicate, what it must be), each of `REQUIRED_FIELDS`.
 _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("seed", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
      "an integer >= 0"),
@@ -125,7 +155,13 @@ def _get(config: ml_collections.ConfigDict, dotted: str) -> tuple[bool, Any]:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises `ValueError` naming the first field whose value is out of range."""
+  """Raises `ValueError` naming the fields the config lacks, or the first
+  field whose value is out of range."""
+  missing = [field for field in REQUIRED_FIELDS if not _get(config, field)[0]]
+  if missing:
+    raise ValueError(f"the config lacks {', '.join(missing)}: configs/default.py defines every "
+                     "field with its default; start the config from its get_config() (as "
+                     "configs/<method>.py do), or add the fields")
   _check_finite(config, "config")
   for field, ok, what in _RULES:
     present, value = _get(config, field)
@@ -134,7 +170,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _, method = _get(config, "method")
   if isinstance(method, (ml_collections.ConfigDict, dict)):
     _validate_method(method, "config.method")
-    _check_pretraining_ends(method, config.get("total_steps"), "config.method")
+    _check_pretraining_ends(method, config.total_steps, "config.method")
   _check_init_paths(config)
   built = None
   if isinstance(method, (ml_collections.ConfigDict, dict)):
@@ -199,18 +235,19 @@ def check_trained_start(config: ml_collections.ConfigDict, method: Any = None) -
   """Refuses a run without `model.init` whose config (`model.init_required`)
   or method (`Method.trained_start_reason`, when given) needs a trained model
   to start from."""
-  if config.model.get("init") or config.get("features") is not None:
+  # `config.features`: only the configs of heads on cached features have it.
+  if config.model.init or config.get("features") is not None:
     return
   reason = method.trained_start_reason() if method is not None else ""
   if reason:
     who, escape = f"method {config.method.name!r} ({reason})", ""
-  elif config.model.get("init_required"):
+  elif config.model.init_required:
     who = "this config"
     escape = (" (or --config.model.init_required=False to train from a random start on "
               "purpose)")
   else:
     return
-  recipe = config.model.get("init_recipe") or (
+  recipe = config.model.init_recipe or (
       "set --config.model.init to the workdir of a run trained on the source, e.g. one of "
       "configs/source_only.py")
   raise ValueError(f"config.model.init is empty, but {who} starts from a trained model, and "
@@ -221,13 +258,13 @@ def check_batch_fits(config: ml_collections.ConfigDict, domains: Any, method: An
   """Refuses a batch larger than a training split the method reads (it would
   hold every example several times, and can exhaust memory), unless
   `data.allow_repeats_in_batch` allows it."""
-  if config.data.get("allow_repeats_in_batch"):
+  if config.data.allow_repeats_in_batch:
     return
   splits = []
   if "source" in method.inputs:
     # `batch_size` examples of each labelled domain, or of their union ('pooled').
     per_domain = (len(domains.source_trains) > 1
-                  and config.data.get("source_sampling", "per_domain") == "per_domain")
+                  and config.data.source_sampling == "per_domain")
     splits += [("source_split", s) for s in
                (domains.source_trains if per_domain else [domains.source_train])]
   if "target" in method.inputs and domains.target_train is not None:

@@ -83,13 +83,15 @@ def from_pretrained(features_config: ml_collections.ConfigDict) -> Extractor:
   `backbone_kwargs` (e.g. a ViT's `image_size`), `image_size` and
   `eval_preprocess` (how images are prepared for it).
   """
-  if not features_config.get("init"):
+  if not features_config.init:
     raise ValueError("config.features.init must name the pretrained checkpoint "
                      "(.safetensors, .pth, .npz) of config.features.model")
-  backbone_kwargs = dict(features_config.get("backbone_kwargs") or {})
-  probe_config = ml_collections.ConfigDict({"name": features_config.model, "bottleneck_dim": 0,
-                                            "backbone_kwargs": backbone_kwargs})
-  classifier = models.create_classifier(probe_config, num_classes=1)
+  backbone_kwargs = dict(features_config.backbone_kwargs)
+  # Only the backbone is read: a classifier without a bottleneck around it, so
+  # that the checkpoint's backbone names fit.
+  classifier = models.Classifier(backbone=models.get_backbone(features_config.model,
+                                                              **backbone_kwargs),
+                                 num_classes=1, bottleneck_dim=0)
   size = features_config.image_size
   images = jnp.zeros((1, size, size, 3), jnp.float32)
   shapes = jax.eval_shape(lambda: classifier.init(jax.random.PRNGKey(0), images))
@@ -130,8 +132,23 @@ def extract(extractor: Extractor, domain: Domain, *, batch_size: int = 256,
   return np.concatenate(outputs).astype(np.float32), np.concatenate(labels).astype(np.int64)
 
 
-def cached(extractor: Extractor, domain: Domain, cache_dir: str, **kwargs) -> tuple[np.ndarray, np.ndarray]:
-  """`extract`, read from `cache_dir` when this exact extraction was done before."""
+@dataclasses.dataclass(frozen=True)
+class CacheEntry:
+  """One extraction, to be written into the cache (`save`)."""
+
+  path: str
+  spec: str
+  features: np.ndarray
+  labels: np.ndarray
+
+
+def cached(extractor: Extractor, domain: Domain, cache_dir: str, *,
+           unsaved: list[CacheEntry] | None = None, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+  """`extract`, read from `cache_dir` when this exact extraction was done before.
+
+  A new extraction is written there at once, or, given `unsaved`, appended to
+  it for `save` to write later (the trainer writes nothing into a workdir
+  before it holds the workdir's lock)."""
   spec = json.dumps([extractor.key, extractor.layer, extractor.eval_preprocess, domain.name,
                      domain.split, len(domain)], sort_keys=True)
   digest = hashlib.sha256(spec.encode()).hexdigest()[:16]
@@ -139,14 +156,24 @@ def cached(extractor: Extractor, domain: Domain, cache_dir: str, **kwargs) -> tu
   if os.path.exists(path):
     with np.load(path) as f:
       return f["features"], f["labels"]
-  logging.info("Extracting %s features of %s:%s (%d examples) into %s.", extractor.layer,
+  logging.info("Extracting %s features of %s:%s (%d examples) for %s.", extractor.layer,
                domain.name, domain.split, len(domain), path)
   features, labels = extract(extractor, domain, **kwargs)
-  os.makedirs(cache_dir, exist_ok=True)
-  tmp = f"{path}.{os.getpid()}.tmp.npz"  # processes may share the cache directory
-  np.savez(tmp, features=features, labels=labels, spec=spec)
-  os.replace(tmp, path)
+  entry = CacheEntry(path, spec, features, labels)
+  if unsaved is None:
+    save([entry])
+  else:
+    unsaved.append(entry)
   return features, labels
+
+
+def save(entries: list[CacheEntry]) -> None:
+  """Writes extractions into their cache files."""
+  for entry in entries:
+    os.makedirs(os.path.dirname(entry.path), exist_ok=True)
+    tmp = f"{entry.path}.{os.getpid()}.tmp.npz"  # processes may share the cache directory
+    np.savez(tmp, features=entry.features, labels=entry.labels, spec=entry.spec)
+    os.replace(tmp, entry.path)
 
 
 class _ArraySource:
@@ -166,16 +193,17 @@ class _ArraySource:
 
 
 def feature_domain(extractor: Extractor, domain: Domain, cache_dir: str, **kwargs) -> Domain:
-  """`domain` with each image replaced by its cached feature vector."""
+  """`domain` with each image replaced by its cached feature vector (`kwargs`:
+  those of `cached`)."""
   features, labels = cached(extractor, domain, cache_dir, **kwargs)
   return dataclasses.replace(domain, source=_ArraySource(features, labels))
 
 
 def create_extractor(features_config: ml_collections.ConfigDict) -> Extractor:
   """From `config.features`: a tljax `workdir`, or a pretrained `model` + `init`."""
-  if features_config.get("workdir"):
-    return from_workdir(features_config.workdir, features_config.get("layer", "features"))
-  if features_config.get("model"):
+  if features_config.workdir:
+    return from_workdir(features_config.workdir, features_config.layer)
+  if features_config.model:
     return from_pretrained(features_config)
   raise ValueError("config.features needs either `workdir` (a trained tljax run, e.g. "
                    "source_only on digits) or `model` and `init` (a pretrained checkpoint)")

@@ -48,10 +48,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 class _TljaxInfoOnly(std_logging.Filter):
-  """Console: tljax's own INFO lines (progress, evaluation), everyone's warnings."""
+  """Console: tljax's own INFO lines (losses, evaluation), clu's progress report
+  (steps/s, ETA: `clu.periodic_actions.ReportProgress` logs it through its
+  platform's work-unit notes), everyone's warnings."""
 
   def filter(self, record):
-    return record.levelno >= std_logging.WARNING or f"{os.sep}tljax{os.sep}" in record.pathname
+    return (record.levelno >= std_logging.WARNING or f"{os.sep}tljax{os.sep}" in record.pathname
+            or f"{os.sep}clu{os.sep}platform{os.sep}" in record.pathname)
 
 
 def _should_initialize_distributed() -> bool:

@@ -20,7 +20,7 @@ is
 decay (e.g. `('.*/bias', '.*/scale')`, biases and normalisation scales, as
 big_vision and the flax examples exclude them; TLlib decays everything).
 
-A method may keep several optimizers (`Method.optimizer_scopes`); each is built
+A method may keep several optimizers (`Method.optimizers`); each is built
 here over the parameters it trains, with the same groups and schedule.
 """
 
@@ -37,10 +37,6 @@ import optax
 FROZEN = "frozen"
 # Per-group optimizer settings a group dict may override.
 GROUP_KEYS = ("lr_mult", "momentum", "weight_decay", "nesterov", "b1", "b2")
-
-
-def path_str(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
 def _normalise_group(i: int, group: Any) -> Any:

@@ -4,8 +4,8 @@
 short function: `_open_run` (config checks, mesh), `open_data` (the task:
 its domains, label space and views, `tljax.data.task`), `build`
 (mesh-replicated state, the method's step context, the jitted steps),
-`_claim_workdir` (lock and run identity: nothing is written
-before the config, data and model are known good), `_restore` (the latest
+`_claim_workdir` (lock and run identity: nothing, the feature cache included,
+is written before the config, data and model are known good), `_restore` (the latest
 checkpoint that restores, with the validators' records saved beside it),
 `_write_identity` (run.json and config.json, once the restore succeeded),
 `_train` (the loop: steps, evaluations with validators, checkpoints,
@@ -50,6 +50,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from clu import metric_writers
+from clu import periodic_actions
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -215,10 +216,10 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
     labels = task_lib.LabelSpace(task_lib.CLASSIFICATION,
                                  tuple(str(c) for c in range(num_classes)))
   method = create_method(config.method, num_classes=num_classes)
-  sampling = config.data.get("source_sampling", "per_domain")
+  sampling = config.data.source_sampling
   method.check_task(labels, has_target=has_target, num_source_domains=num_source_domains,
                     source_sampling=sampling if num_source_domains > 1 else "per_domain")
-  if config.model.get("output_activation") and labels.kind != task_lib.REGRESSION:
+  if config.model.output_activation and labels.kind != task_lib.REGRESSION:
     raise ValueError(f"config.model.output_activation={config.model.output_activation!r} bounds "
                      f"regression outputs, and this task is {labels.kind} ({labels.describe()}); "
                      "set --config.model.output_activation=''")
@@ -256,7 +257,7 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
   frozen_norm = optim.frozen_norm_regex(param_shapes, config.param_groups, prefix="classifier")
   # BatchNorm layers kept in evaluation mode while their parameters train
   # (TLlib's DG `--freeze-bn`), beside those whose parameters are frozen.
-  frozen_norm = "|".join(r for r in (frozen_norm, config.model.get("eval_mode_norm", "")) if r)
+  frozen_norm = "|".join(r for r in (frozen_norm, config.model.eval_mode_norm) if r)
   classifier = models.create_classifier(config.model, num_classes, frozen_norm=frozen_norm,
                                         num_source_domains=num_source_domains)
   networks = method.networks(num_classes, classifier)
@@ -297,7 +298,7 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
     loaded = dict(method.init_from_checkpoint({"params": params, **model_state},
                                               config.model.init, backbone=config.model.name))
     params, model_state = jax.device_put((loaded.pop("params"), loaded), replicated)
-  if config.model.get("dtype") == "float64":
+  if config.model.dtype == "float64":
     # Layers create float32 parameters; a float64 run keeps all state in float64.
     params, model_state = jax.tree.map(
         lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x,
@@ -380,6 +381,8 @@ class Domains:
     tests: held-out domains (`config.test_domains`), by name: read only by the
       final evaluation.
     extra: a method's `extra_domains`: `{key: (training split, evaluation split)}`.
+    unsaved_features: feature extractions not yet in the feature cache; the
+      trainer writes them once it holds the workdir's lock.
   """
 
   source_train: Any
@@ -392,6 +395,7 @@ class Domains:
   source_trains: tuple[Any, ...] = ()
   tests: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   extra: Mapping[str, tuple[Any, Any]] = dataclasses.field(default_factory=dict)
+  unsaved_features: Sequence[features_lib.CacheEntry] = ()
 
   @property
   def num_classes(self) -> int:
@@ -516,7 +520,7 @@ def _label_space(config, labelled: list[_Raw], target: _Raw | None,
   if len(kinds) > 1:
     raise ValueError(f"the domains mix classification and regression labels ({config.source} "
                      f"-> {config.target or config.test_domains}); a run has one kind of label")
-  declared = config.get("label_kind", "")
+  declared = config.label_kind
   if declared and declared != first.label_kind:
     what = (f"factors {', '.join(first.factor_names)}" if first.factor_names
             else f"{first.num_classes} classes")
@@ -582,8 +586,10 @@ def open_data(config: ml_collections.ConfigDict, workdir: str) -> Domains:
   selections and the unknown label (`config.setting`, `config.data.label_sets`,
   `data.source_classes` / `data.target_classes`), the semi-supervised split
   (`data.labels_per_class`), training-domain hold-outs (`data.holdout_fraction`),
-  label maps and label budgets, and (for heads on frozen features) the feature
-  cache under `workdir`.
+  label maps and label budgets, and (for heads on frozen features) the
+  features, read from the cache under `workdir` (or `config.features.cache_dir`);
+  new extractions are returned unsaved (`Domains.unsaved_features`): this
+  writes nothing.
 
   Raises:
     ValueError: domains that contradict the declared setting or each other, a
@@ -593,14 +599,17 @@ def open_data(config: ml_collections.ConfigDict, workdir: str) -> Domains:
                      cache=config.data.cache, skip_corrupt=config.data.skip_corrupt)
   labelled, target, held_out = _open_raw(config, open_kwargs)
   every = labelled + ([target] if target else []) + held_out
+  unsaved = []
+  # `config.features` exists only in the configs of heads on cached features
+  # (configs/linear_probe.py): its presence is what selects them.
   if config.get("features") is not None:
     # Heads on cached features: every split becomes feature vectors of a frozen network.
     extractor = features_lib.create_extractor(config.features)
     cache_dir = config.features.cache_dir or os.path.join(workdir, "feature_cache")
-    _each(every, lambda d: features_lib.feature_domain(extractor, d, cache_dir,
+    _each(every, lambda d: features_lib.feature_domain(extractor, d, cache_dir, unsaved=unsaved,
                                                        num_threads=config.data.num_threads))
   # Views (after the feature cache, which keeps the dataset's own labels).
-  label_map = config.data.get("label_map")
+  label_map = config.data.label_map
   if label_map:
     _each(every, lambda d: views.map_labels(d, label_map))
   labels, keep, others = _label_space(config, labelled, target, held_out)
@@ -655,7 +664,7 @@ def open_data(config: ml_collections.ConfigDict, workdir: str) -> Domains:
       example, np.random.default_rng(0))["image"].shape
   return Domains(source_train, target_train, source_eval, target.eval if target else None,
                  source_val, labels, tuple(input_shape), source_trains=source_trains,
-                 tests={raw.name: raw.eval for raw in held_out})
+                 tests={raw.name: raw.eval for raw in held_out}, unsaved_features=tuple(unsaved))
 
 
 def _open_extra_domains(config: ml_collections.ConfigDict, domains: Domains,
@@ -731,7 +740,7 @@ def _source_stream(config, domains: Domains, preprocess_fn, **kwargs) -> Iterato
 def domains_per_step(config, num_source_domains: int) -> int:
   """Labelled domains in each step's batch: `config.data.domains_per_step`
   of them with per-domain sampling (0: all), else all (pooled)."""
-  chosen = config.data.get("domains_per_step", 0)
+  chosen = config.data.domains_per_step
   if config.data.source_sampling != "per_domain" or not chosen:
     return num_source_domains
   if not 0 < chosen <= num_source_domains:
@@ -859,9 +868,10 @@ def versions() -> dict[str, str]:
 
 
 class JsonlWriter(metric_writers.interface.MetricWriter):
-  """Scalars as lines `{"step": s, "kind": "train" | "eval", ...}` of metrics.jsonl.
+  """Scalars as lines `{"step": s, "kind": "train" | "eval" | ..., ...}` of metrics.jsonl.
 
-  Keys arrive as `kind/name`. On a resume, lines past the restored step are
+  Keys arrive as `kind/name`; clu's progress report (`steps_per_sec`,
+  `uptime`) as bare names, written as `"kind": "progress"`. On a resume, lines past the restored step are
   dropped first: the resumed run recomputes them (identically). The file is a
   log, never read back by the run: a line that does not parse (a run killed
   while writing it) is dropped with a warning.
@@ -888,7 +898,9 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
   def write_scalars(self, step, scalars):
     by_kind = collections.defaultdict(dict)
     for key, value in scalars.items():
-      kind, _, name = key.partition("/")
+      kind, slash, name = key.partition("/")
+      if not slash:  # clu's progress report: steps_per_sec, uptime
+        kind, name = "progress", key
       by_kind[kind][name] = float(value)
     with open(self.path, "a") as f:
       for kind, values in by_kind.items():
@@ -931,13 +943,6 @@ def _create_writer(workdir: str, resume_step: int) -> metric_writers.MetricWrite
       JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step)])
 
 
-def _format_duration(seconds: float) -> str:
-  seconds = int(seconds)
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
 class _StopRequest:
   """SIGTERM (preemption) or SIGINT (Ctrl-C) -> save a checkpoint at the next step, exit."""
 
@@ -968,18 +973,12 @@ class _StopRequest:
     self._previous = {}
 
 
-class TrainWindow:
-  """Averages the metrics of the steps since the last log line, and the rate."""
+class _MetricMeans:
+  """The means of the step metrics since the last log line."""
 
-  def __init__(self, total_steps: int):
-    self.total = total_steps
+  def __init__(self):
     self.sums = collections.defaultdict(float)
     self.steps = 0
-    self.start = time.time()
-
-  def restart(self) -> None:
-    self.sums.clear()
-    self.steps, self.start = 0, time.time()
 
   def add(self, metrics: Mapping[str, Any]) -> None:
     for k, v in metrics.items():
@@ -987,15 +986,11 @@ class TrainWindow:
         self.sums[k] += float(v)
     self.steps += 1
 
-  def summary(self, step: int) -> tuple[dict[str, float], str]:
-    elapsed = max(time.time() - self.start, 1e-9)
-    rate = self.steps / elapsed
+  def pop(self) -> dict[str, float]:
     means = {k: v / max(self.steps, 1) for k, v in self.sums.items()}
-    parts = [f"loss {means['loss']:.4f}"] if "loss" in means else []
-    parts += [f"{k} {means[k]:.4f}" for k in ("cls_loss", "transfer_loss") if k in means]
-    line = (f"step {step}/{self.total} | {' | '.join(parts)} | {rate:.2f} steps/s | ETA "
-            f"{_format_duration((self.total - step) / max(rate, 1e-9))}")
-    return {**means, "steps_per_second": rate}, line
+    self.sums.clear()
+    self.steps = 0
+    return means
 
 
 # ----------------------------------------------------------------------------
@@ -1305,7 +1300,12 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState, writer,
   batches = train_batches(config, domains, method, first_step, run.batch_sharding)
   manager = _checkpoint_manager(run, selection)
   stop = _StopRequest().install()
-  window = TrainWindow(total)
+  means = _MetricMeans()
+  # clu's progress report (steps/s, ETA) on the log lines' steps, also written
+  # as `steps_per_sec` and `uptime` scalars (TensorBoard, metrics.jsonl's
+  # `progress` lines). Its first call, after the compiled first step, starts the clock.
+  progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
+                                             every_steps=config.log_every, every_secs=None)
   pending = None  # (step, metrics) of the step dispatched last: read one step late
   last_eval, train_time, loop_start = None, 0.0, time.time()
 
@@ -1326,12 +1326,13 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState, writer,
           f"step {step}: {shown} not finite; training stopped (latest checkpoint: step "
           f"{manager.latest_step()}). Lower config.optimizer.learning_rate or the method's "
           "trade_off, or set config.optimizer.grad_clip_norm.")
-    window.add(metrics)
+    means.add(metrics)
     if step % config.log_every == 0 or step == total:
-      scalars, line = window.summary(step)
+      scalars = means.pop()
       writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
-      logging.info("%s", line)
-      window.restart()
+      shown = [k for k in ("loss", "cls_loss", "transfer_loss") if k in scalars]
+      logging.info("step %d/%d | %s", step, total,
+                   " | ".join(f"{k} {scalars[k]:.4f}" for k in shown))
 
   def flush():
     nonlocal pending
@@ -1348,8 +1349,8 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState, writer,
       if step == first_step + 1:
         jax.block_until_ready(state)
         logging.info("First step (compilation included) took %.1fs.", time.time() - loop_start)
-        window.restart()
         loop_start = time.time()
+      progress(step)
       flush()
       pending = (step, metrics)
       preempted = stop.signal is not None or (
@@ -1512,6 +1513,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   config_checks.check_batch_fits(config, domains, setup.method)
   _claim_workdir(run, allow_changes)
   try:
+    features_lib.save(domains.unsaved_features)  # the feature cache, now that the lock is held
     logging.info("Method %s; parameters per group: %s; BatchNorm frozen where: %s",
                  config.method.name,
                  optim.describe_groups(setup.state.params, config.param_groups),
@@ -1538,5 +1540,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                _shown(primary["value"], domains.labels.primary_metric), primary["selection"],
                domains.labels.primary_metric,
                _shown(results["source_report"]["primary"], domains.labels.primary_metric),
-               _format_duration(results["wall_time_s"]))
+               f"{results['wall_time_s']:.0f} s")
   return results

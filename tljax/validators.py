@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.stats
 
 from tljax.losses._arrays import as_float, as_float_matrix
 
@@ -670,31 +671,20 @@ def evaluate(inputs: Mapping[str, Any],
 # ----------------------------------------------------------------------------
 
 
-def _average_ranks(x: jax.Array) -> jax.Array:
-  """1-based ranks, ties sharing the mean of their positions."""
-  ordered = jnp.sort(x)
-  below = jnp.searchsorted(ordered, x, side="left")
-  at_or_below = jnp.searchsorted(ordered, x, side="right")
-  return (below + at_or_below + 1).astype(x.dtype) / 2
-
-
-@jax.jit
-def spearman(x: jax.Array, y: jax.Array) -> jax.Array:
-  """Spearman's rank correlation: Pearson's correlation of the average ranks.
-
-  Ties share the mean of their positions (scipy's `rankdata` default). nan
-  when either input is constant, as scipy's `spearmanr`. Inputs must be
-  finite (`rank_correlations` drops the records with gaps).
+def spearman(x: Any, y: Any) -> float:
+  """Spearman's rank correlation, scipy's `spearmanr` (ties share the mean of
+  their positions), on the host: it ranks evaluation records, never inside a
+  step. nan when either input is constant or has fewer than 2 values (scipy
+  warns there; a validator that never changes simply ranks nothing).
 
   Args:
-    x: `(m,)` values.
-    y: `(m,)` values.
+    x: `(m,)` finite values (`rank_correlations` drops the records with gaps).
+    y: `(m,)` finite values.
   """
-  x, y = as_float(x), as_float(y)
-  rank_x = _average_ranks(x)
-  rank_y = _average_ranks(y)
-  rank_x, rank_y = rank_x - jnp.mean(rank_x), rank_y - jnp.mean(rank_y)
-  return jnp.sum(rank_x * rank_y) / jnp.sqrt(jnp.sum(rank_x**2) * jnp.sum(rank_y**2))
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
+    return math.nan
+  return float(scipy.stats.spearmanr(x, y).statistic)
 
 
 Records = Mapping[int, Mapping[str, Any]] | Iterable[tuple[int, Mapping[str, Any]]]
@@ -765,8 +755,8 @@ def rank_correlations(records: Records, *, reference: str = "oracle",
     pairs = np.asarray([(values[name], values[reference]) for _, values in rows
                         if name in values and reference in values
                         and not math.isnan(values[name]) and not math.isnan(values[reference])],
-                       np.float32).reshape(-1, 2)
-    value = float(spearman(pairs[:, 0], pairs[:, 1])) if len(pairs) >= 2 else math.nan
+                       np.float64).reshape(-1, 2)
+    value = spearman(pairs[:, 0], pairs[:, 1])
     if oriented and not _direction(name, directions):
       value = -value
     correlations[name] = value

@@ -49,6 +49,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from tljax.data import image_files
+from tljax.data.registry import DATASETS
 
 _CLASSES_FILE = "classes.txt"
 
@@ -72,6 +73,7 @@ def _read_classes(path: pathlib.Path) -> tuple[str, ...]:
   return image_files.check_class_names(names, str(path))
 
 
+@DATASETS.register("image_folder")
 class ImageFolder(image_files.ImageFileBuilder, skip_registration=True):
   """A folder per class: `image_folder:ROOT`."""
 
@@ -148,6 +150,7 @@ class ImageFolder(image_files.ImageFileBuilder, skip_registration=True):
     return {"train": self._generate_examples(self._entries)}
 
 
+@DATASETS.register("image_list")
 class ImageList(ImageFolder, skip_registration=True):
   """TLlib's image list: `image_list:FILE` with `relative/path.jpg label` lines."""
 
@@ -196,6 +199,7 @@ class ImageList(ImageFolder, skip_registration=True):
                entries=entries, **kwargs)
 
 
+@DATASETS.register("image_csv")
 class ImageCSV(image_files.ImageFileBuilder, skip_registration=True):
   """Regression targets of images: `image_csv:FILE` with `path,factor1,...` rows."""
 

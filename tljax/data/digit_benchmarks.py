@@ -38,6 +38,7 @@ import scipy.io
 import tensorflow_datasets as tfds
 
 from tljax.data import image_files
+from tljax.data.registry import DATASETS
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 
@@ -128,6 +129,7 @@ def read_idx(path: pathlib.Path) -> np.ndarray:
   return values.reshape(shape)
 
 
+@DATASETS.register("mnist")
 class MNIST(_DigitArrays, skip_registration=True):
   """MNIST handwritten digits, from the IDX files."""
 
@@ -183,6 +185,7 @@ def read_h5_usps(path: pathlib.Path, split: str) -> tuple[np.ndarray, np.ndarray
   return images.reshape(-1, 16, 16, 1), np.asarray(target, np.int64)
 
 
+@DATASETS.register("usps")
 class USPS(_DigitArrays, skip_registration=True):
   """USPS handwritten digits, 16x16, from usps.h5 or the LIBSVM files."""
 
@@ -211,6 +214,7 @@ class USPS(_DigitArrays, skip_registration=True):
     return splits
 
 
+@DATASETS.register("svhn")
 class SVHN(_DigitArrays, skip_registration=True):
   """SVHN cropped digits (format 2), 32x32 RGB, from the .mat files."""
 
@@ -239,6 +243,7 @@ class SVHN(_DigitArrays, skip_registration=True):
     return splits
 
 
+@DATASETS.register("mnist_m")
 class MNISTM(image_files.ImageFileBuilder, skip_registration=True):
   """MNIST-M: MNIST digits blended with BSDS500 photo patches, 28x28 RGB PNGs."""
 

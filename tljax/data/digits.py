@@ -37,6 +37,7 @@ import skimage.transform
 import sklearn.datasets
 import tensorflow_datasets as tfds
 
+from tljax.data.registry import DATASETS
 from tljax.data.serialization import deterministic_serialization
 
 IMAGE_SIZE = 28
@@ -132,6 +133,10 @@ class _DigitsBase(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
 
+  def __init__(self, *, skip_corrupt: bool = False, **kwargs):
+    del skip_corrupt  # the images are generated: there is no unreadable file to skip
+    super().__init__(**kwargs)
+
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
@@ -168,6 +173,7 @@ class _DigitsBase(tfds.core.GeneratorBasedBuilder):
                          "digit_index": int(index)}
 
 
+@DATASETS.register("digits")
 class Digits(_DigitsBase):
   """Source domain: scikit-learn's handwritten digits, 28x28 RGB."""
 
@@ -178,6 +184,7 @@ class Digits(_DigitsBase):
     return grey_to_rgb(images[indices])
 
 
+@DATASETS.register("digits_m")
 class DigitsM(_DigitsBase):
   """Target domain: the other half of the digits blended with photo crops (MNIST-M style)."""
 
@@ -188,6 +195,7 @@ class DigitsM(_DigitsBase):
     return blend_with_photos(images[indices], np.random.default_rng(_BLEND_SEED))
 
 
+@DATASETS.register("digits_full")
 class DigitsFull(Digits):
   """All 1,797 digits, white on black: a real-handwriting target for `synth_digits`."""
 
@@ -195,6 +203,7 @@ class DigitsFull(Digits):
     return _full_indices(labels)
 
 
+@DATASETS.register("digits_m_full")
 class DigitsMFull(DigitsM):
   """All 1,797 digits blended with photo crops (MNIST-M style)."""
 

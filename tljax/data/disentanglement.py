@@ -47,6 +47,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from tljax.data import image_files
+from tljax.data.registry import DATASETS
 from tljax.data.serialization import deterministic_serialization
 
 IMAGE_SIZE = 64
@@ -241,6 +242,7 @@ def _domain_configs(names: Sequence[str]) -> list[DomainConfig]:
           for number, name in enumerate(names)]
 
 
+@DATASETS.register("dsprites")
 class DSprites(_RegressionArrays, skip_registration=True):
   """dSprites in TLlib's Color, Noisy and Scream domains: regress scale and position."""
 
@@ -280,6 +282,7 @@ class DSprites(_RegressionArrays, skip_registration=True):
       yield int(row), {"image": _png(image), "label": label, "row": int(row)}
 
 
+@DATASETS.register("mpi3d")
 class MPI3D(_RegressionArrays, skip_registration=True):
   """MPI3D's real, realistic and toy domains: regress the arm's two axes."""
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import tensorflow_datasets as tfds
 
 from tljax.data import image_files
+from tljax.data.registry import DATASETS
 
 # The official class order (that of the split lists; not alphabetical).
 DOMAINNET_CLASSES = tuple((
@@ -65,6 +66,7 @@ DOMAINNET_URL = ("http://ai.bu.edu/M3SDA/ (cleaned version: <domain>.zip and "
 _LIST_FOLDERS = ("", "image_list", "txt", "splits")
 
 
+@DATASETS.register("domainnet")
 class DomainNet(image_files.ImageFileBuilder, skip_registration=True):
   """DomainNet (Peng et al., 2019): about 0.6 million images of 345 classes in 6 domains."""
 

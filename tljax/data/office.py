@@ -26,6 +26,7 @@ import pathlib
 import tensorflow_datasets as tfds
 
 from tljax.data import image_files
+from tljax.data.registry import DATASETS
 
 # The 31 classes, alphabetical: the order of TLlib's lists.
 OFFICE31_CLASSES = (
@@ -58,6 +59,7 @@ def _domain_configs(names: tuple[str, ...]) -> list[tfds.core.BuilderConfig]:
   return [tfds.core.BuilderConfig(name=name, description=f"The {name} domain.") for name in names]
 
 
+@DATASETS.register("office31")
 class Office31(image_files.ImageFileBuilder, skip_registration=True):
   """Office-31 (Saenko et al., 2010): 4,110 images of 31 office objects in 3 domains."""
 
@@ -88,6 +90,7 @@ class Office31(image_files.ImageFileBuilder, skip_registration=True):
     return {"train": self._generate_examples(entries)}
 
 
+@DATASETS.register("office_home")
 class OfficeHome(image_files.ImageFileBuilder, skip_registration=True):
   """Office-Home (Venkateswara et al., 2017): 15,588 images of 65 classes in 4 domains."""
 

@@ -30,6 +30,7 @@ import pathlib
 import tensorflow_datasets as tfds
 
 from tljax.data import image_files
+from tljax.data.registry import DATASETS
 
 PACS_DOMAINS = ("art_painting", "cartoon", "photo", "sketch")
 PACS_CLASSES = ("dog", "elephant", "giraffe", "guitar", "horse", "house", "person")
@@ -37,6 +38,7 @@ PACS_URL = ("https://domaingeneralization.github.io/#data (PACS.zip, the 'kfold'
             "TLlib's image lists: https://github.com/thuml/Transfer-Learning-Library)")
 
 
+@DATASETS.register("pacs")
 class PACS(image_files.ImageFileBuilder, skip_registration=True):
   """PACS: photos, art paintings, cartoons and sketches of 7 classes."""
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import importlib
 import os
 import re
 from typing import Any, Sequence
@@ -22,47 +21,20 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from tljax import registry
 from tljax.data.serialization import deterministic_serialization
 
-# Dataset name -> where its builder is: "module" (importing it registers the
-# builder with TFDS under that name) or "module:Class" (the builder class itself,
-# kept out of TFDS's registry because TFDS has a downloading builder of the same
-# name, e.g. `mnist`, `domainnet`).
-_BUILDER_MODULES: dict[str, str] = {
-    "digits": "tljax.data.digits",
-    "digits_m": "tljax.data.digits",
-    "digits_full": "tljax.data.digits",
-    "digits_m_full": "tljax.data.digits",
-    "synth_digits": "tljax.data.synth_digits",
-    "mnist5k": "tljax.data.mnist5k",
-    "mnist5k_m": "tljax.data.mnist5k",
-    "mnist5k_full": "tljax.data.mnist5k",
-    "mnist5k_8x8": "tljax.data.mnist5k",
-    "sprites": "tljax.data.sprites",
-    "office31": "tljax.data.office:Office31",
-    "office_home": "tljax.data.office:OfficeHome",
-    "pacs": "tljax.data.pacs:PACS",
-    "visda2017": "tljax.data.visda:VisDA2017",
-    "domainnet": "tljax.data.domainnet:DomainNet",
-    "mnist": "tljax.data.digit_benchmarks:MNIST",
-    "usps": "tljax.data.digit_benchmarks:USPS",
-    "svhn": "tljax.data.digit_benchmarks:SVHN",
-    "mnist_m": "tljax.data.digit_benchmarks:MNISTM",
-    "image_folder": "tljax.data.custom:ImageFolder",
-    "image_list": "tljax.data.custom:ImageList",
-    "image_csv": "tljax.data.custom:ImageCSV",
-    "dsprites": "tljax.data.disentanglement:DSprites",
-    "mpi3d": "tljax.data.disentanglement:MPI3D",
-}
-
-
-def register_builder_module(dataset: str, module: str) -> None:
-  """Declares where the builder of `dataset` is: "module" or "module:Class"."""
-  _BUILDER_MODULES[dataset] = module
+# Dataset name -> its TFDS builder class. Every module of this package is
+# imported on the first lookup and registers the builders it defines
+# (`@DATASETS.register(name)`). Builders of datasets TFDS also has, with a
+# download (e.g. `mnist`, `domainnet`), stay out of TFDS's own registry
+# (`skip_registration=True`): only these classes build them.
+DATASETS = registry.Registry("dataset", field="config.source / config.target",
+                             scan="tljax.data")
 
 
 def dataset_names() -> list[str]:
-  return sorted(_BUILDER_MODULES)
+  return DATASETS.names()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +107,7 @@ class _InMemorySource(Sequence):
 def _split_name(name: str) -> tuple[str, str | None, str | None]:
   """`dataset[/config]` or `dataset:PATH` -> (dataset, config, path)."""
   dataset, colon, path = name.partition(":")
-  if colon and "/" not in dataset and dataset in _BUILDER_MODULES:
+  if colon and "/" not in dataset and dataset in DATASETS:
     return dataset, None, path
   dataset, _, config = name.partition("/")
   return dataset, config or None, None
@@ -159,20 +131,16 @@ def _check_data_dir(data_dir: str | None) -> None:
 def _builder(name: str, data_dir: str | None, manual_dir: str | None, skip_corrupt: bool):
   _check_data_dir(data_dir)
   dataset, config, path = _split_name(name)
-  if dataset not in _BUILDER_MODULES:
+  if dataset not in DATASETS:
     raise ValueError(
         f"unknown dataset {name!r}: config.source / config.target must name one "
         f"of {', '.join(dataset_names())} (optionally with a builder config, "
         "e.g. office31/amazon), or image_folder:PATH / image_list:PATH / image_csv:PATH")
   manual_dir = os.path.expanduser(manual_dir) if manual_dir else None
-  module_name, _, class_name = _BUILDER_MODULES[dataset].partition(":")
-  module = importlib.import_module(module_name)
+  builder_class = DATASETS.get(dataset)
+  kwargs = dict(data_dir=data_dir, file_format="array_record", skip_corrupt=skip_corrupt)
 
   def make():
-    if not class_name:
-      return tfds.builder(name, data_dir=data_dir, file_format="array_record")
-    builder_class = getattr(module, class_name)
-    kwargs = dict(data_dir=data_dir, file_format="array_record", skip_corrupt=skip_corrupt)
     takes_path = getattr(builder_class, "takes_path", False)
     if takes_path != (path is not None):
       raise ValueError(f"{name!r}: " + (f"name the files, e.g. {dataset}:/data/my_domain"

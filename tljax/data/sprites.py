@@ -47,6 +47,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from tljax.data import digits
+from tljax.data.registry import DATASETS
 from tljax.data.serialization import deterministic_serialization
 
 IMAGE_SIZE = 32
@@ -172,12 +173,17 @@ def _configs() -> list[SpritesConfig]:
   return configs
 
 
+@DATASETS.register("sprites")
 class Sprites(tfds.core.GeneratorBasedBuilder):
   """Shapes at a random scale, orientation and position; regress scale and position."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = _configs()
+
+  def __init__(self, *, skip_corrupt: bool = False, **kwargs):
+    del skip_corrupt  # the images are generated: there is no unreadable file to skip
+    super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(

@@ -47,6 +47,7 @@ import tensorflow_datasets as tfds
 
 from tljax.data.digits import IMAGE_SIZE
 from tljax.data.digits import NUM_CLASSES
+from tljax.data.registry import DATASETS
 from tljax.data.serialization import deterministic_serialization
 
 _SEED = 2
@@ -164,6 +165,7 @@ class SynthDigitsConfig(tfds.core.BuilderConfig):
   num_test: int = 2_000
 
 
+@DATASETS.register("synth_digits")
 class SynthDigits(tfds.core.GeneratorBasedBuilder):
   """Digits 0-9 rendered from matplotlib's fonts with random geometry and colour."""
 
@@ -175,6 +177,10 @@ class SynthDigits(tfds.core.GeneratorBasedBuilder):
       SynthDigitsConfig(name="small", description="1,000 train / 200 test.",
                         num_train=1_000, num_test=200),
   ]
+
+  def __init__(self, *, skip_corrupt: bool = False, **kwargs):
+    del skip_corrupt  # the images are generated: there is no unreadable file to skip
+    super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(

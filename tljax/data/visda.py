@@ -25,6 +25,7 @@ import pathlib
 import tensorflow_datasets as tfds
 
 from tljax.data import image_files
+from tljax.data.registry import DATASETS
 
 VISDA2017_CLASSES = ("aeroplane", "bicycle", "bus", "car", "horse", "knife", "motorcycle",
                      "person", "plant", "skateboard", "train", "truck")
@@ -33,6 +34,7 @@ VISDA2017_URL = ("https://github.com/VisionLearningGroup/taskcv-2017-public/tree
                  "http://csr.bu.edu/ftp/visda17/clf/)")
 
 
+@DATASETS.register("visda2017")
 class VisDA2017(image_files.ImageFileBuilder, skip_registration=True):
   """VisDA-2017 (Peng et al., 2017): 152,397 synthetic and 55,388 real images of 12 classes."""
 

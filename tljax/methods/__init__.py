@@ -1,7 +1,8 @@
 """Domain-adaptation and transfer methods by name (`config.method.name`).
 
 Every module of this package is imported on first lookup, and registers its
-methods (`@register`) or adaptation terms (`@terms.register_term`), so a new
+methods (`@register`, into `METHODS`) or adaptation terms
+(`@terms.register_term`, into `terms.TERMS`), so a new
 method is one module here plus one config: nothing else names it. Term names
 compose with '+' (`cdan+mcc`, `dann+bsp`); see `tljax.methods.terms`.
 """
@@ -9,42 +10,24 @@ compose with '+' (`cdan+mcc`, `dann+bsp`); see `tljax.methods.terms`.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from typing import Any
 
 import ml_collections
 
+from tljax import registry
 from tljax.methods.base import (CLASSIFIER, DomainOutputs, Method, StepContext,  # noqa: F401
                                 TrainState, owned, with_owned)
 from tljax.methods import terms
 
-_METHODS: dict[str, type[Method]] = {}
-_INFRASTRUCTURE = {"base", "terms"}
-
-
-def register(name: str):
-  """Class decorator adding a `Method` subclass under `name`."""
-
-  def wrap(cls):
-    if name in _METHODS:
-      raise ValueError(f"method {name!r} is registered twice")
-    _METHODS[name] = cls
-    return cls
-
-  return wrap
-
-
-def _import_all() -> None:
-  for module in pkgutil.iter_modules(__path__):
-    if module.name not in _INFRASTRUCTURE:
-      importlib.import_module(f"{__name__}.{module.name}")
+# Every module of this package is imported on the first lookup, and registers
+# its methods or terms.
+METHODS = registry.Registry("method", field="config.method.name", scan=__name__)
+register = METHODS.register
 
 
 def method_names() -> list[str]:
   """Every method, terms included (each term also runs alone as a method)."""
-  _import_all()
-  return sorted(set(_METHODS) | set(terms.term_names()))
+  return sorted(set(METHODS.names()) | set(terms.term_names()))
 
 
 def _to_field_value(value: Any) -> Any:
@@ -67,11 +50,10 @@ def create_method(method_config: ml_collections.ConfigDict | dict, *, num_classe
   Raises:
     ValueError: for an unknown name, or a field the method does not take.
   """
-  _import_all()
   method_config = dict(method_config)
-  name = method_config.get("name")
-  if name in _METHODS:
-    cls = _METHODS[name]
+  name = method_config.get("name")  # a config without one gets the error below
+  if name in METHODS:
+    cls = METHODS.get(name)
     fields = _field_names(cls)
     kwargs = {k: _to_field_value(v) for k, v in method_config.items() if k != "name"}
     unknown = sorted(set(kwargs) - fields)

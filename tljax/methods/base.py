@@ -176,11 +176,6 @@ def _set_in(tree: Mapping, path: tuple[str, ...], value: Any) -> dict:
   return tree
 
 
-def path_str(path) -> str:
-  """'/'-joined names of a pytree path (keys of dicts, names of dataclass fields)."""
-  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-
-
 def _flat(tree: Any) -> dict[tuple[str, ...], Any]:
   return flax.traverse_util.flatten_dict(tree) if tree else {}
 
@@ -212,7 +207,7 @@ class StepContext:
     classifier: the `Classifier` (backbone -> bottleneck -> head).
     networks: the method's own networks by name (`method/<name>/...`).
     optimizers: `{name: optax transformation}` over that optimizer's
-      trainable parameters (see `Method.optimizer_scopes`).
+      trainable parameters (see `Method.optimizers`).
     trainable: `{name: {param path tuple: bool}}`, the parameters each
       optimizer updates (in its scope and not frozen by `config.param_groups`).
     schedule: the base learning-rate schedule (for logging).

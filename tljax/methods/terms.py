@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from tljax import losses
+from tljax import registry
 from tljax.methods import base
 from tljax.methods.base import DomainOutputs
 
@@ -62,27 +63,14 @@ class Term(nn.Module):
     raise NotImplementedError
 
 
-_TERMS: dict[str, type[Term]] = {}
-
-
-def register_term(name: str):
-  """Registers a `Term` class under `name` (and with it a method of that name)."""
-
-  def wrap(cls):
-    if name in _TERMS:
-      raise ValueError(f"term {name!r} is registered twice")
-    _TERMS[name] = cls
-    return cls
-
-  return wrap
+# Terms are registered by the method modules beside this one (each imports
+# `terms`): a read imports them all first.
+TERMS = registry.Registry("adaptation term", field="config.method.name", scan="tljax.methods")
+register_term = TERMS.register  # also registers a method of the term's name
 
 
 def term_names() -> list[str]:
-  return sorted(_TERMS)
-
-
-def get_term(name: str) -> type[Term]:
-  return _TERMS[name]
+  return TERMS.names()
 
 
 def layer(outputs: DomainOutputs, name: str) -> tuple[jax.Array, jax.Array]:
@@ -326,7 +314,7 @@ def create_terms_method(name: str, method_config: dict[str, Any], *, num_classes
   """`name` is one term or several joined by '+'; see the module docstring."""
   parts = name.split("+")
   method_fields = {f.name for f in dataclasses.fields(TermsMethod)} - {"terms"}
-  unknown = [p for p in parts if p not in _TERMS]
+  unknown = [p for p in parts if p not in TERMS]
   if unknown:
     raise ValueError(f"config.method.name {name!r}: {unknown} are not adaptation terms; "
                      f"terms that compose with '+': {', '.join(term_names())}")
@@ -345,7 +333,7 @@ def create_terms_method(name: str, method_config: dict[str, Any], *, num_classes
     term_configs = {p: dict(top.pop(p, {}) or {}) for p in parts}
   terms = []
   for part in parts:
-    cls = _TERMS[part]
+    cls = TERMS.get(part)
     fields = field_names(cls)
     kwargs = {k: convert(v) for k, v in term_configs[part].items()}
     bad = sorted(set(kwargs) - fields)
@@ -368,6 +356,6 @@ def create_terms_method(name: str, method_config: dict[str, Any], *, num_classes
   return TermsMethod(terms=tuple(terms), **{k: convert(v) for k, v in top.items()})
 
 
-__all__ = ["Term", "ReversalTerm", "TermsMethod", "register_term", "term_names", "get_term",
+__all__ = ["Term", "ReversalTerm", "TermsMethod", "TERMS", "register_term", "term_names",
            "layer", "phase_cond", "pretrain_then", "source_only_loss", "labelled_loss",
            "source_only_update", "create_terms_method", "FORWARDS"]

@@ -1,12 +1,10 @@
-"""Baselines without an adaptation loss: ERM, AdaBN, and ERM with target BatchNorm.
+"""ERM (source only) and ERM with target BatchNorm: the baselines without an adaptation loss.
 
 - `source_only`: empirical risk minimisation on the labelled source, TLlib's
   ERM (`erm.py`): only the source batch goes through the network, so
   BatchNorm trains on and keeps statistics of the source alone. The step
-  never reads the target batch.
-- `adabn`: the same training; at evaluation the BatchNorm statistics are
-  recomputed on the target training split (Li et al., "Revisiting Batch
-  Normalization for Practical Domain Adaptation", 2016).
+  never reads the target batch. (AdaBN, the same training evaluated with
+  target statistics, is `tljax/methods/adabn.py`.)
 - `source_only_joint_bn`: the source loss alone, but the target batch goes
   through the network with the source batch (one pass over `[source;
   target]`), so BatchNorm normalises and accumulates statistics over both
@@ -49,15 +47,6 @@ class SourceOnly(base.Method):
         ctx, variables, source, rng, trade_off_strong=self.trade_off_cls_strong)
     return cls_loss, (variables, {"cls_loss": cls_loss,
                                   **ctx.supervised_metrics(logits, source["label"])})
-
-
-@register("adabn")
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class AdaBN(SourceOnly):
-  """ERM, evaluated with BatchNorm statistics recomputed on the target training split."""
-
-  def eval_variables(self, ctx, state, batch_statistics):
-    return batch_statistics(base.owned(state.variables, base.CLASSIFIER))
 
 
 @register("source_only_joint_bn")
