@@ -104,7 +104,8 @@ def _inception_v3(config: ml_collections.ConfigDict) -> None:
 
 
 # The run each embedded task's pretrained classifier comes from.
-PRETRAINING = {"digits": "digits", "synth": "synth", "synth_m": "synth"}
+PRETRAINING = {"digits": "digits", "synth": "synth", "synth_m": "synth", "mnist_m": "mnist_m",
+               "mnist_digits": "mnist_digits"}
 
 
 def require_pretrained(config: ml_collections.ConfigDict, name: str, arg: str) -> None:

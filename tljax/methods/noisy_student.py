@@ -68,8 +68,9 @@ class NoisyStudent(base.Method):
   def source_views(self) -> tuple[str, ...]:
     return ("image_strong",) if self.trade_off_cls_strong else ()
 
-  def check_task(self, labels, *, has_target, num_source_domains):
-    super().check_task(labels, has_target=has_target, num_source_domains=num_source_domains)
+  def check_task(self, labels, *, has_target, num_source_domains, source_sampling="per_domain"):
+    super().check_task(labels, has_target=has_target, num_source_domains=num_source_domains,
+                       source_sampling=source_sampling)
     if not self.teacher:
       raise ValueError("Noisy Student needs a teacher: set --config.method.teacher to a "
                        "finished run's workdir (ERM for the first round)")
