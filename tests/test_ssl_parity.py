@@ -49,7 +49,7 @@ from tljax import train
 sys.path.insert(0, str(REPO))
 
 torch = pytest.importorskip("torch", reason="parity needs PyTorch (pip install tljax[test])")
-from tljax import reference_torch as ref  # noqa: E402  pylint: disable=g-import-not-at-top
+from benchmarks import torch_reference as ref  # noqa: E402  pylint: disable=g-import-not-at-top
 
 F = torch.nn.functional
 NUM_CLASSES = 4

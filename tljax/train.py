@@ -1259,7 +1259,8 @@ def _restore_step(run: Run, setup: Setup, step: int) -> TrainState:
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=run.replicated), setup.state)
   try:
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    return manager.restore(step, args=ocp.args.Composite(
+        **{STATE_ITEM: ocp.args.StandardRestore(abstract)}))[STATE_ITEM]
   finally:
     manager.close()
 
