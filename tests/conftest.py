@@ -41,6 +41,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # bit for bit, one device = two).
 NEW_METHODS = ["adda", "mcd", "bnm", "dsan", "pseudo_label", "mean_teacher", "fixmatch", "shot",
                "pada", "iwan", "osbp", "uan"]
+# The methods of other settings, whose runs their own files check on their
+# embedded tasks (`test_dg.py`, `test_ssl.py`).
+DG_METHODS = ["irm", "vrex", "groupdro", "coral_dg", "mldg", "mixstyle"]
+MULTI_SOURCE_METHODS = ["m3sda", "mfsan"]
+SSL_METHODS = ["pi_model", "uda", "flexmatch", "debiasmatch", "dst", "self_tuning", "mean_teacher"]
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ import optax
 import pytest
 
 import tljax.losses as L
-from conftest import REPO, flat, model_config, set_fields, tiny_config, train_lines
+from conftest import DG_METHODS, MULTI_SOURCE_METHODS, REPO, flat, model_config, set_fields, tiny_config, train_lines
 from tljax import models, train
 from tljax.data import pipeline
 from tljax.methods import base, create_method, method_names
@@ -430,9 +430,6 @@ def test_ibn_resnet_loads_torchvision_weights_into_its_batchnorm_parts(variant, 
 # ----------------------------------------------------------------------------
 # Runs: short, resumed, one device.
 # ----------------------------------------------------------------------------
-
-DG_METHODS = ["irm", "vrex", "groupdro", "coral_dg", "mldg", "mixstyle"]
-MULTI_SOURCE_METHODS = ["m3sda", "mfsan"]
 
 
 def run_config(name: str, data_dir: str, **overrides) -> ml_collections.ConfigDict:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from conftest import NEW_METHODS, REPO, tiny_config
+from conftest import DG_METHODS, MULTI_SOURCE_METHODS, NEW_METHODS, REPO, SSL_METHODS, tiny_config
 from tljax import losses, models, train
 from tljax.methods import base, create_method, method_names, terms
 
@@ -145,9 +145,13 @@ def _short_run(name, digits_data_dir, tmp_path, **method_fields):
     return [json.loads(l) for l in f if '"train"' in l]
 
 
-# (`test_new_methods.py` runs NEW_METHODS itself, on one and two devices;
-# Noisy Student's run needs a finished teacher run: `test_ssl.py` makes both.)
-@pytest.mark.parametrize("name", sorted(set(CONFIGS) - set(NEW_METHODS) - {"noisy_student"}))
+# (`test_new_methods.py`, `test_dg.py` and `test_ssl.py` run their methods
+# themselves, on one and two devices; Noisy Student's run needs a finished
+# teacher run: `test_ssl.py` makes both.)
+_RUN_ELSEWHERE = set(NEW_METHODS + DG_METHODS + MULTI_SOURCE_METHODS + SSL_METHODS) | {"noisy_student"}
+
+
+@pytest.mark.parametrize("name", sorted(set(CONFIGS) - _RUN_ELSEWHERE))
 def test_short_run(name, digits_data_dir, tmp_path):
   lines = _short_run(name, digits_data_dir, tmp_path)
   assert len(lines) == 2 and all(np.isfinite(l["loss"]) for l in lines)

@@ -1,12 +1,13 @@
 """Multi-process runs on loopback: jax.distributed with CPU (gloo) collectives.
 
-Each process owns one simulated CPU device and reads only its share of every
+Each process owns its simulated CPU devices and reads only its share of every
 global batch; the run must match a single process holding all the devices and
 the whole global batch, and must resume from its own checkpoint.
 """
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -73,11 +74,16 @@ def single_process(digits_data_dir, tmp_path_factory):
   return workdir
 
 
-@pytest.mark.parametrize("num_processes", [2, 4])
-def test_processes_match_a_single_process(num_processes, single_process, digits_data_dir, tmp_path):
-  workdir = str(tmp_path / "multi")
-  outputs = _run(workdir, digits_data_dir, steps=8, num_processes=num_processes,
-                 devices_per_process=4 // num_processes)
+@pytest.fixture(scope="module")
+def two_processes(digits_data_dir, tmp_path_factory):
+  """Two processes with 2 devices each, 8 steps, and their outputs."""
+  workdir = str(tmp_path_factory.mktemp("multi"))
+  outputs = _run(workdir, digits_data_dir, steps=8, num_processes=2, devices_per_process=2)
+  return workdir, outputs
+
+
+def test_processes_match_a_single_process(two_processes, single_process):
+  workdir, outputs = two_processes
   step, params = _params(workdir)
   ref_step, ref_params = _params(single_process)
   assert step == ref_step == 8
@@ -95,9 +101,14 @@ def test_processes_match_a_single_process(num_processes, single_process, digits_
   assert "step 8/8" in outputs[0] and "step 8/8" not in outputs[1]
 
 
-def test_multi_process_run_resumes_from_its_checkpoint(single_process, digits_data_dir, tmp_path):
+def test_multi_process_run_resumes_from_its_checkpoint(two_processes, single_process,
+                                                       digits_data_dir, tmp_path):
+  # The two-process run cut back to its checkpoint of step 4, then resumed by
+  # two processes: the same end as the single process.
   workdir = str(tmp_path / "resumed")
-  _run(workdir, digits_data_dir, steps=4, num_processes=2, devices_per_process=2)
+  shutil.copytree(two_processes[0], workdir)
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "8"))
+  os.remove(os.path.join(workdir, "results.json"))
   assert _params(workdir)[0] == 4
   outputs = _run(workdir, digits_data_dir, steps=8, num_processes=2, devices_per_process=2)
   assert "Resumed from the checkpoint of step 4" in outputs[0]

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import tljax.losses as L
-from conftest import REPO, flat, set_fields, train_lines
+from conftest import REPO, SSL_METHODS, flat, set_fields, train_lines
 from tljax import models, train
 from tljax.data import open_domain, preprocess, views
 from tljax.data import task as task_lib
@@ -39,8 +39,6 @@ sys.path.insert(0, str(REPO))  # the configs package
 # `pseudo_label` in their semi-supervised settings only briefly (their step
 # is the domain-adaptation one, resumed and compared across devices in
 # test_new_methods.py, plus one cross-entropy).
-SSL_METHODS = ["pi_model", "uda", "flexmatch", "debiasmatch", "dst", "self_tuning",
-               "mean_teacher"]
 BRIEF = ["fixmatch", "pseudo_label", "source_only"]
 # Noisy Student's round runs resumed (its teacher's predictions are made once,
 # before step 0, and restored from the checkpoint after).

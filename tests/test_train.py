@@ -97,6 +97,25 @@ def test_one_device_and_eight_devices_agree(make_config, tmp_path):
       np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-5)
 
 
+def test_initialisers_compiled_for_one_call_give_the_default_compilers_bits(
+    make_config, monkeypatch):
+  """`train.run_once` compiles the initialisers with other options (faster to
+  compile); the initial state must be the same bits as the default compiler's."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  config = make_config()
+  config.method = importlib.import_module("configs.dann").get_config().method  # a discriminator too
+  mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+  assert train.ONCE_COMPILER_OPTIONS.get("cpu"), "nothing to compare"
+  fast = train.build(config, 10, mesh, (32, 32, 3)).state
+  monkeypatch.setattr(train, "ONCE_COMPILER_OPTIONS", {})
+  default = train.build(config, 10, mesh, (32, 32, 3)).state
+  leaves = jax.tree_util.tree_flatten_with_path((fast.params, fast.model_state))[0]
+  others = jax.tree.leaves((default.params, default.model_state))
+  assert len(leaves) == len(others) > 10
+  for (path, a), b in zip(leaves, others):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
+
+
 def test_non_finite_loss_stops_with_a_clear_message(make_config, tmp_path):
   config = make_config(**{"optimizer.learning_rate": 1e30})
   with pytest.raises(train.NonFiniteError, match=r"step \d: .*loss=nan.*not finite.*learning_rate"):
