@@ -63,8 +63,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from tljax import losses
 from tljax import train
 from tljax.data import registry
+from tljax.data import task as task_lib
+from tljax.methods import base as methods_base
 
 sys.path.insert(0, str(REPO))
 
@@ -193,6 +196,8 @@ class TljaxRun:
   metrics: list[dict]
   masks: list[dict]
   snapshots: dict[int, dict]
+  # The method state each refresh left, by step.
+  refreshed: dict[int, Any] = dataclasses.field(default_factory=dict)
 
 
 def _kept_units(record: dict[str, list]):
@@ -214,15 +219,17 @@ def _kept_units(record: dict[str, list]):
   return intercept
 
 
-def _run_method(config, data: Data, *, snapshot_steps=()) -> TljaxRun:
+def _run_method(config, data: Data, *, snapshot_steps=(),
+                labels: task_lib.LabelSpace | None = None) -> TljaxRun:
   """tljax's jitted step over `data.batches`, with the trainer's refreshes
   (`Method.refresh_interval`, `Method.refresh` given `train.predict_all` over
-  `data.split`), recording each step's dropout masks (`_kept_units`)."""
+  `data.split`), recording each step's dropout masks (`_kept_units`).
+  `labels`: the task's label space (default: closed-set, NUM_CLASSES classes)."""
   mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
                        devices=jax.devices()[:1])
   split = data.split
-  setup = train.build(config, NUM_CLASSES, mesh, IMAGE,
-                      num_target_examples=0 if split is None else len(split[0]))
+  setup = train.build(config, NUM_CLASSES if labels is None else labels.num_outputs, mesh, IMAGE,
+                      num_target_examples=0 if split is None else len(split[0]), labels=labels)
   method = setup.method
   state = setup.state
   initial = jax.device_get(state)
@@ -239,12 +246,13 @@ def _run_method(config, data: Data, *, snapshot_steps=()) -> TljaxRun:
       return out.features, out.logits
 
   record: dict[str, list] = {}
-  losses, metrics, masks, snapshots = [], [], [], {}
+  losses, metrics, masks, snapshots, refreshed = [], [], [], {}, {}
   for step, batch in enumerate(data.batches):
     if step in snapshot_steps:
       snapshots[step] = _tljax_variables(jax.device_get(state))
     if interval and step % interval == 0:
       state = method.refresh(setup.ctx, state, predict)
+      refreshed[step] = jax.device_get(state.method_state)
     with nn.intercept_methods(_kept_units(record)):
       state, step_metrics = setup.train_step(state, jax.tree.map(jax.numpy.asarray, batch))
     jax.effects_barrier()
@@ -254,7 +262,7 @@ def _run_method(config, data: Data, *, snapshot_steps=()) -> TljaxRun:
     losses.append(float(step_metrics["loss"]))
   final = jax.device_get(state)
   snapshots[len(data.batches)] = _tljax_variables(final)
-  return TljaxRun(setup, initial, final, losses, metrics, masks, snapshots)
+  return TljaxRun(setup, initial, final, losses, metrics, masks, snapshots, refreshed)
 
 
 def _run_tljax(config, batches, pretrain_steps: int):
@@ -481,6 +489,30 @@ def _multitask_data(case, rng, steps):
   return Data(data.batches)
 
 
+def _label_set_data(case, rng, steps):
+  """Source labels among the label space's known classes; for PADA, whose
+  refreshes read it, the target split (each step's target batch is drawn
+  from it)."""
+  images = _images(rng, 3 * BATCH, 0.5, 1.5)
+  batches = []
+  for _ in range(steps):
+    batches.append({"source": {"image": _images(rng, BATCH),
+                               "label": _labels(rng, BATCH, case.labels.num_known)},
+                    "target": {"image": images[rng.choice(len(images), BATCH, replace=False)]}})
+  split = (images, np.zeros(len(images), np.int32)) if case.module == "pada" else None
+  return Data(batches, split)
+
+
+# The label spaces of the label-set cases, within NUM_CLASSES outputs: partial
+# (two of the four source classes in the target), open-set (three known
+# classes and unknown), universal (two shared, two private on each side).
+_space = lambda source, target, setting: task_lib.label_space(source, target, setting=setting,
+                                                              source="source", target="target")
+PARTIAL = _space("0123", "01", "partial")
+OPEN_SET = _space("012", "01234", "open_set")
+UNIVERSAL = _space("0123", "2345", "universal")
+
+
 @dataclasses.dataclass(frozen=True)
 class MethodCase:
   """One method against its reference. `config` adjusts `configs/<module>.py:digits`
@@ -510,6 +542,8 @@ class MethodCase:
   # `(config, data, run, reference, final, torch_final)`: adds comparisons
   # beyond the trajectory to `final` (tljax) and `torch_final` (the reference).
   compare_also: Callable | None = None
+  # The task's label space (`train.build(..., labels=)`; None: closed-set).
+  labels: task_lib.LabelSpace | None = None
 
 
 def _terms(**kwargs):
@@ -563,6 +597,56 @@ def _shot(config, data, run):
   # The parity run follows tljax's schedule (see the case's difference).
   return methods_torch.SHOTRun(config, split=data.split[0], schedule_offset=0,
                                num_classes=NUM_CLASSES, image=IMAGE)
+
+
+PADA_UPDATE_EVERY = 10  # TLlib: 500
+
+
+def _pada(config, data, run):
+  """PADA's reference, trained with tljax's class weights (see the case)."""
+  class_weights = {step: np.asarray(state["class_weights"])
+                   for step, state in run.refreshed.items()}
+  return methods_torch.PADARun(config, split=data.split[0], class_weights=class_weights,
+                               num_classes=NUM_CLASSES, image=IMAGE)
+
+
+def _restated_class_weights(config, data, run, reference, final, torch_final):
+  """PADA's class weights of each recomputation, tljax's and restated, as
+  `state:refresh_<step>/class_weights`."""
+  del config, data
+  assert sorted(reference.restated) == [s for s in sorted(run.refreshed) if s], (
+      sorted(reference.restated), sorted(run.refreshed))
+  for step, weights in reference.restated.items():
+    final[f"state:refresh_{step}/class_weights"] = np.asarray(
+        run.refreshed[step]["class_weights"], np.float64)
+    torch_final[f"state:refresh_{step}/class_weights"] = weights.astype(np.float64)
+
+
+def _unknown_output_moved(run):
+  """OSBP: the head's last ("unknown") output, which no source label
+  carries, changed."""
+  head = lambda state: state.params["classifier"]["head"]
+  return all(np.max(np.abs(np.asarray(head(run.final)[k])[..., -1]
+                           - np.asarray(head(run.initial)[k])[..., -1])) > 1e-4
+             for k in ("kernel", "bias"))
+
+
+def _transferability(run, state) -> np.ndarray:
+  """UAN's target transferability `w_t = D'(f) - H(p) / log K` of `state` on
+  fixed target-like images."""
+  variables = state.variables
+  images = jax.numpy.asarray(_images(np.random.default_rng(0), 4 * BATCH, 0.5, 1.5))
+  features, logits = run.setup.predict(methods_base.owned(variables, methods_base.CLASSIFIER),
+                                       images)
+  domain_logits, _ = run.setup.ctx.apply_network("discriminator_separate", variables, features,
+                                                 train=False)
+  return np.asarray(losses.uan_transferability(domain_logits, logits, domain="target",
+                                               class_temperature=1.0))
+
+
+def _transferability_spreads(run):
+  final = _transferability(run, run.final)
+  return np.ptp(final) > 0.02 and np.max(np.abs(final - _transferability(run, run.initial))) > 1e-3
 
 
 def _multitask(sampling):
@@ -697,6 +781,37 @@ METHOD_CASES = [
                data=_labelled_data),
     MethodCase("co_tuning", "co_tuning", "TLlib co_tuning.py", _co_tuning, _finetune,
                data=_labelled_data),
+    MethodCase("pada", "pada", "TLlib pada.py, tllib/alignment/pada.py", _pada,
+               lambda config: config.method.update(update_every=PADA_UPDATE_EVERY,
+                                                   hidden_sizes=(HIDDEN, HIDDEN),
+                                                   grl_max_steps=GRL_MAX_STEPS),
+               data=_label_set_data, labels=PARTIAL, float32_state="state:refresh_",
+               compare_also=_restated_class_weights,
+               signal=("class weights recomputed away from ones",
+                       lambda run: np.min(run.final.method_state["class_weights"]) < 0.99),
+               difference="class weights recomputed before steps 10, 20 from the parameters "
+               "then, over the evaluation view of the whole target split (TLlib: inside the "
+               "step before, from that step's parameters, over its training loader); "
+               "update_every 10 of TLlib's 500, so that they change within the run; tljax "
+               "computes them from float32 logits in float32: restated, they match tljax's to "
+               "float32 rounding (a unit in the last place); the training runs on tljax's"),
+    MethodCase("iwan", "iwan", "TLlib iwan.py, tllib/reweight/iwan.py",
+               _run(methods_torch.IWANRun),
+               lambda config: config.method.iwan.update(hidden_sizes=(HIDDEN, HIDDEN),
+                                                        grl_max_steps=GRL_MAX_STEPS),
+               data=_label_set_data, labels=PARTIAL,
+               signal=("importance weights unequal", lambda run: any(
+                   m["iwan/importance_weight_max"] > 1.01 for m in run.metrics))),
+    MethodCase("osbp", "osbp", "TLlib osbp.py, tllib/alignment/osbp.py",
+               _run(methods_torch.OSBPRun), data=_label_set_data, labels=OPEN_SET,
+               signal=("the unknown output trained", _unknown_output_moved)),
+    MethodCase("uan", "uan", "UAN authors' main.py, net.py, lib.py", _run(methods_torch.UANRun),
+               lambda config: (config.model.update(bottleneck_norm=False, bottleneck_relu=False),
+                               config.method.update(hidden_sizes=(HIDDEN, HIDDEN),
+                                                    grl_max_calls=2 * GRL_MAX_STEPS)),
+               data=_label_set_data, labels=UNIVERSAL,
+               signal=("target transferability that differs between examples and moved",
+                       _transferability_spreads)),
     MethodCase("multitask", "multitask", "one trunk + 3 heads", _multitask_reference,
                _multitask("all"), data=_multitask_data),
     MethodCase("multitask_uniform", "multitask", "one trunk + 2 heads, one task per step",
@@ -713,7 +828,7 @@ def test_method_matches_reference(case):
   seed = zlib.crc32(case.name.encode())
   data = case.data(case, np.random.default_rng(seed), case.steps)
   snapshot_steps = (case.pretrain_steps,) if case.pretrain_steps else ()
-  run = _run_method(config, data, snapshot_steps=snapshot_steps)
+  run = _run_method(config, data, snapshot_steps=snapshot_steps, labels=case.labels)
 
   reference = case.reference(config, data, run)
   reference.load({c: run.initial.variables[c] for c in ("params", "batch_stats")
