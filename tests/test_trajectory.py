@@ -20,11 +20,14 @@ bottleneck and head groups, no nesterov).
 `test_method_matches_reference`: every other method, against the restatement
 of its own reference code in `tests/torch_reference_methods.py` (TLlib's ADDA,
 MCD, FixMatch, self-ensembling, pseudo-label, CORAL, entropy and task-adaptation
-examples; DeepDA's BNM and DSAN; the SHOT and CMD authors' code; PyTorch's
-BatchNorm for AdaBN; one trunk with N heads), each in its reference's setting
-where tljax has it as an option, over its whole phase structure (ADDA's
-pre-training, MCD's steps A/B/C, refreshes of pseudo-labels, a category
-relationship or channel attention through the trainer's `predict_all`). Views
+examples, and its partial and open-set PADA, IWAN and OSBP; DeepDA's BNM and
+DSAN; the SHOT, CMD and UAN authors' code; PyTorch's BatchNorm for AdaBN; one
+trunk with N heads), each in its reference's setting where tljax has it as an
+option, over its whole phase structure (ADDA's pre-training, MCD's steps
+A/B/C, refreshes of pseudo-labels or of PADA's class weights, a category
+relationship or channel attention through the trainer's `predict_all`).
+PADA, IWAN, OSBP and UAN run on label spaces whose source and target classes
+differ (`MethodCase.labels`: partial, open-set, universal). Views
 (FixMatch's strong, the mean teacher's) are given to both sides as arrays: the
 step is compared on the same views, not the augmentations that draw them.
 Method state (a teacher, pseudo-labels, a starting point, ...) is compared too,
@@ -511,6 +514,7 @@ _space = lambda source, target, setting: task_lib.label_space(source, target, se
 PARTIAL = _space("0123", "01", "partial")
 OPEN_SET = _space("012", "01234", "open_set")
 UNIVERSAL = _space("0123", "2345", "universal")
+assert PARTIAL.num_outputs == OPEN_SET.num_outputs == UNIVERSAL.num_outputs == NUM_CLASSES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -913,16 +917,18 @@ def _write_table(path: str) -> None:
       "",
       "`TLJAX_PARITY_TABLE=experiments/results/trajectory_parity.md pytest tests/test_trajectory.py`:",
       "tljax (`train.build`, jitted step) against a PyTorch restatement of each method's",
-      "reference code (TLlib's examples and losses, DeepDA, the SHOT and CMD authors' code;",
-      "`benchmarks/torch_reference.py`, `tests/torch_reference_methods.py`), same initial weights,",
-      "batches, views and dropout masks, float64 on both sides; two-block small CNN on 8x8",
+      "reference code (TLlib's examples and losses, DeepDA, the SHOT, CMD and UAN authors'",
+      "code; `benchmarks/torch_reference.py`, `tests/torch_reference_methods.py`), same",
+      "initial weights, batches, views and dropout masks, float64 on both sides; two-block",
+      "small CNN on 8x8",
       f"images, bottleneck {BOTTLENECK} (none where the reference has none), {NUM_CLASSES} classes, "
       f"{BATCH} examples per domain.",
       "Largest relative difference (max |tljax - torch| / max |torch| per tensor, worst tensor)",
       "after the last step, and of the loss over all steps; 'method state' is what tljax keeps",
       "besides the variables (a mean teacher, pseudo-labels, a starting point, a category",
-      "relationship, channel attention, AdaBN's recomputed statistics); 'moved' is the smallest",
-      "relative change of a trainable tensor over the run (the comparison is not vacuous).",
+      "relationship, channel attention, AdaBN's recomputed statistics, PADA's class weights);",
+      "'moved' is the smallest relative change of a trainable tensor over the run (the",
+      "comparison is not vacuous).",
       "",
       "| case | reference | steps | loss | parameters | BatchNorm statistics | method state | moved |",
       "|---|---|---|---|---|---|---|---|",
