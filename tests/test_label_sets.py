@@ -1,11 +1,14 @@
 """Partial, open-set and universal domain adaptation: PADA, IWAN, OSBP, UAN.
 
 Their weights and losses against PyTorch restatements of the reference code
-written here (TLlib's `tllib/reweight/pada.py`, `iwan.py`,
-`tllib/alignment/osbp.py`, and the UAN authors' `lib.py` / `main.py` /
-`net.py`); each method's first step (loss, parameters and BatchNorm
-statistics after one SGD update) against the same restatements on a small
-network; the embedded tasks and own folders whose class lists differ.
+(TLlib's `tllib/reweight/pada.py`, `iwan.py`, `tllib/alignment/osbp.py`, and
+the UAN authors' `lib.py` / `main.py` / `net.py`; the pieces
+`tests/torch_reference_methods.py` keeps for their 30-step trajectories in
+`tests/test_trajectory.py`); each method's first step (loss, parameters and
+BatchNorm statistics after one SGD update) on feature vectors, from a state
+the trajectories do not reach (PADA's given class weights, UAN's reversal at
+call 5000), and the rejection rules of OSBP and UAN; the embedded tasks and
+own folders whose class lists differ.
 
 The first-step comparisons run both sides in float64 on feature vectors (the
 `identity` backbone, so the network is bottleneck + head + the method's
@@ -36,6 +39,15 @@ sys.path.insert(0, str(REPO))
 
 torch = pytest.importorskip("torch", reason="the references are restated in PyTorch")
 tnn, F = torch.nn, torch.nn.functional
+from benchmarks.torch_reference import _ReverseGradient  # noqa: E402  pylint: disable=g-import-not-at-top,line-too-long
+import torch_reference_methods as methods_torch  # noqa: E402  pylint: disable=g-import-not-at-top
+
+_Reverse = _ReverseGradient  # TLlib's `GradientReverseFunction` (and the UAN authors' layer)
+_bce = methods_torch.binary_cross_entropy
+_class_weight = methods_torch.pada_class_weight  # TLlib's `ClassWeightModule`
+# The UAN authors' `get_source_share_weight` and `normalize_weight`.
+_share_weight = methods_torch.uan_source_share_weight
+_normalize = methods_torch.uan_normalize_weight
 
 
 def _random(seed, *shape, scale=1.0):
@@ -51,19 +63,12 @@ def _t(x):
 # ----------------------------------------------------------------------------
 
 
-def _torch_pada_class_weight(outputs, temperature):
-  """TLlib's `ClassWeightModule.forward`."""
-  softmax_outputs = F.softmax(outputs / temperature, dim=1)
-  class_weight = torch.mean(softmax_outputs, dim=0)
-  return (class_weight / torch.max(class_weight)).view(-1)
-
-
 @pytest.mark.parametrize("temperature", [0.1, 1.0])
 def test_pada_class_weights_match_tllib(temperature):
   logits = _random(0, 40, 6, scale=2.0)
   logits[:, 4:] -= 3.0  # two classes the target rarely predicts
   ours = np.asarray(L.pada_class_weights(logits, temperature=temperature))
-  np.testing.assert_allclose(ours, _torch_pada_class_weight(_t(logits), temperature).numpy(),
+  np.testing.assert_allclose(ours, _class_weight(_t(logits), temperature).numpy(),
                              rtol=1e-5)
   assert ours.max() == pytest.approx(1.0) and ours[4:].max() < ours[:4].min()
 
@@ -97,39 +102,17 @@ def test_iwan_importance_weights_match_tllib():
   assert ours[np.argmin(d_logits)] == ours.max()
 
 
-def _reverse_sigmoid(y):
-  return torch.log(y / (1.0 - y + 1e-10) + 1e-10)
-
-
-def _torch_source_share_weight(domain_out, before_softmax, domain_temperature=1.0,
-                               class_temperature=10.0):
-  """The UAN authors' `get_source_share_weight` (lib.py)."""
-  before_softmax = before_softmax / class_temperature
-  after_softmax = tnn.Softmax(-1)(before_softmax)
-  domain_logit = _reverse_sigmoid(domain_out) / domain_temperature
-  domain_out = tnn.Sigmoid()(domain_logit)
-  entropy = torch.sum(-after_softmax * torch.log(after_softmax + 1e-10), dim=1, keepdim=True)
-  entropy_norm = entropy / np.log(after_softmax.size(1))
-  return (entropy_norm - domain_out).detach()
-
-
-def _torch_normalize_weight(x):
-  """The UAN authors' `normalize_weight`."""
-  x = (x - x.min()) / (x.max() - x.min())
-  return (x / torch.mean(x)).detach()
-
-
 @pytest.mark.parametrize("domain,temperature", [("source", 10.0), ("target", 1.0)])
 def test_uan_transferability_matches_the_authors_code(domain, temperature):
   d_logits, logits = _random(4, 10, scale=1.5), _random(5, 10, 7, scale=3.0)
   d_prob = torch.sigmoid(_t(d_logits)).view(-1, 1)
-  reference = _torch_source_share_weight(d_prob, _t(logits), 1.0, temperature)
+  reference = _share_weight(d_prob, _t(logits), 1.0, temperature)
   if domain == "target":  # get_target_share_weight
     reference = -reference
   ours = L.uan_transferability(d_logits, logits, domain=domain, class_temperature=temperature)
   np.testing.assert_allclose(ours, reference.numpy()[:, 0], rtol=1e-6, atol=1e-8)
   np.testing.assert_allclose(L.uan_normalize(ours),
-                             _torch_normalize_weight(reference).numpy()[:, 0], rtol=1e-6)
+                             _normalize(reference).numpy()[:, 0], rtol=1e-6)
 
 
 def test_unknown_class_bce_matches_tllib():
@@ -275,19 +258,6 @@ def _assert_every_layer_moved(before, after):
   assert moved == layers, sorted(layers - moved)
 
 
-class _Reverse(torch.autograd.Function):
-  """TLlib's `GradientReverseFunction` (and the UAN authors' reversal layer)."""
-
-  @staticmethod
-  def forward(ctx, x, coeff):
-    ctx.coeff = coeff
-    return x * 1.0
-
-  @staticmethod
-  def backward(ctx, grad):
-    return grad.neg() * ctx.coeff, None
-
-
 def _warm_start(step, alpha, max_steps):
   """TLlib's `WarmStartGradientReverseLayer` coefficient (lo 0, hi 1); the UAN
   authors' `aToBSheduler(step, 0, 1, gamma, max_iter)` is the same formula."""
@@ -315,11 +285,6 @@ def _discriminator(layers, owner, x, batch_norm, sigmoid=True):
     x = F.relu(x)
   x = layers[f"{owner}/output"](x)
   return torch.sigmoid(x) if sigmoid else x
-
-
-def _bce(probability, label, weight=None):
-  target = torch.full_like(probability, float(label))
-  return F.binary_cross_entropy(probability, target, weight=weight)
 
 
 def test_osbp_first_step_matches_tllib():
@@ -383,10 +348,10 @@ def test_uan_first_step_matches_the_authors_code():
                        _Reverse.apply(feature_target, coeff(2 * step + 1)), False)
   d_s_sep = _discriminator(layers, "method/discriminator_separate", feature_source.detach(), False)
   d_t_sep = _discriminator(layers, "method/discriminator_separate", feature_target.detach(), False)
-  source_share_weight = _torch_normalize_weight(
-      _torch_source_share_weight(d_s_sep, fc2_s, domain_temperature=1.0, class_temperature=10.0))
-  target_share_weight = _torch_normalize_weight(
-      -_torch_source_share_weight(d_t_sep, fc2_t, domain_temperature=1.0, class_temperature=1.0))
+  source_share_weight = _normalize(
+      _share_weight(d_s_sep, fc2_s, domain_temperature=1.0, class_temperature=10.0))
+  target_share_weight = _normalize(
+      -_share_weight(d_t_sep, fc2_t, domain_temperature=1.0, class_temperature=1.0))
   adv_loss = torch.mean(source_share_weight * tnn.BCELoss(reduction="none")(
       d_s, torch.ones_like(d_s)), dim=0, keepdim=True)
   adv_loss = adv_loss + torch.mean(target_share_weight * tnn.BCELoss(reduction="none")(
@@ -406,7 +371,7 @@ def test_uan_first_step_matches_the_authors_code():
   with torch.no_grad():
     domain_prob = _discriminator(_torch_layers(after), "method/discriminator_separate",
                                  _t(features), False)
-    target_share_weight = -_torch_source_share_weight(domain_prob, _t(logits), 1.0, 1.0)
+    target_share_weight = -_share_weight(domain_prob, _t(logits), 1.0, 1.0)
   outlier = target_share_weight.numpy()[:, 0] < -0.5
   np.testing.assert_array_equal(ours, np.where(outlier, labels.unknown_label,
                                                logits.argmax(1)))
@@ -503,7 +468,7 @@ def test_pada_refresh_keeps_ones_at_step_0_then_averages_target_predictions():
   later = setup.state.replace(step=jnp.asarray(500, setup.state.step.dtype))
   refreshed = method.refresh(setup.ctx, later, predict)
   np.testing.assert_allclose(refreshed.method_state["class_weights"],
-                             _torch_pada_class_weight(_t(logits), 0.1).numpy(), rtol=1e-5)
+                             _class_weight(_t(logits), 0.1).numpy(), rtol=1e-5)
   assert set(calls[0]) <= {"params", "batch_stats"} and "method" not in calls[0]["params"]
 
 

@@ -29,7 +29,13 @@ method's reference code, the methods it does not:
   mode with `momentum=None` (a cumulative average) over the target split;
 - multi-task heads as one trunk and a linear head per task;
 - DELTA's channel attention as tljax documents it (`FineTuningRun.channel_attention`;
-  TLlib computes it differently, see `tljax/methods/delta.py`).
+  TLlib computes it differently, see `tljax/methods/delta.py`);
+- the methods for label sets that differ: TLlib's PADA (`pada.py`,
+  `tllib/alignment/pada.py`: `ClassWeightModule`,
+  `AutomaticUpdateClassWeightModule`), IWAN (`iwan.py`,
+  `tllib/reweight/iwan.py`) and OSBP (`osbp.py`, `tllib/alignment/osbp.py`),
+  and the UAN authors' code (github.com/thuml/Universal-Domain-Adaptation,
+  `main.py`, `net.py`, `lib.py`).
 
 The networks are tljax's (`benchmarks.torch_reference.Classifier` and its layers),
 so that tljax's variables load into them; every module sits where tljax keeps
@@ -54,8 +60,9 @@ from scipy.spatial.distance import cdist
 import torch
 
 from benchmarks.torch_reference import (Classifier, DomainDiscriminator, MaskedDropout, Reference,
-                                   WarmStartGRL, domain_adversarial_loss, entropy, from_torch,
-                                   gaussian_kernel, joint_mmd, tljax_path, to_torch, torch_key)
+                                   WarmStartGRL, _ReverseGradient, domain_adversarial_loss,
+                                   entropy, from_torch, gaussian_kernel, joint_mmd, tljax_path,
+                                   to_torch, torch_key)
 
 tnn = torch.nn
 F = torch.nn.functional
@@ -1061,3 +1068,318 @@ class MultiTaskRun(Run):
 __all__ = ["Run", "TermsRun", "ADDARun", "MCDRun", "MeanTeacherRun", "FixMatchRun", "SHOTRun",
            "FineTuningRun", "MultiTaskRun", "adabn_statistics", "load_variables",
            "module_variables"]
+
+
+# ----------------------------------------------------------------------------
+# Label sets that differ: PADA, IWAN, OSBP, UAN.
+# ----------------------------------------------------------------------------
+
+
+class Blocks(tnn.Module):
+  """The bottlenecks `benchmarks.torch_reference.Bottleneck` does not build:
+  `(Linear -> [BatchNorm1d] -> [ReLU] -> [Dropout]) x layers`, named as
+  tljax's `Bottleneck` (`linear`, `bn`, then `linear1`, `bn1`, ...). TLlib's
+  OSBP bottleneck is two blocks with BatchNorm and Dropout(0.5); the UAN
+  authors' is one Linear alone."""
+
+  def __init__(self, in_features, model: ml_collections.ConfigDict, masks):
+    super().__init__()
+    self.layers, self.relu = model.bottleneck_layers, model.bottleneck_relu
+    dim = model.bottleneck_dim
+    for block in range(self.layers):
+      suffix = str(block) if block else ""
+      setattr(self, f"linear{suffix}", tnn.Linear(in_features if block == 0 else dim, dim))
+      if model.bottleneck_norm:
+        setattr(self, f"bn{suffix}", tnn.BatchNorm1d(dim))
+      if model.bottleneck_dropout:
+        setattr(self, f"dropout{suffix}", MaskedDropout(model.bottleneck_dropout,
+                                                        f"bottleneck/Dropout_{block}", masks))
+
+  def forward(self, x):
+    for block in range(self.layers):
+      suffix = str(block) if block else ""
+      x = getattr(self, f"linear{suffix}")(x)
+      if hasattr(self, f"bn{suffix}"):
+        x = getattr(self, f"bn{suffix}")(x)
+      if self.relu:
+        x = F.relu(x)
+      if hasattr(self, f"dropout{suffix}"):
+        x = getattr(self, f"dropout{suffix}")(x)
+    return x
+
+
+class DropoutDiscriminator(tnn.Module):
+  """TLlib's `DomainDiscriminator(batch_norm=False)` (IWAN's) and the UAN
+  authors' `AdversarialNetwork`: `(Linear -> ReLU -> Dropout) x 2 -> Linear ->
+  Sigmoid`, its dropout drawing tljax's masks (`prefix`: the network's path
+  inside the module tljax applies)."""
+
+  def __init__(self, in_feature, hidden_size, dropout, prefix, masks):
+    super().__init__()
+    self.linear0 = tnn.Linear(in_feature, hidden_size)
+    self.drop0 = MaskedDropout(dropout, prefix + "Dropout_0", masks)
+    self.linear1 = tnn.Linear(hidden_size, hidden_size)
+    self.drop1 = MaskedDropout(dropout, prefix + "Dropout_1", masks)
+    self.output = tnn.Linear(hidden_size, 1)
+
+  def forward(self, x):
+    x = self.drop0(F.relu(self.linear0(x)))
+    x = self.drop1(F.relu(self.linear1(x)))
+    return torch.sigmoid(self.output(x))
+
+
+def binary_cross_entropy(d, label, weight=None):
+  """`F.binary_cross_entropy` against a constant label (mean reduction)."""
+  return F.binary_cross_entropy(d, torch.full_like(d, float(label)),
+                                None if weight is None else weight.view_as(d))
+
+
+def pada_class_weight(outputs, temperature):
+  """TLlib's `ClassWeightModule.forward`."""
+  softmax_outputs = F.softmax(outputs / temperature, dim=1)
+  class_weight = torch.mean(softmax_outputs, dim=0)
+  return (class_weight / torch.max(class_weight)).view(-1)
+
+
+def uan_source_share_weight(domain_out, before_softmax, domain_temperature=1.0,
+                            class_temperature=10.0):
+  """The UAN authors' `get_source_share_weight` (lib.py); `-` it is
+  `get_target_share_weight`."""
+  before_softmax = before_softmax / class_temperature
+  after_softmax = tnn.Softmax(-1)(before_softmax)
+  domain_logit = torch.log(domain_out / (1.0 - domain_out + 1e-10) + 1e-10)  # reverse_sigmoid
+  domain_out = tnn.Sigmoid()(domain_logit / domain_temperature)
+  entropy_ = torch.sum(-after_softmax * torch.log(after_softmax + 1e-10), dim=1, keepdim=True)
+  entropy_norm = entropy_ / np.log(after_softmax.size(1))
+  return (entropy_norm - domain_out).detach()
+
+
+def uan_normalize_weight(x):
+  """The UAN authors' `normalize_weight`."""
+  x = (x - x.min()) / (x.max() - x.min())
+  return (x / torch.mean(x)).detach()
+
+
+class _LabelSetRun(Run):
+  """A TLlib loop over `get_parameters()` of the classifier and the
+  method's networks: SGD (nesterov) and the inverse `LambdaLR`."""
+
+  def __init__(self, config, **kwargs):
+    super().__init__(config, **kwargs)
+    model = config.model
+    if model.bottleneck_layers != 1 or not model.bottleneck_relu:
+      self.classifier.bottleneck = Blocks(self.classifier.bottleneck.linear.in_features, model,
+                                          self.masks)
+
+  def start(self):
+    groups = self.classifier_groups()
+    if "method" in self.world:
+      groups.append({"params": list(self.world["method"].parameters()), "lr": 1.0})
+    self.optimizer, self.scheduler = self.tllib_sgd(groups,
+                                                    nesterov=self.config.optimizer.nesterov)
+
+  def update(self, loss) -> float:
+    self.optimizer.zero_grad()
+    loss.backward()
+    update(self.optimizer, self.scheduler)
+    return float(loss.detach())
+
+
+class PADARun(_LabelSetRun):
+  """TLlib's `pada.py`: one pass over `[source; target]`, the source
+  cross-entropy weighted by the class weights, DANN's `DomainAdversarialLoss`
+  (discriminator with BatchNorm behind a warm-started reversal, `auto_step`)
+  with each source example weighted by its class and each target example by
+  their mean (`get_class_weight_for_adversarial_loss`). The class weights
+  (`AutomaticUpdateClassWeightModule`: `ClassWeightModule` over the
+  classifier's outputs on the target split in evaluation mode) are 1, then
+  recomputed every `update_every` steps: here before steps `update_every`,
+  `2 update_every`, ... (tljax's refresh; see the case), computed from
+  float32 logits, kept and summed in float32, as tljax does. `class_weights`
+  (by step): weights to train with in place of the recomputed ones, which
+  are kept in `restated`."""
+
+  def __init__(self, config, *, split: np.ndarray,
+               class_weights: dict[int, np.ndarray] | None = None, **kwargs):
+    super().__init__(config, **kwargs)
+    method = config.method
+    self.split, self.class_weights = split, class_weights
+    self.restated: dict[int, np.ndarray] = {}
+    self.world["method"] = tnn.ModuleDict({"discriminator": DomainDiscriminator(
+        config.model.bottleneck_dim, method.hidden_sizes[0])})
+    assert len(set(method.hidden_sizes)) == 1 and len(method.hidden_sizes) == 2
+    self.grl = WarmStartGRL(method.grl_alpha, method.grl_lo, method.grl_hi,
+                            method.grl_max_steps, auto_step=True)
+    self.class_weight = torch.ones(self.num_classes, dtype=torch.float32)
+
+  def refresh(self, step):
+    self.classifier.eval()
+    with torch.no_grad():
+      outputs, _ = self.classifier(self.images(self.split))
+    # tljax's evaluation pass hands over float32 logits.
+    self.class_weight = pada_class_weight(outputs.to(torch.float32),
+                                          self.config.method.temperature)
+    self.restated[step] = self.class_weight.numpy().copy()
+    if self.class_weights is not None:
+      self.class_weight = torch.from_numpy(np.array(self.class_weights[step], np.float32))
+
+  def state_variables(self):
+    return {"state:class_weights": self.class_weight.numpy().astype(np.float64)}
+
+  def step(self, step, batch):
+    method = self.config.method
+    if step and step % method.update_every == 0:
+      self.refresh(step)
+    x_s, labels_s = self.images(batch["source"]["image"]), self.labels(batch["source"]["label"])
+    x_t = self.images(batch["target"]["image"])
+    self.world.train()
+    y, f = self.classifier(torch.cat((x_s, x_t), dim=0))
+    y_s, _ = y.chunk(2, dim=0)
+    # F.cross_entropy(y_s, labels_s, weight) and get_class_weight_for_adversarial_loss,
+    # with the sum and the mean of the float32 weights taken in float32, as tljax does.
+    w_s = self.class_weight[labels_s]
+    cls_loss = (w_s * F.cross_entropy(y_s, labels_s, reduction="none")).sum() / w_s.sum()
+    w_t = torch.ones_like(w_s) * w_s.mean()
+    w_s, w_t = w_s.to(self.dtype), w_t.to(self.dtype)
+    d = self.world["method"]["discriminator"](self.grl(f))
+    d_s, d_t = d.chunk(2, dim=0)
+    transfer_loss = 0.5 * (binary_cross_entropy(d_s, 1, w_s) + binary_cross_entropy(d_t, 0, w_t))
+    return self.update(cls_loss + transfer_loss * method.trade_off)
+
+
+class IWANRun(_LabelSetRun):
+  """TLlib's `iwan.py`: one pass over `[source; target]`; D
+  (`DomainDiscriminator(batch_norm=False)`, its own `DomainAdversarialLoss`)
+  on the detached features; the importance weights `1 - D(f_s)` over their
+  mean + 1e-5 (`ImportanceWeightModule`, a second pass of D); D_0 behind a
+  warm-started reversal with the source examples so weighted; the target
+  entropy; `cls + 1.5 trade_off adv_D + trade_off adv_D_0 + gamma entropy`.
+  D's reversal (its loss's own, on detached features) reaches no parameter."""
+
+  def __init__(self, config, **kwargs):
+    super().__init__(config, **kwargs)
+    term = config.method.iwan
+    assert config.method.forward == "joint" and not term.trade_off_warmup
+    assert len(set(term.hidden_sizes)) == 1 and len(term.hidden_sizes) == 2
+    features = config.model.bottleneck_dim
+    make = lambda name: DropoutDiscriminator(features, term.hidden_sizes[0], term.dropout,
+                                             f"{name}/", self.masks)
+    self.world["method"] = tnn.ModuleDict({"iwan": tnn.ModuleDict({
+        "weight_discriminator": make("weight_discriminator"),
+        "discriminator": make("discriminator")})})
+    self.grl_d = WarmStartGRL(term.grl_alpha, term.grl_lo, term.grl_hi, term.grl_max_steps,
+                              auto_step=True)
+    self.grl_d0 = WarmStartGRL(term.grl_alpha, term.grl_lo, term.grl_hi, term.grl_max_steps,
+                               auto_step=True)
+
+  def step(self, step, batch):
+    method = self.config.method
+    x_s, labels_s = self.images(batch["source"]["image"]), self.labels(batch["source"]["label"])
+    x_t = self.images(batch["target"]["image"])
+    self.world.train()
+    y, f = self.classifier(torch.cat((x_s, x_t), dim=0))
+    y_s, y_t = y.chunk(2, dim=0)
+    f_s, f_t = f.chunk(2, dim=0)
+    networks = self.world["method"]["iwan"]
+    D, D_0 = networks["weight_discriminator"], networks["discriminator"]
+    cls_loss = F.cross_entropy(y_s, labels_s)
+    d = D(self.grl_d(torch.cat((f_s.detach(), f_t.detach()))))
+    d_s, d_t = d.chunk(2, dim=0)
+    adv_loss_D = 0.5 * (binary_cross_entropy(d_s, 1) + binary_cross_entropy(d_t, 0))
+    weight = 1. - D(f_s)
+    w_s = (weight / (weight.mean() + 1e-5)).detach()
+    d0 = D_0(self.grl_d0(torch.cat((f_s, f_t))))
+    d0_s, d0_t = d0.chunk(2, dim=0)
+    adv_loss_D_0 = 0.5 * (binary_cross_entropy(d0_s, 1, w_s) + binary_cross_entropy(d0_t, 0))
+    entropy_loss = entropy(F.softmax(y_t, dim=1)).mean()
+    trade_off = method.iwan.trade_off
+    loss = (cls_loss + 1.5 * trade_off * adv_loss_D + trade_off * adv_loss_D_0
+            + method.entropy_min.trade_off * entropy_loss)
+    return self.update(loss)
+
+
+class OSBPRun(_LabelSetRun):
+  """TLlib's `osbp.py`: its `ImageClassifier` (two bottleneck blocks), the
+  source pass without reversal, the target pass with `GradientReverseLayer`
+  (coefficient 1) between the features and the head; the source
+  cross-entropy over the K + 1 outputs plus `trade_off x
+  UnknownClassBinaryCrossEntropy(t)` on the target."""
+
+  def step(self, step, batch):
+    method = self.config.method
+    classifier = self.classifier
+    x_s, labels_s = self.images(batch["source"]["image"]), self.labels(batch["source"]["label"])
+    x_t = self.images(batch["target"]["image"])
+    self.world.train()
+    y_s, _ = classifier(x_s)
+    f_t = classifier.bottleneck(classifier.backbone(x_t))
+    y_t = classifier.head(_ReverseGradient.apply(f_t, 1.0))
+    unknown = F.softmax(y_t, dim=1)[:, -1].contiguous().view(-1, 1)
+    t = method.unknown_boundary
+    trans_loss = (-torch.mean(t * torch.log(unknown + 1e-6))
+                  - torch.mean((1. - t) * torch.log(1. - unknown + 1e-6)))
+    return self.update(F.cross_entropy(y_s, labels_s) + method.trade_off * trans_loss)
+
+
+class UANRun(_LabelSetRun):
+  """The UAN authors' `main.py`: the feature extractor and classifier on the
+  source batch, then on the target batch; the adversarial discriminator
+  behind `GradientReverseModule(aToBSheduler(i, 0, 1, gamma, max_iter))`,
+  whose call count `i` advances at every call (two per step); the separate
+  discriminator on detached features; the transferability weights
+  (`get_source_share_weight` at class temperature 10, `get_target_share_weight`
+  at 1, `normalize_weight`); `nn.CrossEntropyLoss` on the softmax output plus
+  the weighted and the separate adversarial losses. Their optimizers (one per
+  module, the same rate, momentum, weight decay and inverse decay) act as one
+  SGD over all."""
+
+  def __init__(self, config, **kwargs):
+    super().__init__(config, **kwargs)
+    method = config.method
+    assert method.cross_entropy_on == "probabilities"
+    assert len(set(method.hidden_sizes)) == 1 and len(method.hidden_sizes) == 2
+    features = config.model.bottleneck_dim
+    make = lambda: DropoutDiscriminator(features, method.hidden_sizes[0], method.dropout, "",
+                                        self.masks)
+    self.world["method"] = tnn.ModuleDict({"discriminator": make(),
+                                           "discriminator_separate": make()})
+    self.calls = 0
+
+  def reverse(self, x):
+    method = self.config.method
+    coeff = float(2.0 / (1.0 + np.exp(-method.grl_alpha * self.calls / method.grl_max_calls))
+                  - 1.0)
+    self.calls += 1
+    return _ReverseGradient.apply(x, coeff)
+
+  def step(self, step, batch):
+    method = self.config.method
+    classifier = self.classifier
+    discriminator = self.world["method"]["discriminator"]
+    separate = self.world["method"]["discriminator_separate"]
+    x_s, labels_s = self.images(batch["source"]["image"]), self.labels(batch["source"]["label"])
+    x_t = self.images(batch["target"]["image"])
+    self.world.train()
+    fc1_s, fc1_t = classifier.backbone(x_s), classifier.backbone(x_t)
+    feature_source, feature_target = classifier.bottleneck(fc1_s), classifier.bottleneck(fc1_t)
+    fc2_s, fc2_t = classifier.head(feature_source), classifier.head(feature_target)
+    predict_prob_source = F.softmax(fc2_s, dim=-1)
+    domain_prob_discriminator_source = discriminator(self.reverse(feature_source))
+    domain_prob_discriminator_target = discriminator(self.reverse(feature_target))
+    domain_prob_separate_source = separate(feature_source.detach())
+    domain_prob_separate_target = separate(feature_target.detach())
+    source_share_weight = uan_normalize_weight(uan_source_share_weight(
+        domain_prob_separate_source, fc2_s, method.domain_temperature,
+        method.source_class_temperature))
+    target_share_weight = uan_normalize_weight(-uan_source_share_weight(
+        domain_prob_separate_target, fc2_t, method.domain_temperature,
+        method.target_class_temperature))
+    bce = tnn.BCELoss(reduction="none")
+    adv_loss = torch.mean(source_share_weight * bce(
+        domain_prob_discriminator_source, torch.ones_like(domain_prob_discriminator_source)))
+    adv_loss = adv_loss + torch.mean(target_share_weight * bce(
+        domain_prob_discriminator_target, torch.zeros_like(domain_prob_discriminator_target)))
+    adv_loss_separate = (binary_cross_entropy(domain_prob_separate_source, 1)
+                         + binary_cross_entropy(domain_prob_separate_target, 0))
+    ce = tnn.CrossEntropyLoss()(predict_prob_source, labels_s)
+    return self.update(ce + method.trade_off * adv_loss + adv_loss_separate)
