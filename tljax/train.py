@@ -196,7 +196,7 @@ def _assemble(classifier_vars: dict, network_vars: Mapping[str, dict]) -> tuple[
 # at its default optimisation level XLA's CPU backend spends most of a short
 # run's start compiling the initialisers (threefry bits and a truncated normal
 # for every parameter), 5-17 s for the embedded CNN, a ResNet-18 or a
-# ViT-Tiny; level 2 compiles them 2-6 times faster into the same bits
+# ViT-Tiny; level 2 compiles them 1.5-6 times faster into the same bits
 # (`tests/test_train.py` compares them for the CNN and a discriminator; the
 # ResNet-18 and ViT-Tiny initialisers gave the same bits too when measured).
 ONCE_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 2}}
