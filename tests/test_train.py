@@ -1,5 +1,6 @@
 """End to end: one command, its files, resumption, devices, and bad input."""
 
+import importlib
 import json
 import logging
 import os
@@ -101,7 +102,6 @@ def test_initialisers_compiled_for_one_call_give_the_default_compilers_bits(
     make_config, monkeypatch):
   """`train.run_once` compiles the initialisers with other options (faster to
   compile); the initial state must be the same bits as the default compiler's."""
-  import importlib  # pylint: disable=g-import-not-at-top
   config = make_config()
   config.method = importlib.import_module("configs.dann").get_config().method  # a discriminator too
   mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
