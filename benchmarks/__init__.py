@@ -10,6 +10,7 @@ Commands (each defines its flags and is never imported):
 - `pipeline`: the input pipeline's images/s on JPEGs in Office-31's layout.
 - `shallow`: the shallow methods against their numpy/scipy references.
 - `scores`: the transferability scores and the validators on one evaluation pass.
+- `seeds`: K seeds in one process (`config.num_seeds`) against K separate runs.
 
 What they import: `cases` (the rows of the Flax-vs-PyTorch table),
 `flax_steps` and `torch_steps` (each framework's side of every timed step),

@@ -100,6 +100,12 @@ def get_config(arg: str = "digits") -> ml_collections.ConfigDict:
                      "(configs/default.py: TASKS)")
   config = ml_collections.ConfigDict()
   config.seed = 0  # parameters, dropout and data order all derive from it
+  # Seeds `seed`, `seed + 1`, ... `seed + num_seeds - 1` trained in one process,
+  # their steps one program (`tljax.seeds`): WORKDIR/seed<k> is each seed's
+  # workdir, the same files its single run writes. `seed_batching`: 'vmap'
+  # (accelerators), 'unroll' (one copy of the step per seed: CPU), 'auto'.
+  config.num_seeds = 1
+  config.seed_batching = "auto"
 
   # Task (tljax/data/task.py): `dataset[/config]` names, or image_folder:PATH /
   # image_list:FILE. `source`: the labelled domain, or several separated by

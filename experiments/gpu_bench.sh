@@ -8,7 +8,9 @@
 #
 # Rows: ResNet-50 and ViT-B/16 train steps at 112 and 224 px, ResNet-50 frozen
 # to stage 3, every method's digits step, and the ResNet-50 ERM / DAN / DANN / CDAN
-# steps at 224 px fed by their input pipelines (JPEGs written for the run).
+# steps at 224 px fed by their input pipelines (JPEGs written for the run); and
+# (not in the smoke run) five DANN digits seeds trained together against five
+# separate runs (benchmarks.seeds, gpu_num_seeds.json).
 # On an accelerator the Flax step uses XLA's native convolutions (conv_impl
 # 'auto') and jax.nn.dot_product_attention's default implementation; PyTorch
 # runs the same step on CUDA (bf16 through autocast). GPU_BENCH_OUT changes the
@@ -39,6 +41,13 @@ for dtype in float32 bfloat16; do
   python -m benchmarks.flax_vs_torch "${args[@]}" "${!dtype_args}" --dtype="$dtype" \
     --out="$out_dir/gpu_bench_$dtype" "$@"
 done
+
+if [[ -z "${GPU_BENCH_TINY:-}" ]]; then
+  # Five seeds of DANN on digits in one process (--config.num_seeds=5, vmapped
+  # step) against five separate runs, the whole run each (README command 1).
+  python -m benchmarks.seeds --config=configs/dann.py:digits --seeds=5 --total_steps=2000 \
+    --out="$out_dir/gpu_num_seeds.json"
+fi
 
 {
   echo "# Train step on an accelerator: Flax vs PyTorch, fp32 and bf16"

@@ -2,7 +2,8 @@
 
     python -m tljax.main --config=configs/<file>.py:<arg> --workdir=DIR [--config.key=value ...]
 
-Runs `tljax.train.train_and_evaluate`; rerunning the same command resumes from
+Runs `tljax.train.train_and_evaluate` (`tljax.seeds.train_and_evaluate` for
+`--config.num_seeds=K`: K seeds in one process, DIR/seed<k> each); rerunning the same command resumes from
 the latest checkpoint in DIR. A `--config.*` override must name a field of the
 config file, except in the free-form keyword dicts (`tljax.cli.OPEN_DICTS`,
 e.g. `--config.model.backbone_kwargs.drop_path=0.1`), which take any key.
@@ -108,7 +109,7 @@ def main(args: tuple[list[str], list[cli.OpenOverride]]) -> None:
     logging.set_verbosity(logging.WARNING)
   # Imported once the TensorFlow options above are set: TensorFlow, which the
   # trainer loads (clu's TensorBoard writer), reads them when it loads.
-  from tljax import train  # pylint: disable=g-import-not-at-top
+  from tljax import seeds, train  # pylint: disable=g-import-not-at-top
 
   try:
     config = _CONFIG.value
@@ -119,7 +120,7 @@ def main(args: tuple[list[str], list[cli.OpenOverride]]) -> None:
     sys.exit(f"error: {cli.config_load_error(e, sys.argv)}")
   try:
     cli.apply_open_overrides(config, open_overrides)
-    train.train_and_evaluate(config, _WORKDIR.value, allow_changes=_ALLOW_CHANGES.value)
+    seeds.train_and_evaluate(config, _WORKDIR.value, allow_changes=_ALLOW_CHANGES.value)
   except (ValueError, OSError, train.NonFiniteError, workdir.WorkdirInUseError) as e:
     # Bad input, a busy workdir, a file system that refuses, or a diverged run:
     # one line that says what and how to fix it.

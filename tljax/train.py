@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import copy
 import dataclasses
 import functools
 import importlib.metadata
@@ -38,7 +39,7 @@ import platform
 import signal
 import sys
 import time
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from absl import logging
 import flax
@@ -92,6 +93,39 @@ def guarded_step(state: TrainState, batch: dict, *, method, ctx) -> tuple[TrainS
   return new_state.replace(step=state.step + 1), metrics
 
 
+SEED_BATCHING = ("auto", "vmap", "unroll")
+
+
+def seed_batching(choice: str, platform: str) -> str:
+  """How the step of several seeds runs (`config.seed_batching`): `'vmap'`
+  batches every op over the seeds, which fills an accelerator; on CPU
+  (`'auto'`: `'unroll'`) XLA turns a convolution whose kernel has a seed axis
+  into a grouped convolution 2-2.5x slower than the seeds' separate
+  convolutions (the digits CNN's DANN step, 5 seeds), so there each seed's
+  step is its own copy of the program, one program for all."""
+  if choice not in SEED_BATCHING:
+    raise ValueError(f"config.seed_batching={choice!r}: choose one of {SEED_BATCHING}")
+  if choice == "auto":
+    return "unroll" if platform == "cpu" else "vmap"
+  return choice
+
+
+def over_seeds(step_fn, seeds: int, batching: str):
+  """`step_fn(state, batch)` over a leading seed axis of both: `jax.vmap`, or
+  (`'unroll'`) one copy of the step per seed, their results stacked."""
+  if batching == "vmap":
+    return jax.vmap(step_fn)
+  if batching != "unroll":
+    raise ValueError(f"seed batching {batching!r}: 'vmap' or 'unroll'")
+
+  def unrolled(states, batches):
+    outputs = [step_fn(jax.tree.map(lambda x: x[k], states),
+                       jax.tree.map(lambda x: x[k], batches)) for k in range(seeds)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
+
+  return unrolled
+
+
 class PhasedStep:
   """The jitted step, compiled once per phase of `method.phase_boundaries()`
   (each with a context that knows its step range, see `StepContext.before`)
@@ -99,11 +133,19 @@ class PhasedStep:
   both picked on the host: `step(state, batch, step=state.step)`. A method
   with neither is one jitted function."""
 
-  def __init__(self, method: methods_base.Method, ctx: methods_base.StepContext, **jit_kwargs):
+  def __init__(self, method: methods_base.Method, ctx: methods_base.StepContext, *,
+               seeds: int = 0, seed_batching: str = "vmap", **jit_kwargs):
+    """`seeds > 0`: the step of that many runs at once (`over_seeds`), each
+    leaf of the state and the batch stacked on a leading seed axis; a method's
+    host-side variants are then drawn in the step, each seed from its own key."""
     self.method, self.ctx, self.jit_kwargs = method, ctx, jit_kwargs
+    self.seeds, self.seed_batching = seeds, seed_batching
     self.boundaries = tuple(sorted({int(b) for b in method.phase_boundaries() if int(b) > 0}))
     self.has_variants = (type(method).step_variant
                          is not methods_base.Method.step_variant)
+    if seeds:
+      # Each seed draws its own variant: the step draws it (`ctx.variant` None).
+      self.has_variants = False
     self._steps: dict[tuple[int, Any], Any] = {}
     self._rng = None  # the run's base key, read once (the step never changes it)
 
@@ -114,7 +156,7 @@ class PhasedStep:
     if not self.boundaries and not self.has_variants:
       step = 0
     elif step is None:
-      step = int(np.asarray(state.step.addressable_data(0)))
+      step = int(np.asarray(state.step.addressable_data(0)).reshape(-1)[0])
     phase, variant = self.phase(step), None
     if self.has_variants:
       if self._rng is None:
@@ -129,8 +171,10 @@ class PhasedStep:
         ctx = dataclasses.replace(ctx, steps=(starts[phase], ends[phase]))
       if variant is not None:
         ctx = dataclasses.replace(ctx, variant=variant)
-      self._steps[key] = jax.jit(functools.partial(guarded_step, method=self.method, ctx=ctx),
-                                 **self.jit_kwargs)
+      step_fn = functools.partial(guarded_step, method=self.method, ctx=ctx)
+      if self.seeds:
+        step_fn = over_seeds(step_fn, self.seeds, self.seed_batching)
+      self._steps[key] = jax.jit(step_fn, **self.jit_kwargs)
     return self._steps[key]
 
   def lower(self, state: TrainState, batch: dict, step: int | None = None):
@@ -175,6 +219,8 @@ class Setup:
   # jitted: (state variables, features, logits, threshold) -> labels, unknown included
   predict_labels: Any = None
   source_of_init: str = ""
+  # seed -> the state a run of that seed starts from (`state` is `config.seed`'s).
+  fresh_state: Callable[[int], TrainState] | None = None
 
 
 def _assemble(classifier_vars: dict, network_vars: Mapping[str, dict]) -> tuple[dict, dict]:
@@ -202,12 +248,17 @@ def _assemble(classifier_vars: dict, network_vars: Mapping[str, dict]) -> tuple[
 ONCE_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 2}}
 
 
-def run_once(fn, *args, platform: str):
-  """Calls the jitted `fn` on `args`, compiled with `ONCE_COMPILER_OPTIONS[platform]`."""
+def compile_once(fn, *args, platform: str):
+  """The jitted `fn` compiled for `args` with `ONCE_COMPILER_OPTIONS[platform]`."""
   options = ONCE_COMPILER_OPTIONS.get(platform)
   if not options:
-    return fn(*args)
-  return fn.lower(*args).compile(compiler_options=options)(*args)
+    return fn
+  return fn.lower(*args).compile(compiler_options=options)
+
+
+def run_once(fn, *args, platform: str):
+  """Calls the jitted `fn` on `args`, compiled with `ONCE_COMPILER_OPTIONS[platform]`."""
+  return compile_once(fn, *args, platform=platform)(*args)
 
 
 def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.sharding.Mesh,
@@ -250,7 +301,6 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
   task_fields = dict(labels=labels, num_source_domains=num_source_domains,
                      regression_loss=config.regression_loss,
                      domain_batch_size=domain_batch_size, domains_per_step=per_step)
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   if input_shape is None:
     input_shape = (config.data.image_size, config.data.image_size, 3)
 
@@ -270,7 +320,8 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
   probe = models.create_classifier(config.model, num_classes,
                                    num_source_domains=num_source_domains)
   param_shapes, _ = jax.eval_shape(
-      functools.partial(init_variables, probe, method.networks(num_classes, probe)), init_rng)
+      functools.partial(init_variables, probe, method.networks(num_classes, probe)),
+      jax.random.PRNGKey(0))
   frozen = optim.frozen_mask(param_shapes, config.param_groups)
   frozen_norm = optim.frozen_norm_regex(param_shapes, config.param_groups, prefix="classifier")
   # BatchNorm layers kept in evaluation mode while their parameters train
@@ -306,24 +357,33 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
                       opt_state=opt_state, method_state=method.init_method_state(ctx, variables),
                       rng=rng)
 
-  with jax.set_mesh(mesh):
-    params, model_state = run_once(
-        jax.jit(functools.partial(init_variables, classifier, networks),
-                out_shardings=replicated), init_rng, platform=mesh.devices.flat[0].platform)
-  source_of_init = ""
-  if config.model.init:
-    params, model_state, source_of_init = _load_pretrained(params, model_state, config)
-    # The method's networks may take their part of the same checkpoint.
-    loaded = dict(method.init_from_checkpoint({"params": params, **model_state},
-                                              config.model.init, backbone=config.model.name))
-    params, model_state = jax.device_put((loaded.pop("params"), loaded), replicated)
-  if config.model.dtype == "float64":
-    # Layers create float32 parameters; a float64 run keeps all state in float64.
-    params, model_state = jax.tree.map(
-        lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-        (params, model_state))
-  with jax.set_mesh(mesh):
-    state = jax.jit(init_state, out_shardings=replicated)(train_rng, params, model_state)
+  # The initialisers, compiled once for every seed the process starts.
+  init_compiled, source_of_init = None, ""
+
+  def fresh_state(seed: int) -> TrainState:
+    nonlocal init_compiled, source_of_init
+    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
+    with jax.set_mesh(mesh):
+      if init_compiled is None:
+        init_compiled = compile_once(
+            jax.jit(functools.partial(init_variables, classifier, networks),
+                    out_shardings=replicated), init_rng, platform=mesh.devices.flat[0].platform)
+      params, model_state = init_compiled(init_rng)
+    if config.model.init:
+      params, model_state, source_of_init = _load_pretrained(params, model_state, config)
+      # The method's networks may take their part of the same checkpoint.
+      loaded = dict(method.init_from_checkpoint({"params": params, **model_state},
+                                                config.model.init, backbone=config.model.name))
+      params, model_state = jax.device_put((loaded.pop("params"), loaded), replicated)
+    if config.model.dtype == "float64":
+      # Layers create float32 parameters; a float64 run keeps all state in float64.
+      params, model_state = jax.tree.map(
+          lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+          (params, model_state))
+    with jax.set_mesh(mesh):
+      return jax.jit(init_state, out_shardings=replicated)(train_rng, params, model_state)
+
+  state = fresh_state(config.seed)
   step_fn = PhasedStep(method, ctx, donate_argnums=(0,), out_shardings=(replicated, replicated))
   predict_fn = jax.jit(functools.partial(_predict, classifier=classifier),
                        out_shardings=replicated)
@@ -332,7 +392,8 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
   predict_labels_fn = jax.jit(functools.partial(method.predict_labels, ctx))
   return Setup(method=method, ctx=ctx, state=state, frozen_norm=frozen_norm, train_step=step_fn,
                predict=predict_fn, batch_statistics=statistics_fn,
-               predict_labels=predict_labels_fn, source_of_init=source_of_init)
+               predict_labels=predict_labels_fn, source_of_init=source_of_init,
+               fresh_state=fresh_state)
 
 
 def _check_sows_aux_logits(classifier, input_shape: tuple[int, ...], backbone: str) -> None:
@@ -791,8 +852,14 @@ def view_preprocessing(config, view_names: Sequence[str], train_pp):
 
 def train_batches(config, domains: Domains, method, first_step: int,
                   sharding: NamedSharding) -> Iterator[dict]:
-  """`{'source': ..., 'target': ...}` global batches of the domains the method
-  reads, from step `first_step` on, as global arrays sharded by `sharding`.
+  """`host_train_batches` as global arrays sharded by `sharding`."""
+  return _device_batches(host_train_batches(config, domains, method, first_step), sharding)
+
+
+def host_train_batches(config, domains: Domains, method, first_step: int) -> Iterator[dict]:
+  """`{'source': ..., 'target': ...}` batches of the domains the method reads,
+  from step `first_step` on: this process's part of each global batch, as
+  numpy arrays.
 
   `source` holds `image`, `label`, `index` (the example's position in its
   domain's split) and `domain`, plus the views in `method.source_views`;
@@ -823,7 +890,7 @@ def train_batches(config, domains: Domains, method, first_step: int,
         batch["target"] = {k: v for k, v in batch["target"].items() if k != "label"}
       yield batch
 
-  return _device_batches(zipped(), sharding)
+  return zipped()
 
 
 # ----------------------------------------------------------------------------
@@ -1522,7 +1589,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Returns:
     The contents of `results.json`.
   """
-  config = ml_collections.ConfigDict(config)  # a copy
+  config = copy.deepcopy(ml_collections.ConfigDict(config))  # the caller's, references and all, untouched
+  if config.num_seeds != 1:
+    raise ValueError(f"config.num_seeds={config.num_seeds}: several seeds train together "
+                     "through tljax.seeds.train_and_evaluate (what tljax.main runs)")
   run = _open_run(config, workdir, devices)
   domains = open_data(config, workdir)
   setup = build(config, domains.num_classes, run.mesh, domains.input_shape,

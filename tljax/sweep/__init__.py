@@ -32,7 +32,10 @@ them here (at most N at a time; a run with `init_from` waits for the run it
 starts from; Ctrl-C or SIGTERM stops the runs, which save a checkpoint, and
 starts no more) or writes a SLURM array job
 (one array task per run; runs whose starting run has not finished are left for
-the next submission) from a template. `collect`
+the next submission) from a template. With `seeds_together`
+(`launch --seeds_together`), the unfinished consecutive seeds of each row
+and task are one run of `--config.num_seeds=K` (`tljax.seeds`) whose
+workdir `OUT/<method>/<task>` holds the same `seed<k>` workdirs. `collect`
 gathers every `results.json` (naming and skipping those that do not parse)
 into `PREFIX.md` and `PREFIX.csv` (default
 `OUT/results`): target
@@ -81,13 +84,24 @@ class Run:
   overrides: tuple[tuple[str, Any], ...]
   init_from: str | None = None  # the row whose run (same task and seed) this one starts from
   init_field: str = "model.init"  # the config field that receives that run's workdir
+  # Seeds `seed`, ..., `seed + num_seeds - 1` in one process (`batch_seeds`):
+  # its workdir holds theirs, `seed<k>`, as the sweep lays them out.
+  num_seeds: int = 1
 
   @property
   def name(self) -> str:
-    return f"{self.method}/{_slug(self.task)}/seed{self.seed}"
+    last = f"-{self.seed + self.num_seeds - 1}" if self.num_seeds > 1 else ""
+    return f"{self.method}/{_slug(self.task)}/seed{self.seed}{last}"
 
   def workdir(self, out: str) -> str:
+    if self.num_seeds > 1:
+      return os.path.join(out, self.method, _slug(self.task))
     return os.path.join(out, self.method, _slug(self.task), f"seed{self.seed}")
+
+  def seed_runs(self) -> list[Run]:
+    """The single-seed runs this one trains."""
+    return [dataclasses.replace(self, seed=self.seed + k, num_seeds=1)
+            for k in range(self.num_seeds)]
 
   def parent(self) -> Run | None:
     """The run this one starts from (`init_from`), as a key: its workdir is all it needs."""
@@ -98,6 +112,8 @@ class Run:
   def command(self, out: str, python: str = sys.executable) -> list[str]:
     args = [python, "-m", "tljax.main", f"--config={self.spec}", f"--workdir={self.workdir(out)}",
             f"--config.seed={self.seed}"]
+    if self.num_seeds > 1:
+      args.append(f"--config.num_seeds={self.num_seeds}")
     args += [f"--config.{key}={_flag_value(value)}" for key, value in self.overrides]
     if self.init_from is not None:
       args.append(f"--config.{self.init_field}={os.path.abspath(self.parent().workdir(out))}")
@@ -173,6 +189,24 @@ def expand(grid: dict[str, Any]) -> list[Run]:
   return runs
 
 
+def batch_seeds(runs: Sequence[Run]) -> list[Run]:
+  """The runs with each row's consecutive seeds of one task as one run of
+  `num_seeds` seeds (`tljax.seeds`: one process, one step for all), in the
+  order of their first seeds. A run that starts from another (`init_from`)
+  stays on its own: each seed starts from a different workdir."""
+  batched: list[Run] = []
+  for run in runs:
+    last = batched[-1] if batched else None
+    if (last is not None and run.init_from is None and last.init_from is None
+        and (last.method, last.task, last.spec, last.overrides)
+        == (run.method, run.task, run.spec, run.overrides)
+        and run.num_seeds == 1 and run.seed == last.seed + last.num_seeds):
+      batched[-1] = dataclasses.replace(last, num_seeds=last.num_seeds + 1)
+    else:
+      batched.append(run)
+  return batched
+
+
 def read_results(path: str) -> tuple[dict[str, Any] | None, str]:
   """A run's `results.json` and '', or None and why it cannot be used (missing,
   empty, cut short, not the dict of numbers a run writes)."""
@@ -208,7 +242,10 @@ def _override(run: Run, field: str) -> Any:
 
 def is_finished(run: Run, out: str) -> bool:
   """The run's results.json parses and reports its last step (`total_steps` of
-  the config it ran with, and of the grid when the grid sets it)."""
+  the config it ran with, and of the grid when the grid sets it); for a run
+  of several seeds, each seed's."""
+  if run.num_seeds > 1:
+    return all(is_finished(one, out) for one in run.seed_runs())
   results, _ = read_results(os.path.join(run.workdir(out), "results.json"))
   if results is None:
     return False
@@ -273,8 +310,12 @@ class _Signals:
 
 
 def launch_local(runs: Sequence[Run], out: str, parallel: int = 1,
-                 poll_seconds: float = 0.2) -> list[tuple[Run, int]]:
+                 poll_seconds: float = 0.2, seeds_together: bool = False
+                 ) -> list[tuple[Run, int]]:
   """Runs what is not finished, at most `parallel` at a time; returns (run, exit code) pairs.
+
+  `seeds_together`: the unfinished consecutive seeds of each row and task run
+  as one process (`batch_seeds`).
 
   A run with `init_from` starts once the run it starts from has finished (it
   need not be among `runs`: an earlier sweep may have made it); if that run
@@ -287,9 +328,11 @@ def launch_local(runs: Sequence[Run], out: str, parallel: int = 1,
   """
   todo = [r for r in runs if not is_finished(r, out)]
   skipped = len(runs) - len(todo)
-  print(f"{len(runs)} runs: {skipped} finished (skipped), {len(todo)} to run, {parallel} at a time.",
-        flush=True)
-  todo_names = {r.name for r in todo}
+  if seeds_together:
+    todo = batch_seeds(todo)
+  print(f"{len(runs)} runs: {skipped} finished (skipped), {len(todo)} to run"
+        f"{' (seeds together)' if seeds_together else ''}, {parallel} at a time.", flush=True)
+  todo_names = {one.name for r in todo for one in r.seed_runs()}
   waiting = list(todo)
   outcomes, failed = [], set()
   running: dict[Any, tuple[Run, float]] = {}  # process -> (run, start time)
@@ -297,7 +340,7 @@ def launch_local(runs: Sequence[Run], out: str, parallel: int = 1,
   def report(run: Run, code: int, message: str) -> None:
     outcomes.append((run, code))
     if code != 0 or not is_finished(run, out):
-      failed.add(run.name)
+      failed.update(one.name for one in run.seed_runs())
     print(f"[{len(outcomes)}/{len(todo)}] {run.name}: {message}", flush=True)
 
   def reap() -> None:
@@ -353,7 +396,8 @@ def launch_local(runs: Sequence[Run], out: str, parallel: int = 1,
   return outcomes
 
 
-def write_slurm_array(runs: Sequence[Run], out: str, template: str) -> str:
+def write_slurm_array(runs: Sequence[Run], out: str, template: str,
+                      seeds_together: bool = False) -> str:
   """Writes `OUT/runs.txt` (one command per line) and `OUT/sweep.sbatch`.
 
   The template is an sbatch script with `{num_tasks}` (the array size - 1),
@@ -368,6 +412,8 @@ def write_slurm_array(runs: Sequence[Run], out: str, template: str) -> str:
     logging.warning("%d runs start from runs that have not finished (%s, ...); submit again "
                     "when this array is done to run them.", len(later), later[0].name)
   todo = [r for r in todo if r not in later]
+  if seeds_together:
+    todo = batch_seeds(todo)
   os.makedirs(out, exist_ok=True)
   runs_file = os.path.abspath(os.path.join(out, "runs.txt"))
   with open(runs_file, "w") as f:

@@ -1,6 +1,7 @@
 """`python -m tljax.sweep {launch,collect,list}`: the command line of `tljax.sweep`.
 
     python -m tljax.sweep launch --grid=experiments/grids/digits.py --out=DIR [--parallel=2]
+        [--seeds_together]
     python -m tljax.sweep launch --grid=... --out=DIR --slurm=experiments/slurm/array.sbatch
     python -m tljax.sweep collect --out=DIR [--grid=...] [--to=PREFIX] [--reference=FILE.csv]
         [--select=snd,dev | --select=all] [--measure=primary|test_final]
@@ -30,6 +31,10 @@ _SLURM = flags.DEFINE_string("slurm", None,
                              "sbatch template: write an array job instead of running.")
 _SUBMIT = flags.DEFINE_bool("submit", False,
                             "With --slurm: also call sbatch on the written script.")
+_SEEDS_TOGETHER = flags.DEFINE_bool(
+    "seeds_together", False, "launch / list: train the unfinished consecutive seeds of each row "
+    "and task in one process (--config.num_seeds=K, tljax/seeds.py), into the same seed<k> "
+    "workdirs.")
 _ONLY = flags.DEFINE_string("only", None, "Regex: launch only runs whose name matches.")
 _REFERENCE = flags.DEFINE_string("reference", None,
                                  "CSV of reference accuracies (method,task,accuracy).")
@@ -61,18 +66,22 @@ def main(argv):
     if _ONLY.value:
       runs = [r for r in runs if re.search(_ONLY.value, r.name)]
     if command == "list":
+      if _SEEDS_TOGETHER.value:
+        runs = sweep.batch_seeds([r for r in runs if not sweep.is_finished(r, _OUT.value)])
       for run in runs:
         print(("done  " if sweep.is_finished(run, _OUT.value) else "todo  ")
               + shlex.join(run.command(_OUT.value)))
       return
     if _SLURM.value:
-      path = sweep.write_slurm_array(runs, _OUT.value, _SLURM.value)
+      path = sweep.write_slurm_array(runs, _OUT.value, _SLURM.value,
+                                     seeds_together=_SEEDS_TOGETHER.value)
       print(f"wrote {path}")
       if _SUBMIT.value:
         subprocess.run(["sbatch", path], check=True)
       return
     try:
-      outcomes = sweep.launch_local(runs, _OUT.value, _PARALLEL.value)
+      outcomes = sweep.launch_local(runs, _OUT.value, _PARALLEL.value,
+                                    seeds_together=_SEEDS_TOGETHER.value)
     except sweep.LaunchInterrupted as e:
       print(f"error: {e}", file=sys.stderr, flush=True)
       sys.exit(128 + e.signum)
