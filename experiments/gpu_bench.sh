@@ -10,7 +10,9 @@
 # to stage 3, every method's digits step, and the ResNet-50 ERM / DAN / DANN / CDAN
 # steps at 224 px fed by their input pipelines (JPEGs written for the run); and
 # (not in the smoke run) five DANN digits seeds trained together against five
-# separate runs (benchmarks.seeds, gpu_num_seeds.json).
+# separate runs (benchmarks.seeds, gpu_num_seeds.json) and whole DANN / MCC
+# digits runs against TLlib's loop in PyTorch (benchmarks.end_to_end,
+# gpu_end_to_end.md).
 # On an accelerator the Flax step uses XLA's native convolutions (conv_impl
 # 'auto') and jax.nn.dot_product_attention's default implementation; PyTorch
 # runs the same step on CUDA (bf16 through autocast). GPU_BENCH_OUT changes the
@@ -47,6 +49,9 @@ if [[ -z "${GPU_BENCH_TINY:-}" ]]; then
   # step) against five separate runs, the whole run each (README command 1).
   python -m benchmarks.seeds --config=configs/dann.py:digits --seeds=5 --total_steps=2000 \
     --out="$out_dir/gpu_num_seeds.json"
+  # Whole DANN / MCC digits runs, tljax against TLlib's loop in PyTorch (both on the GPU).
+  python -m benchmarks.end_to_end --methods=dann,mcc --total_steps=2000 \
+    --out="$out_dir/gpu_end_to_end"
 fi
 
 {

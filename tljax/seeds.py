@@ -148,6 +148,9 @@ def _train(seeds: list[_Seed], setup: train.Setup, step_fn: train.PhasedStep, me
       every_steps=config.log_every, every_secs=None)
   pending = None
   train_time, loop_start = 0.0, time.time()
+  for s in seeds:  # as `train._train` records them, the shared parts in each seed's
+    s.run.time_s.update(start_up=loop_start - s.run.start_time, first_step=0.0, evaluation=0.0,
+                        checkpoints=0.0, refresh=0.0)
 
   def check(step, metrics):
     metrics = jax.device_get(metrics)
@@ -186,6 +189,8 @@ def _train(seeds: list[_Seed], setup: train.Setup, step_fn: train.PhasedStep, me
       state, metrics = step_fn(state, next(batches), step - 1)
       if step == first_step + 1:
         jax.block_until_ready(state)
+        for s in seeds:
+          s.run.time_s["first_step"] = time.time() - loop_start
         logging.info("First step of %d seeds (compilation included) took %.1fs.", len(seeds),
                      time.time() - loop_start)
         loop_start = time.time()
@@ -201,15 +206,19 @@ def _train(seeds: list[_Seed], setup: train.Setup, step_fn: train.PhasedStep, me
       for k, s in enumerate(seeds):
         selected = False
         own = None
+        started = time.time()
         if evaluate:
           own = _unstack(state, k)
           s.last_eval = train._evaluate(s.run, setup, s.domains, own)
           s.selection.add(step, s.last_eval["record"])
-          train._log_eval(s.writer, step, s.last_eval, s.domains.labels)
+          train._log_eval(s.writer, step, s.last_eval, s.domains.labels, f"seed {s.seed} ")
           selected = step in s.selection.steps_to_keep()
+          s.run.time_s["evaluation"] += time.time() - started
         if regular or selected:
+          started = time.time()
           own = _unstack(state, k) if own is None else own
           train._save(s.manager, step, own, s.selection, force=preempted)
+          s.run.time_s["checkpoints"] += time.time() - started
       if preempted:
         for s in seeds:
           s.manager.wait_until_finished()
@@ -225,8 +234,12 @@ def _train(seeds: list[_Seed], setup: train.Setup, step_fn: train.PhasedStep, me
   finally:
     stop.uninstall()
     for s in seeds:
+      started = time.time()
       s.manager.wait_until_finished()
       s.manager.close()
+      s.run.time_s["checkpoints"] = s.run.time_s.get("checkpoints", 0.0) + time.time() - started
+  for s in seeds:
+    s.run.time_s["training_loop"] = train_time
   return state, train_time, first_step
 
 

@@ -1099,6 +1099,8 @@ class Run:
   # (`{'field', 'from', 'to'}`) until `_write_identity`, then every resume's
   # (with `step`), as run.json keeps them.
   allowed_changes: list[dict[str, Any]]
+  # Where this process's wall time went, in seconds (results.json's `time_s`).
+  time_s: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _run_id() -> str:
@@ -1395,6 +1397,10 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState, writer,
                                              every_steps=config.log_every, every_secs=None)
   pending = None  # (step, metrics) of the step dispatched last: read one step late
   last_eval, train_time, loop_start = None, 0.0, time.time()
+  spent = run.time_s
+  spent["start_up"] = loop_start - run.start_time
+  for part in ("first_step", "evaluation", "checkpoints", "refresh"):
+    spent.setdefault(part, 0.0)
 
   def check(step, metrics):
     metrics = jax.device_get(metrics)
@@ -1431,11 +1437,14 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState, writer,
     for step in range(first_step + 1, total + 1):
       if refresh_every and (step - 1) % refresh_every == 0:
         flush()
+        started = time.time()
         state = _refresh(run, setup, domains, state)
+        spent["refresh"] += time.time() - started
       state, metrics = setup.train_step(state, next(batches), step - 1)
       if step == first_step + 1:
         jax.block_until_ready(state)
-        logging.info("First step (compilation included) took %.1fs.", time.time() - loop_start)
+        spent["first_step"] = time.time() - loop_start
+        logging.info("First step (compilation included) took %.1fs.", spent["first_step"])
         loop_start = time.time()
       progress(step)
       flush()
@@ -1445,13 +1454,17 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState, writer,
       selected = False
       if step % config.eval_every == 0 or step == total:
         flush()
+        started = time.time()
         last_eval = _evaluate(run, setup, domains, state)
+        spent["evaluation"] += time.time() - started
         selection.add(step, last_eval["record"])
         _log_eval(writer, step, last_eval, domains.labels)
         selected = step in selection.steps_to_keep()
       if step % config.checkpoint_every == 0 or step == total or preempted or selected:
         flush()
+        started = time.time()
         _save(manager, step, state, selection, force=preempted)
+        spent["checkpoints"] += time.time() - started
       if preempted:
         manager.wait_until_finished()
         name = signal.Signals(stop.signal).name if stop.signal else "preemption"
@@ -1464,12 +1477,16 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState, writer,
       train_time = time.time() - loop_start
   finally:
     stop.uninstall()
+    started = time.time()
     manager.wait_until_finished()
     manager.close()
+    spent["checkpoints"] += time.time() - started
+  spent["training_loop"] = train_time
   return state, last_eval, train_time, first_step
 
 
-def _log_eval(writer, step: int, result: dict, labels: task_lib.LabelSpace) -> None:
+def _log_eval(writer, step: int, result: dict, labels: task_lib.LabelSpace,
+              prefix: str = "") -> None:
   scalars = _eval_scalars(result)
   writer.write_scalars(step, {f"eval/{k}": v for k, v in {**scalars, **result["method"]}.items()})
   writer.write_scalars(step, {f"validators/{k}": v for k, v in result["record"].items()
@@ -1480,7 +1497,7 @@ def _log_eval(writer, step: int, result: dict, labels: task_lib.LabelSpace) -> N
   parts = [f"source {metric} {_shown(result['source']['primary'], metric)}"]
   if result["target"] is not None:
     parts.append(f"target {metric} {_shown(result['target']['primary'], metric)}")
-  logging.info("eval @ %d: %s | %s", step, ", ".join(parts), shown)
+  logging.info("%seval @ %d: %s | %s", prefix, step, ", ".join(parts), shown)
 
 
 def _shown(value: float | None, metric: str) -> str:
@@ -1561,6 +1578,16 @@ def _write_results(run: Run, setup: Setup, domains: Domains, state: TrainState, 
       "config_changes_allowed_on_resume": run.allowed_changes,
       "train_steps_per_second": steps_timed / train_time if train_time else None,
       "wall_time_s": time.time() - run.start_time,
+      # Where this process's time went: start-up (data, model, compilation of
+      # the initialisers) until the loop, the first step (its compilation), the
+      # loop after it (`training_loop`, steps/s above), and within the loop
+      # evaluations (with the validators), checkpoint writes (and the wait for
+      # the last) and refreshes; `after_loop`: the wait for the last
+      # checkpoint, the held-out domains' evaluation and this file.
+      "time_s": {**run.time_s,
+                 "after_loop": time.time() - run.start_time - sum(
+                     run.time_s.get(k, 0.0) for k in ("start_up", "first_step",
+                                                      "training_loop"))},
       "config": config.to_dict(),
       "versions": versions(),
   }
