@@ -430,6 +430,30 @@ def test_ctrl_c_during_start_up_is_one_line(digits_data_dir, tmp_path):
   assert not os.path.exists(os.path.join(workdir, workdir_lib.LOCK_NAME))
 
 
+def test_a_swallowed_ctrl_c_during_start_up_still_stops_the_run():
+  """A Ctrl-C whose KeyboardInterrupt a library swallowed during start-up is
+  noted by the CLI's handler; the loop stops on it before its first step
+  instead of training on (as the test above once saw, under load)."""
+  previous = signal.getsignal(signal.SIGINT)
+  handler = main_lib._StartUpInterrupt()  # pylint: disable=protected-access
+  try:
+    signal.signal(signal.SIGINT, handler)
+    with pytest.raises(KeyboardInterrupt):
+      handler(signal.SIGINT, None)  # what a Ctrl-C runs; suppose a library ate it
+    assert handler.received
+    with pytest.raises(KeyboardInterrupt):
+      train._StopRequest().install()  # pylint: disable=protected-access
+    # Nothing of the loop's was installed: the start-up handler is still there.
+    assert signal.getsignal(signal.SIGINT) is handler
+    handler.received = False  # no Ctrl-C: the loop takes over SIGINT
+    stop = train._StopRequest().install()  # pylint: disable=protected-access
+    assert signal.getsignal(signal.SIGINT) == stop._handle  # pylint: disable=protected-access
+    stop.uninstall()
+    assert signal.getsignal(signal.SIGINT) is handler
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
 # ----------------------------------------------------------------------------
 # The lock.
 # ----------------------------------------------------------------------------

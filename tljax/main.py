@@ -127,8 +127,24 @@ def main(args: tuple[list[str], list[cli.OpenOverride]]) -> None:
     sys.exit(cli.one_line_error(e))
 
 
+class _StartUpInterrupt:
+  """The SIGINT handler until the training loop takes over: Python's default
+  (KeyboardInterrupt), and a note of it, which the loop reads when it
+  installs its own (`tljax.train._StopRequest`): a Ctrl-C that a library
+  swallowed while the run started (seen once under load) still stops it."""
+
+  def __init__(self):
+    self.received = False
+
+  def __call__(self, signum, frame):
+    del signum, frame
+    self.received = True
+    raise KeyboardInterrupt
+
+
 def run() -> None:
   """`app.run(main)`, with Ctrl-C during start-up (or a second one) as one line."""
+  signal.signal(signal.SIGINT, _StartUpInterrupt())
   try:
     app.run(main, flags_parser=parse_flags)
   except KeyboardInterrupt:

@@ -40,6 +40,7 @@ from typing import Any, Sequence
 from absl import logging
 from clu import metric_writers, periodic_actions
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
@@ -120,6 +121,8 @@ def _restore_all(seeds: list[_Seed], setup: train.Setup) -> list[train.TrainStat
         for name in later:
           shutil.move(os.path.join(directory, name),
                       os.path.join(aside, f"{name}.{int(time.time())}"))
+      if jax.process_count() > 1:  # every process restores once process 0 has moved them
+        multihost_utils.sync_global_devices(f"tljax_seeds_moved_{s.seed}")
       restored[i] = train._restore(s.run, setup)
   for s, (_, selection) in zip(seeds, restored):
     s.selection = selection

@@ -1037,6 +1037,9 @@ class _StopRequest:
     self._previous = {}
 
   def install(self):
+    if getattr(signal.getsignal(signal.SIGINT), "received", False):
+      # A Ctrl-C during start-up that did not stop it (`tljax.main._StartUpInterrupt`).
+      raise KeyboardInterrupt
     for sig in (signal.SIGTERM, signal.SIGINT):
       # Multi-process runs use jax's preemption sync point for SIGTERM.
       if sig == signal.SIGTERM and jax.process_count() > 1:
