@@ -170,12 +170,7 @@ def _train(seeds: list[_Seed], setup: train.Setup, step_fn: train.PhasedStep, me
             "config.optimizer.learning_rate or the method's trade_off, or resume the other "
             "seeds one by one (--config.num_seeds=1 --config.seed=<k> --workdir=<its folder>)")
       s.means.add(own)
-      if step % config.log_every == 0 or step == total:
-        scalars = s.means.pop()
-        s.writer.write_scalars(step, {f"train/{n}": v for n, v in scalars.items()})
-        shown = [n for n in ("loss", "cls_loss", "transfer_loss") if n in scalars]
-        logging.info("seed %d step %d/%d | %s", s.seed, step, total,
-                     " | ".join(f"{n} {scalars[n]:.4f}" for n in shown))
+      train._log_train(s.writer, s.means, step, total, config.log_every, f"seed {s.seed} ")
 
   def flush():
     nonlocal pending

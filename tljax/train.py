@@ -1423,12 +1423,7 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState, writer,
           f"{manager.latest_step()}). Lower config.optimizer.learning_rate or the method's "
           "trade_off, or set config.optimizer.grad_clip_norm.")
     means.add(metrics)
-    if step % config.log_every == 0 or step == total:
-      scalars = means.pop()
-      writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
-      shown = [k for k in ("loss", "cls_loss", "transfer_loss") if k in scalars]
-      logging.info("step %d/%d | %s", step, total,
-                   " | ".join(f"{k} {scalars[k]:.4f}" for k in shown))
+    _log_train(writer, means, step, total, config.log_every)
 
   def flush():
     nonlocal pending
@@ -1486,6 +1481,19 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState, writer,
     spent["checkpoints"] += time.time() - started
   spent["training_loop"] = train_time
   return state, last_eval, train_time, first_step
+
+
+def _log_train(writer, means: _MetricMeans, step: int, total: int, log_every: int,
+               prefix: str = "") -> None:
+  """Every `log_every` steps and at the last: the step metrics' means since
+  the last line, written and logged."""
+  if step % log_every and step != total:
+    return
+  scalars = means.pop()
+  writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
+  shown = [k for k in ("loss", "cls_loss", "transfer_loss") if k in scalars]
+  logging.info("%sstep %d/%d | %s", prefix, step, total,
+               " | ".join(f"{k} {scalars[k]:.4f}" for k in shown))
 
 
 def _log_eval(writer, step: int, result: dict, labels: task_lib.LabelSpace,
