@@ -37,7 +37,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from benchmarks import torch_reference  # noqa: E402
 
-_DATA = flags.DEFINE_string("data", None, "The digits arrays (`benchmarks.end_to_end` writes them).")
+_DATA = flags.DEFINE_string("data", None,
+                            "The digits arrays (`benchmarks.end_to_end` writes them).")
 _CONFIG = flags.DEFINE_string("config", "configs/dann.py:digits", "tljax config (file:arg).")
 _TOTAL_STEPS = flags.DEFINE_integer("total_steps", 400, "Iterations.")
 _TLLIB = flags.DEFINE_string("tllib", None, "A Transfer-Learning-Library checkout: use its "
@@ -88,9 +89,10 @@ def _tllib_loss(config, reference: torch_reference.Reference):
   method = config.method
   classifier = reference.world["classifier"]
   if method.name == "dann":
-    from tllib.alignment.dann import DomainAdversarialLoss  # pylint: disable=g-import-not-at-top
-    from tllib.modules.domain_discriminator import DomainDiscriminator  # pylint: disable=g-import-not-at-top
-    from tllib.modules.grl import WarmStartGradientReverseLayer  # pylint: disable=g-import-not-at-top
+    # pylint: disable=g-import-not-at-top  (TLlib is found only once its path is known)
+    from tllib.alignment.dann import DomainAdversarialLoss
+    from tllib.modules.domain_discriminator import DomainDiscriminator
+    from tllib.modules.grl import WarmStartGradientReverseLayer
     discriminator = DomainDiscriminator(config.model.bottleneck_dim, method.hidden_sizes[0])
     grl = WarmStartGradientReverseLayer(alpha=method.grl_alpha, lo=method.grl_lo,
                                         hi=method.grl_hi, max_iters=method.grl_max_steps,
@@ -106,7 +108,8 @@ def _tllib_loss(config, reference: torch_reference.Reference):
 
     return loss
   if method.name == "mcc":
-    from tllib.self_training.mcc import MinimumClassConfusionLoss  # pylint: disable=g-import-not-at-top
+    # pylint: disable=g-import-not-at-top  (as above)
+    from tllib.self_training.mcc import MinimumClassConfusionLoss
     term = MinimumClassConfusionLoss(temperature=method.temperature)
 
     def loss(x_s, labels_s, x_t):

@@ -38,8 +38,9 @@ def _is_number(value: Any) -> bool:
 # `model.backbone_kwargs` are keyword dicts whose keys are free.
 REQUIRED_FIELDS: tuple[str, ...] = tuple(
     f"{section}.{name}" if section else name for section, names in (
-        ("", ("seed", "num_seeds", "seed_batching", "source", "target", "test_domains", "setting", "unknown_threshold",
-              "label_kind", "regression_loss", "source_split", "target_split",
+        ("", ("seed", "num_seeds", "seed_batching", "source", "target", "test_domains",
+              "setting", "unknown_threshold", "label_kind", "regression_loss", "source_split",
+              "target_split",
               "eval_source_split", "eval_target_split", "source_val_split", "data_dir",
               "manual_dir", "method", "total_steps", "batch_size", "eval_batch_size",
               "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
@@ -62,13 +63,16 @@ REQUIRED_FIELDS: tuple[str, ...] = tuple(
         ("schedule", ("name", "gamma", "power", "warmup_steps", "boundaries", "decay")),
     ) for name in names)
 
+# How the step of several seeds runs (`config.seed_batching`, `train.seed_batching`).
+SEED_BATCHING = ("auto", "vmap", "unroll")
+
 # (field, predicate, what it must be), each of `REQUIRED_FIELDS`.
 _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("seed", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
      "an integer >= 0"),
     ("num_seeds", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
      "an integer >= 1"),
-    ("seed_batching", lambda v: v in ("auto", "vmap", "unroll"), "'auto', 'vmap' or 'unroll'"),
+    ("seed_batching", lambda v: v in SEED_BATCHING, f"one of {SEED_BATCHING}"),
     ("total_steps", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     ("batch_size", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     ("eval_batch_size", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),

@@ -3,10 +3,11 @@
     python -m tljax.main --config=configs/<file>.py:<arg> --workdir=DIR [--config.key=value ...]
 
 Runs `tljax.train.train_and_evaluate` (`tljax.seeds.train_and_evaluate` for
-`--config.num_seeds=K`: K seeds in one process, DIR/seed<k> each); rerunning the same command resumes from
-the latest checkpoint in DIR. A `--config.*` override must name a field of the
-config file, except in the free-form keyword dicts (`tljax.cli.OPEN_DICTS`,
-e.g. `--config.model.backbone_kwargs.drop_path=0.1`), which take any key.
+`--config.num_seeds=K`: K seeds in one process, DIR/seed<k> each); rerunning
+the same command resumes from the latest checkpoint in DIR. A `--config.*`
+override must name a field of the config file, except in the free-form
+keyword dicts (`tljax.cli.OPEN_DICTS`, e.g.
+`--config.model.backbone_kwargs.drop_path=0.1`), which take any key.
 """
 
 from __future__ import annotations

@@ -41,7 +41,6 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 import jax
 from jax.experimental import multihost_utils
-import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
@@ -65,14 +64,6 @@ def seed_configs(config: ml_collections.ConfigDict) -> list[ml_collections.Confi
 def seed_workdir(workdir: str, seed: int) -> str:
   """A seed's workdir: the sweep's `.../seed<k>` layout."""
   return os.path.join(workdir, f"seed{seed}")
-
-
-def _stack(trees: Sequence[Any]) -> Any:
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-def _unstack(tree: Any, k: int) -> Any:
-  return jax.tree.map(lambda x: x[k], tree)
 
 
 def _stacked_batches(streams: Sequence[Any], sharding: NamedSharding):
@@ -182,8 +173,9 @@ def _train(seeds: list[_Seed], setup: train.Setup, step_fn: train.PhasedStep, me
     for step in range(first_step + 1, total + 1):
       if refresh_every and (step - 1) % refresh_every == 0:
         flush()
-        state = _stack([train._refresh(s.run, setup, s.domains,
-                                       _unstack(state, k)) for k, s in enumerate(seeds)])
+        state = train.stack_seeds([
+            train._refresh(s.run, setup, s.domains, train.seed_slice(state, k))
+            for k, s in enumerate(seeds)])
       state, metrics = step_fn(state, next(batches), step - 1)
       if step == first_step + 1:
         jax.block_until_ready(state)
@@ -206,7 +198,7 @@ def _train(seeds: list[_Seed], setup: train.Setup, step_fn: train.PhasedStep, me
         own = None
         started = time.time()
         if evaluate:
-          own = _unstack(state, k)
+          own = train.seed_slice(state, k)
           s.last_eval = train._evaluate(s.run, setup, s.domains, own)
           s.selection.add(step, s.last_eval["record"])
           train._log_eval(s.writer, step, s.last_eval, s.domains.labels, f"seed {s.seed} ")
@@ -214,7 +206,7 @@ def _train(seeds: list[_Seed], setup: train.Setup, step_fn: train.PhasedStep, me
           s.run.time_s["evaluation"] += time.time() - started
         if regular or selected:
           started = time.time()
-          own = _unstack(state, k) if own is None else own
+          own = train.seed_slice(state, k) if own is None else own
           train._save(s.manager, step, own, s.selection, force=preempted)
           s.run.time_s["checkpoints"] += time.time() - started
       if preempted:
@@ -253,7 +245,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     summary (the primary metric's mean and standard deviation over the
     seeds) also written to `workdir/seeds.json`; one seed: its results.
   """
-  config = ml_collections.ConfigDict(config)  # a copy
+  # A copy: the caller's config, references and all, stays as it was.
+  config = copy.deepcopy(ml_collections.ConfigDict(config))
   if config.num_seeds == 1:
     return train.train_and_evaluate(config, workdir, devices=devices,
                                     allow_changes=allow_changes)
@@ -302,10 +295,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       train._write_identity(s.run, int(state.step))
       s.writer = train._create_writer(s.run.workdir, int(state.step))
     try:
-      state, train_time, first_step = _train(seeds, setup, step_fn, mesh, _stack(states))
+      state, train_time, first_step = _train(seeds, setup, step_fn, mesh,
+                                             train.stack_seeds(states))
       results = {}
       for k, s in enumerate(seeds):
-        own = _unstack(state, k)
+        own = train.seed_slice(state, k)
         if s.last_eval is None:  # nothing left to train: the run had already finished
           s.last_eval = train._evaluate(s.run, setup, s.domains, own)
         held_out = train._evaluate_held_out(s.run, setup, s.domains, own, s.selection)

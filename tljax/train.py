@@ -93,9 +93,6 @@ def guarded_step(state: TrainState, batch: dict, *, method, ctx) -> tuple[TrainS
   return new_state.replace(step=state.step + 1), metrics
 
 
-SEED_BATCHING = ("auto", "vmap", "unroll")
-
-
 def seed_batching(choice: str, platform: str) -> str:
   """How the step of several seeds runs (`config.seed_batching`): `'vmap'`
   batches every op over the seeds, which fills an accelerator; on CPU
@@ -103,8 +100,9 @@ def seed_batching(choice: str, platform: str) -> str:
   into a grouped convolution 2-2.5x slower than the seeds' separate
   convolutions (the digits CNN's DANN step, 5 seeds), so there each seed's
   step is its own copy of the program, one program for all."""
-  if choice not in SEED_BATCHING:
-    raise ValueError(f"config.seed_batching={choice!r}: choose one of {SEED_BATCHING}")
+  if choice not in config_checks.SEED_BATCHING:
+    raise ValueError(f"config.seed_batching={choice!r}: choose one of "
+                     f"{config_checks.SEED_BATCHING}")
   if choice == "auto":
     return "unroll" if platform == "cpu" else "vmap"
   return choice
@@ -119,11 +117,20 @@ def over_seeds(step_fn, seeds: int, batching: str):
     raise ValueError(f"seed batching {batching!r}: 'vmap' or 'unroll'")
 
   def unrolled(states, batches):
-    outputs = [step_fn(jax.tree.map(lambda x: x[k], states),
-                       jax.tree.map(lambda x: x[k], batches)) for k in range(seeds)]
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
+    return stack_seeds([step_fn(seed_slice(states, k), seed_slice(batches, k))
+                        for k in range(seeds)])
 
   return unrolled
+
+
+def stack_seeds(trees: Sequence[Any]) -> Any:
+  """Pytrees of one structure, one per seed, as one with a leading seed axis."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def seed_slice(tree: Any, k: int) -> Any:
+  """Seed `k`'s part of a pytree stacked by `stack_seeds`."""
+  return jax.tree.map(lambda x: x[k], tree)
 
 
 class PhasedStep:
@@ -1627,7 +1634,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Returns:
     The contents of `results.json`.
   """
-  config = copy.deepcopy(ml_collections.ConfigDict(config))  # the caller's, references and all, untouched
+  # A copy: the caller's config, references and all, stays as it was.
+  config = copy.deepcopy(ml_collections.ConfigDict(config))
   if config.num_seeds != 1:
     raise ValueError(f"config.num_seeds={config.num_seeds}: several seeds train together "
                      "through tljax.seeds.train_and_evaluate (what tljax.main runs)")
