@@ -106,7 +106,7 @@ def run_torch(method: str, root: str, data: str) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-  lines = [f"| method | tljax s | PyTorch s | ratio | tljax ms/step | PyTorch ms/step | ratio | "
+  lines = ["| method | tljax s | PyTorch s | ratio | tljax ms/step | PyTorch ms/step | ratio | "
            "tljax: start-up / first step / loop / evaluation s | PyTorch: same | "
            "target acc. tljax / PyTorch |",
            "|---|---|---|---|---|---|---|---|---|---|"]

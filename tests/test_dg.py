@@ -11,7 +11,6 @@ one device against two.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib
 import itertools

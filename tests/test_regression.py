@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
-import io
 import json
 import os
 import shutil
@@ -29,8 +28,8 @@ import pytest
 import torch
 
 from conftest import REPO, flat, set_fields, tiny_config, train_lines
-from tljax import evaluation, losses, sweep, train
-from tljax.data import custom, disentanglement, image_files, open_domain, sprites
+from tljax import losses, sweep, train
+from tljax.data import disentanglement, image_files, open_domain, sprites
 from tljax.methods import create_method
 from tljax.models.heads import BatchNormMLPHead
 from tljax.workdir import state_at

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import REPO, tiny_config
+from conftest import REPO
 from tljax import evaluation, train
 from tljax.data import task as task_lib
 from tljax.data import views

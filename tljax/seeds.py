@@ -20,8 +20,8 @@ device idle (small networks on a GPU) and smallest on a CPU that one step
 already keeps busy (`benchmarks/seeds.py`; the README's "Several seeds in
 one process").
 
-It drives the trainer's own phases (`train._evaluate`, `train._save`, ...)
-for each seed; only the loop is its own (`_train`, the stacked state's).
+It runs the trainer's own loop (`train._train`) over the stacked state, and
+the trainer's phases (`train._evaluate`, `train._save`, ...) for each seed.
 """
 
 from __future__ import annotations
@@ -31,21 +31,18 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import statistics
-import sys
 import time
 from typing import Any, Sequence
 
 from absl import logging
-from clu import metric_writers, periodic_actions
 import jax
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
-from tljax import config_checks, evaluation, train
+from tljax import config_checks, train
 from tljax import features as features_lib
 
 
@@ -72,21 +69,7 @@ def _stacked_batches(streams: Sequence[Any], sharding: NamedSharding):
   return train._device_batches(host, sharding)
 
 
-@dataclasses.dataclass
-class _Seed:
-  """One seed's run: its config and workdir, data, records and writer."""
-
-  seed: int
-  run: train.Run
-  domains: train.Domains
-  selection: evaluation.Selection = None
-  writer: Any = None
-  manager: Any = None
-  means: Any = None
-  last_eval: dict | None = None
-
-
-def _restore_all(seeds: list[_Seed], setup: train.Setup) -> list[train.TrainState]:
+def _restore_all(seeds: list[train.SeedRun], setup: train.Setup) -> list[train.TrainState]:
   """Each seed's latest checkpoint; seeds whose latest steps differ (a stop
   between two seeds' saves) resume together from the latest step all of
   them have, the later checkpoints moved aside."""
@@ -118,119 +101,6 @@ def _restore_all(seeds: list[_Seed], setup: train.Setup) -> list[train.TrainStat
   for s, (_, selection) in zip(seeds, restored):
     s.selection = selection
   return [state for state, _ in restored]
-
-
-def _train(seeds: list[_Seed], setup: train.Setup, step_fn: train.PhasedStep, mesh,
-           state: train.TrainState) -> tuple[train.TrainState, float, int]:
-  """The loop of `train._train` over the stacked state: every seed's step at
-  once; the metrics, evaluations, selections and checkpoints of each seed its own."""
-  config, method = seeds[0].run.config, setup.method
-  first_step, total = int(np.asarray(state.step)[0]), config.total_steps
-  domains = seeds[0].domains
-  refreshed = domains.target_train if domains.target_train is not None else domains.source_train
-  refresh_every = method.refresh_interval(-(-len(refreshed) // config.batch_size))
-  stacked_batch = NamedSharding(mesh, P(None, "data"))
-  batches = _stacked_batches(
-      [train.host_train_batches(s.run.config, s.domains, method, first_step) for s in seeds],
-      stacked_batch)
-  for s in seeds:
-    s.manager = train._checkpoint_manager(s.run, s.selection)
-    s.means = train._MetricMeans()
-  stop = train._StopRequest().install()
-  progress = periodic_actions.ReportProgress(
-      num_train_steps=total, writer=metric_writers.MultiWriter([s.writer for s in seeds]),
-      every_steps=config.log_every, every_secs=None)
-  pending = None
-  train_time, loop_start = 0.0, time.time()
-  for s in seeds:  # as `train._train` records them, the shared parts in each seed's
-    s.run.time_s.update(start_up=loop_start - s.run.start_time, first_step=0.0, evaluation=0.0,
-                        checkpoints=0.0, refresh=0.0)
-
-  def check(step, metrics):
-    metrics = jax.device_get(metrics)
-    for k, s in enumerate(seeds):
-      own = {name: value[k] for name, value in metrics.items()}
-      if not own["finite"]:
-        for other in seeds:
-          other.manager.wait_until_finished()
-        bad = sorted(n for n, v in own.items() if n != "finite" and not np.all(np.isfinite(v)))
-        shown = ", ".join(f"{n}={float(np.asarray(own[n]))}" for n in bad[:4])
-        raise train.NonFiniteError(
-            f"seed {s.seed}, step {step}: {shown} not finite; training of every seed stopped "
-            f"(latest checkpoints: step {s.manager.latest_step()}). Lower "
-            "config.optimizer.learning_rate or the method's trade_off, or resume the other "
-            "seeds one by one (--config.num_seeds=1 --config.seed=<k> --workdir=<its folder>)")
-      s.means.add(own)
-      train._log_train(s.writer, s.means, step, total, config.log_every, f"seed {s.seed} ")
-
-  def flush():
-    nonlocal pending
-    if pending is not None:
-      check(*pending)
-      pending = None
-
-  try:
-    for step in range(first_step + 1, total + 1):
-      if refresh_every and (step - 1) % refresh_every == 0:
-        flush()
-        state = train.stack_seeds([
-            train._refresh(s.run, setup, s.domains, train.seed_slice(state, k))
-            for k, s in enumerate(seeds)])
-      state, metrics = step_fn(state, next(batches), step - 1)
-      if step == first_step + 1:
-        jax.block_until_ready(state)
-        for s in seeds:
-          s.run.time_s["first_step"] = time.time() - loop_start
-        logging.info("First step of %d seeds (compilation included) took %.1fs.", len(seeds),
-                     time.time() - loop_start)
-        loop_start = time.time()
-      progress(step)
-      flush()
-      pending = (step, metrics)
-      preempted = stop.signal is not None or (
-          jax.process_count() > 1 and seeds[0].manager.reached_preemption(step))
-      evaluate = step % config.eval_every == 0 or step == total
-      regular = step % config.checkpoint_every == 0 or step == total or preempted
-      if evaluate or regular:
-        flush()
-      for k, s in enumerate(seeds):
-        selected = False
-        own = None
-        started = time.time()
-        if evaluate:
-          own = train.seed_slice(state, k)
-          s.last_eval = train._evaluate(s.run, setup, s.domains, own)
-          s.selection.add(step, s.last_eval["record"])
-          train._log_eval(s.writer, step, s.last_eval, s.domains.labels, f"seed {s.seed} ")
-          selected = step in s.selection.steps_to_keep()
-          s.run.time_s["evaluation"] += time.time() - started
-        if regular or selected:
-          started = time.time()
-          own = train.seed_slice(state, k) if own is None else own
-          train._save(s.manager, step, own, s.selection, force=preempted)
-          s.run.time_s["checkpoints"] += time.time() - started
-      if preempted:
-        for s in seeds:
-          s.manager.wait_until_finished()
-        name = signal.Signals(stop.signal).name if stop.signal else "preemption"
-        logging.warning("%s: saved the checkpoints of step %d; rerun the same command to "
-                        "resume every seed.", name, step)
-        for s in seeds:
-          s.writer.close()
-        sys.exit(128 + (stop.signal or signal.SIGTERM))
-    flush()
-    if total > first_step + 1:
-      train_time = time.time() - loop_start
-  finally:
-    stop.uninstall()
-    for s in seeds:
-      started = time.time()
-      s.manager.wait_until_finished()
-      s.manager.close()
-      s.run.time_s["checkpoints"] = s.run.time_s.get("checkpoints", 0.0) + time.time() - started
-  for s in seeds:
-    s.run.time_s["training_loop"] = train_time
-  return state, train_time, first_step
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -266,7 +136,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     key = json.dumps(c.data.to_dict(), sort_keys=True, default=str)
     if key not in opened:
       opened[key] = train.open_data(c, r.workdir)
-    seeds.append(_Seed(c.seed, r, opened[key]))
+    seeds.append(train.SeedRun(c.seed, r, opened[key], log_prefix=f"seed {c.seed} "))
   first = seeds[0].domains
   setup = train.build(configs[0], first.num_classes, mesh, first.input_shape,
                       num_target_examples=len(first.target_train or ()), labels=first.labels,
@@ -295,8 +165,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       train._write_identity(s.run, int(state.step))
       s.writer = train._create_writer(s.run.workdir, int(state.step))
     try:
-      state, train_time, first_step = _train(seeds, setup, step_fn, mesh,
-                                             train.stack_seeds(states))
+      first_step = int(states[0].step)
+      batches = _stacked_batches(
+          [train.host_train_batches(s.run.config, s.domains, setup.method, first_step)
+           for s in seeds], NamedSharding(mesh, P(None, "data")))
+      state, train_time, first_step = train._train(seeds, setup, train.stack_seeds(states),
+                                                   step_fn, batches, stacked=True)
       results = {}
       for k, s in enumerate(seeds):
         own = train.seed_slice(state, k)

@@ -299,8 +299,8 @@ def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.shardin
     raise ValueError(f"config.model.output_activation={config.model.output_activation!r} bounds "
                      f"regression outputs, and this task is {labels.kind} ({labels.describe()}); "
                      "set --config.model.output_activation=''")
-  for views in (method.source_views, method.target_views):
-    view_preprocessing(config, views, None)  # a missing view's config fails here, before writing
+  for names in (method.source_views, method.target_views):
+    view_preprocessing(config, names, None)  # a missing view's config fails here, before writing
   per_step = domains_per_step(config, num_source_domains)
   # With per-domain sampling each domain in a step gives `batch_size` examples.
   domain_batch_size = config.batch_size if (sampling == "per_domain"
@@ -1387,50 +1387,70 @@ def _refresh(run: Run, setup: Setup, domains: Domains, state: TrainState) -> Tra
   return setup.method.refresh(setup.ctx, state, predict)
 
 
-def _train(run: Run, setup: Setup, domains: Domains, state: TrainState, writer,
-           selection: evaluation.Selection) -> tuple[TrainState, dict | None, float, int]:
-  """The loop: steps, evaluation every `eval_every` (recorded in `selection`),
-  checkpoints every `checkpoint_every` and at every step a validator selects,
-  and a checkpoint before exiting on SIGTERM/SIGINT."""
-  config, method = run.config, setup.method
-  first_step, total = int(state.step), config.total_steps
+@dataclasses.dataclass
+class SeedRun:
+  """One seed's run in the loop (`_train`): its run, data, checkpoint
+  selection and writer, and what the loop keeps for it (its checkpoint
+  manager, metric means and last evaluation). A run trains one; `tljax.seeds`
+  several at once, their states stacked."""
+
+  seed: int
+  run: Run
+  domains: Domains
+  selection: evaluation.Selection | None = None
+  writer: Any = None
+  log_prefix: str = ""  # "seed <k> " on the log lines of several seeds
+  manager: Any = None
+  means: _MetricMeans | None = None
+  last_eval: dict | None = None
+
+
+def _train(seeds: Sequence[SeedRun], setup: Setup, state: TrainState, step_fn: Callable,
+           batches: Iterator[dict], *, stacked: bool) -> tuple[TrainState, float, int]:
+  """The loop: steps, evaluation every `eval_every` (recorded in each seed's
+  selection), checkpoints every `checkpoint_every` and at every step a
+  validator selects, and a checkpoint before exiting on SIGTERM/SIGINT.
+
+  `stacked`: `state` holds the states of all `seeds` on a leading axis
+  (`stack_seeds`) and `step_fn` steps them all (`PhasedStep(seeds=...)`);
+  each seed's metrics, evaluations, selection and checkpoints are its own.
+  Returns the state, the loop's time after the first step, and the step it
+  started from; each seed's last evaluation is in its `last_eval`."""
+  config, method = seeds[0].run.config, setup.method
+  first_step, total = int(np.asarray(state.step).reshape(-1)[0]), config.total_steps
+  domains = seeds[0].domains
   refreshed = domains.target_train if domains.target_train is not None else domains.source_train
   refresh_every = method.refresh_interval(-(-len(refreshed) // config.batch_size))
-  batches = train_batches(config, domains, method, first_step, run.batch_sharding)
-  manager = _checkpoint_manager(run, selection)
+  own = (lambda tree, k: seed_slice(tree, k)) if stacked else (lambda tree, k: tree)
+  for s in seeds:
+    s.manager = _checkpoint_manager(s.run, s.selection)
+    s.means = _MetricMeans()
   stop = _StopRequest().install()
-  means = _MetricMeans()
   # clu's progress report (steps/s, ETA) on the log lines' steps, also written
   # as `steps_per_sec` and `uptime` scalars (TensorBoard, metrics.jsonl's
   # `progress` lines). Its first call, after the compiled first step, starts the clock.
-  progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
-                                             every_steps=config.log_every, every_secs=None)
+  writers = [s.writer for s in seeds]
+  progress = periodic_actions.ReportProgress(
+      num_train_steps=total, every_steps=config.log_every, every_secs=None,
+      writer=writers[0] if len(writers) == 1 else metric_writers.MultiWriter(writers))
   pending = None  # (step, metrics) of the step dispatched last: read one step late
-  last_eval, train_time, loop_start = None, 0.0, time.time()
-  spent = run.time_s
-  spent["start_up"] = loop_start - run.start_time
-  for part in ("first_step", "evaluation", "checkpoints", "refresh"):
-    spent.setdefault(part, 0.0)
+  train_time, loop_start = 0.0, time.time()
+  shared = {"start_up": loop_start - seeds[0].run.start_time, "first_step": 0.0, "refresh": 0.0}
+  for s in seeds:  # each seed's share: the shared parts whole, its own evaluations and saves
+    s.run.time_s.update(shared)
+    for part in ("evaluation", "checkpoints"):
+      s.run.time_s.setdefault(part, 0.0)
 
   def check(step, metrics):
     metrics = jax.device_get(metrics)
-    if not metrics["finite"]:
-      manager.wait_until_finished()
-      bad = sorted(k for k, v in metrics.items() if k != "finite" and not np.all(np.isfinite(v)))
-      shown = ", ".join(f"{k}={float(np.asarray(metrics[k]))}" for k in bad[:4])
-      if first_step and step == first_step + 1:
-        # The first step after a resume: the checkpoint, not the settings, is suspect.
-        raise NonFiniteError(
-            f"step {step}: {shown} not finite at the first step after resuming from the "
-            f"checkpoint of step {first_step} ({manager.directory / str(first_step)}), which "
-            "may be damaged; move it into unreadable_checkpoints/ to resume from the one "
-            "before it, or lower config.optimizer.learning_rate if the run diverged there.")
-      raise NonFiniteError(
-          f"step {step}: {shown} not finite; training stopped (latest checkpoint: step "
-          f"{manager.latest_step()}). Lower config.optimizer.learning_rate or the method's "
-          "trade_off, or set config.optimizer.grad_clip_norm.")
-    means.add(metrics)
-    _log_train(writer, means, step, total, config.log_every)
+    for k, s in enumerate(seeds):
+      its = {name: value[k] for name, value in metrics.items()} if stacked else metrics
+      if not its["finite"]:
+        for other in seeds:
+          other.manager.wait_until_finished()
+        raise NonFiniteError(_non_finite_message(s, its, step, first_step, several=stacked))
+      s.means.add(its)
+      _log_train(s.writer, s.means, step, total, config.log_every, s.log_prefix)
 
   def flush():
     nonlocal pending
@@ -1443,51 +1463,81 @@ def _train(run: Run, setup: Setup, domains: Domains, state: TrainState, writer,
       if refresh_every and (step - 1) % refresh_every == 0:
         flush()
         started = time.time()
-        state = _refresh(run, setup, domains, state)
-        spent["refresh"] += time.time() - started
-      state, metrics = setup.train_step(state, next(batches), step - 1)
+        states = [_refresh(s.run, setup, s.domains, own(state, k)) for k, s in enumerate(seeds)]
+        state = stack_seeds(states) if stacked else states[0]
+        for s in seeds:
+          s.run.time_s["refresh"] += time.time() - started
+      state, metrics = step_fn(state, next(batches), step - 1)
       if step == first_step + 1:
         jax.block_until_ready(state)
-        spent["first_step"] = time.time() - loop_start
-        logging.info("First step (compilation included) took %.1fs.", spent["first_step"])
+        for s in seeds:
+          s.run.time_s["first_step"] = time.time() - loop_start
+        logging.info("First step%s (compilation included) took %.1fs.",
+                     f" of {len(seeds)} seeds" if stacked else "", time.time() - loop_start)
         loop_start = time.time()
       progress(step)
       flush()
       pending = (step, metrics)
       preempted = stop.signal is not None or (
-          jax.process_count() > 1 and manager.reached_preemption(step))
-      selected = False
-      if step % config.eval_every == 0 or step == total:
+          jax.process_count() > 1 and seeds[0].manager.reached_preemption(step))
+      evaluate = step % config.eval_every == 0 or step == total
+      regular = step % config.checkpoint_every == 0 or step == total or preempted
+      if evaluate or regular:
         flush()
-        started = time.time()
-        last_eval = _evaluate(run, setup, domains, state)
-        spent["evaluation"] += time.time() - started
-        selection.add(step, last_eval["record"])
-        _log_eval(writer, step, last_eval, domains.labels)
-        selected = step in selection.steps_to_keep()
-      if step % config.checkpoint_every == 0 or step == total or preempted or selected:
-        flush()
-        started = time.time()
-        _save(manager, step, state, selection, force=preempted)
-        spent["checkpoints"] += time.time() - started
+      for k, s in enumerate(seeds):
+        selected = False
+        if evaluate:
+          started = time.time()
+          s.last_eval = _evaluate(s.run, setup, s.domains, own(state, k))
+          s.selection.add(step, s.last_eval["record"])
+          _log_eval(s.writer, step, s.last_eval, s.domains.labels, s.log_prefix)
+          selected = step in s.selection.steps_to_keep()
+          s.run.time_s["evaluation"] += time.time() - started
+        if regular or selected:
+          started = time.time()
+          _save(s.manager, step, own(state, k), s.selection, force=preempted)
+          s.run.time_s["checkpoints"] += time.time() - started
       if preempted:
-        manager.wait_until_finished()
+        for s in seeds:
+          s.manager.wait_until_finished()
         name = signal.Signals(stop.signal).name if stop.signal else "preemption"
-        logging.warning("%s: saved the checkpoint of step %d; rerun the same command to "
-                        "resume.", name, step)
-        writer.close()
+        logging.warning("%s: saved the checkpoint%s of step %d; rerun the same command to "
+                        "resume.", name, "s of every seed" if stacked else "", step)
+        for s in seeds:
+          s.writer.close()
         sys.exit(128 + (stop.signal or signal.SIGTERM))
     flush()
     if total > first_step + 1:
       train_time = time.time() - loop_start
   finally:
     stop.uninstall()
-    started = time.time()
-    manager.wait_until_finished()
-    manager.close()
-    spent["checkpoints"] += time.time() - started
-  spent["training_loop"] = train_time
-  return state, last_eval, train_time, first_step
+    for s in seeds:
+      started = time.time()
+      s.manager.wait_until_finished()
+      s.manager.close()
+      s.run.time_s["checkpoints"] += time.time() - started
+  for s in seeds:
+    s.run.time_s["training_loop"] = train_time
+  return state, train_time, first_step
+
+
+def _non_finite_message(seed: SeedRun, metrics: Mapping[str, Any], step: int, first_step: int,
+                        *, several: bool) -> str:
+  """What a step whose loss or gradients are not finite stops with."""
+  bad = sorted(k for k, v in metrics.items() if k != "finite" and not np.all(np.isfinite(v)))
+  shown = ", ".join(f"{k}={float(np.asarray(metrics[k]))}" for k in bad[:4])
+  where = f"seed {seed.seed}, step {step}" if several else f"step {step}"
+  alone = (" (the other seeds can resume one by one: --config.num_seeds=1 "
+           "--config.seed=<k> --workdir=<its seed folder>)" if several else "")
+  if first_step and step == first_step + 1:
+    # The first step after a resume: the checkpoint, not the settings, is suspect.
+    return (f"{where}: {shown} not finite at the first step after resuming from the "
+            f"checkpoint of step {first_step} ({seed.manager.directory / str(first_step)}), "
+            "which may be damaged; move it into unreadable_checkpoints/ to resume from the one "
+            f"before it, or lower config.optimizer.learning_rate if the run diverged there{alone}.")
+  return (f"{where}: {shown} not finite; training stopped (latest checkpoint: step "
+          f"{seed.manager.latest_step()}). Lower config.optimizer.learning_rate or the method's "
+          f"trade_off, or set config.optimizer.grad_clip_norm{alone}.")
 
 
 def _log_train(writer, means: _MetricMeans, step: int, total: int, log_every: int,
@@ -1659,8 +1709,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     _write_identity(run, int(state.step))
     writer = _create_writer(workdir, int(state.step))
     try:
-      state, last_eval, train_time, first_step = _train(run, setup, domains, state, writer,
-                                                        selection)
+      one = SeedRun(config.seed, run, domains, selection, writer)
+      batches = train_batches(config, domains, setup.method, int(state.step), run.batch_sharding)
+      state, train_time, first_step = _train([one], setup, state, setup.train_step, batches,
+                                             stacked=False)
+      last_eval = one.last_eval
       if last_eval is None:  # nothing left to train: the run had already finished
         last_eval = _evaluate(run, setup, domains, state)
       held_out = _evaluate_held_out(run, setup, domains, state, selection)

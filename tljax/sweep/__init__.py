@@ -53,7 +53,6 @@ experiment scripts import these functions.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import csv
 import dataclasses
 import importlib.util
