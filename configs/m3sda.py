@@ -6,8 +6,9 @@ Multi-source adaptation: labelled `config.source` (several, sampled per
 domain), unlabelled `config.target` (Digits: synth_digits + digits ->
 digits_m; other columns: `--config.source=... --config.target=...`). The first
 two moments (the paper's K = 2), trade-off 1 (lambda; the paper does not
-state one for its image tasks); the shared classifier of the authors' public
-code, not M3SDA-beta's per-source pairs (see tljax/methods/m3sda.py).
+state one for its image tasks); one shared classifier, neither the authors'
+code's two MCD-style classifiers nor M3SDA-beta's per-source pairs (see
+tljax/methods/m3sda.py).
 
 Office-Home (ResNet-50, the Office-31 recipe with three labelled domains):
 

@@ -5,6 +5,7 @@ here. Tests that need a single device build a mesh over `jax.devices()[:1]`.
 """
 
 import os
+import sys
 import tempfile
 
 os.environ["XLA_FLAGS"] = (
@@ -37,6 +38,16 @@ import pathlib  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def pytest_sessionfinish(session):
+  """`TLJAX_PARITY_TABLE=path.md`: the trajectory parity table of the cases
+  this session ran (`test_trajectory.write_table`, which says what to run
+  when some of its files were not)."""
+  path = os.environ.get("TLJAX_PARITY_TABLE")
+  module = sys.modules.get("test_trajectory")
+  if path and module is not None:
+    module.write_table(path)
 # The methods whose runs `test_new_methods.py` checks end to end (finite, resumed
 # bit for bit, one device = two).
 NEW_METHODS = ["adda", "mcd", "bnm", "dsan", "pseudo_label", "mean_teacher", "fixmatch", "shot",

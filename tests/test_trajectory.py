@@ -46,8 +46,12 @@ side is `requires_grad=False` there, and its BatchNorm runs in eval mode
 Compared: the loss of every step, and after the last step every parameter,
 BatchNorm running statistic (PyTorch's: the running variance averages the
 unbiased batch variance) and piece of method state, to 1e-9 relative.
-`TLJAX_PARITY_TABLE=path.md` writes the table of the largest relative
-differences (`experiments/results/trajectory_parity.md`).
+The domain-generalisation, multi-source, regression and semi-supervised
+methods have their cases in files of their own (`PARITY_FILES`), in the same
+harness; their rows join this table. `TLJAX_PARITY_TABLE=path.md`, with this file and those run in
+one process (`TABLE_COMMAND`), writes the table of the largest relative
+differences (`experiments/results/trajectory_parity.md`, at the session's end:
+`conftest.pytest_sessionfinish`).
 """
 
 import dataclasses
@@ -130,9 +134,6 @@ def _float64(tmp_path_factory):
     jax.config.update(name, value)
   compilation_cache.reset_cache()
   torch.set_num_threads(threads)
-  path = os.environ.get("TLJAX_PARITY_TABLE")
-  if path and RESULTS:
-    _write_table(path)
 
 
 def _leaf_name(path: tuple[str, ...]) -> str:
@@ -912,6 +913,18 @@ TLLIB_EXAMPLES = {"source_only": "erm.py", "dann": "dann.py", "dan": "dan.py", "
                   "dann_finetune": "dann.py, fine-tuning groups"}
 
 
+# The files whose cases join this table: each keeps `CASES` (with `module`,
+# the config each case runs) and `RESULTS` (this file's row fields).
+PARITY_FILES = ("test_dg_parity", "test_multisource_parity", "test_regression_parity",
+                "test_ssl_parity")
+TABLE_COMMAND = ("TLJAX_PARITY_TABLE=experiments/results/trajectory_parity.md pytest -n 0 "
+                 + " ".join(f"tests/{name}.py" for name in ("test_trajectory", *PARITY_FILES)))
+
+
+def _parity_modules() -> list[Any]:
+  return [importlib.import_module(name) for name in PARITY_FILES]
+
+
 # The configs in configs/ without a row in this table, and why (each config
 # is a row's module or named here: `test_every_config_has_a_row_or_a_reason`).
 WITHOUT_A_ROW = [
@@ -919,38 +932,42 @@ WITHOUT_A_ROW = [
     (("target_oracle", "linear_probe"),
      "source_only's step on labelled target data, or on cached features"),
     (("default",), "the shared defaults, no method"),
-    (("pi_model", "uda", "flexmatch", "debiasmatch", "dst", "self_tuning"),
-     "semi-supervised methods: 4 float64 steps against restatements of TLlib's semi-supervised "
-     "loops at 1e-9 in tests/test_ssl_parity.py (with source_only, fixmatch, pseudo_label and "
-     "mean_teacher in that protocol), not in this table"),
-    (("irm", "vrex", "groupdro", "coral_dg", "mldg", "mixstyle", "ibn", "m3sda", "mfsan"),
-     "domain generalisation and multi-source: NO trajectory row yet; their losses, layers and "
-     "MLDG's update are checked against TLlib's code, the authors' or the papers' formulas in "
-     "tests/test_dg.py"),
-    (("dd", "rsd"), "regression: NO trajectory row yet; their losses against TLlib's in "
-     "tests/test_regression.py"),
-    (("noisy_student",), "NO trajectory row yet: a chain of runs whose student step is "
-     "source_only's on teacher labels (tests/test_ssl.py)"),
 ]
 
 
 def test_every_config_has_a_row_or_a_reason():
   configs = {os.path.basename(p)[:-3] for p in glob.glob(str(REPO / "configs" / "*.py"))} - {
       "__init__"}
-  with_rows = {c.module for c in CASES} | {c.module for c in METHOD_CASES}
+  with_rows = {c.module for c in CASES} | {c.module for c in METHOD_CASES} | {
+      c.module for module in _parity_modules() for c in module.CASES}
   named = [n for names, _ in WITHOUT_A_ROW for n in names]
   assert len(named) == len(set(named)) and not set(named) & with_rows, set(named) & with_rows
   assert configs == with_rows | set(named), configs ^ (with_rows | set(named))
 
 
-def _write_table(path: str) -> None:
+def write_table(path: str) -> None:
+  """The table of this file's cases and `PARITY_FILES`' (all run in this
+  process: a table missing some rows is not written)."""
+  others = [sys.modules.get(name) for name in PARITY_FILES]
+  missing = [name for name, module in zip(PARITY_FILES, others)
+             if module is None or not module.RESULTS]
+  if not RESULTS or missing:
+    print(f"\nNot writing {path}: no results from {', '.join(missing) or 'test_trajectory'}; "
+          f"run {TABLE_COMMAND}")
+    return
+  results = dict(RESULTS)
+  for module in others:
+    results.update(module.RESULTS)
   lines = [
       "## Trajectory parity with the reference implementations",
       "",
-      "`TLJAX_PARITY_TABLE=experiments/results/trajectory_parity.md pytest tests/test_trajectory.py`:",
+      f"`{TABLE_COMMAND}`:",
       "tljax (`train.build`, jitted step) against a PyTorch restatement of each method's",
-      "reference code (TLlib's examples and losses, DeepDA, the SHOT, CMD and UAN authors'",
-      "code; `benchmarks/torch_reference.py`, `tests/torch_reference_methods.py`), same",
+      "reference code (TLlib's examples and losses, DeepDA, the SHOT, CMD, UAN, M3SDA and",
+      "MFSAN authors' code; `benchmarks/torch_reference.py`, `tests/torch_reference_methods.py`,",
+      "and, for domain generalisation, multi-source, regression and semi-supervised learning,",
+      "the restatements in",
+      f"{', '.join(f'`tests/{name}.py`' for name in PARITY_FILES)}), same",
       "initial weights, batches, views and dropout masks, float64 on both sides; two-block",
       "small CNN on 8x8",
       f"images, bottleneck {BOTTLENECK} (none where the reference has none), {NUM_CLASSES} classes, "
@@ -966,7 +983,7 @@ def _write_table(path: str) -> None:
       "|---|---|---|---|---|---|---|---|",
   ]
   notes = []
-  for name, r in RESULTS.items():
+  for name, r in results.items():
     label = name + (f" (pre-training: {r['pretrain']:.1e})" if "pretrain" in r else "")
     if r.get("difference"):
       notes.append(f"{len(notes) + 1}. {name}: {r['difference']}.")
@@ -977,7 +994,10 @@ def _write_table(path: str) -> None:
                  f"{r['stats']:.1e} | {state:.1e} | {r['moved']:.1e} |".replace("nan", "–"))
   if notes:
     lines += ["", "Documented differences the cases run with:", ""] + notes
-  follows = [f"- {name}: {text}." for name, text in DEFAULT_FOLLOWS.items() if name in RESULTS]
+  follows_all = dict(DEFAULT_FOLLOWS)
+  for module in others:
+    follows_all.update(getattr(module, "DEFAULT_FOLLOWS", {}))
+  follows = [f"- {name}: {text}." for name, text in follows_all.items() if name in results]
   if follows:
     lines += ["", "Where the references disagree, the version tljax's default follows:", ""]
     lines += follows

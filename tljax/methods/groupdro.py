@@ -41,9 +41,10 @@ class GroupDRO(base.Method):
     base.require_domains("GroupDRO", num_source_domains, source_sampling)
 
   def init_method_state(self, ctx, variables):
-    del variables
     count = ctx.num_source_domains
-    return {"group_weights": jnp.full((count,), 1.0 / count, jnp.float32)}
+    # In the parameters' dtype: a float64 run keeps its weights in float64 too.
+    dtype = jax.tree.leaves(variables["params"])[0].dtype
+    return {"group_weights": jnp.full((count,), 1.0 / count, dtype)}
 
   def train_step(self, ctx, state, batch, rng):
     source = batch["source"]

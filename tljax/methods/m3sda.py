@@ -9,14 +9,18 @@ the loss is the mean of the labelled domains' cross-entropies plus
 the first `moments` raw moments of every labelled domain matched to the
 target's and to each other's).
 
-This is the moment-matching network with one shared classifier, the part
-of the paper the authors' public digits code trains (`train_MSDA`). The
-paper's full M3SDA-beta (a pair of classifiers per source, MCD-style
-discrepancy steps, and a weighted vote at test time) is not implemented.
-The distance follows the paper's Eq. 1 (Euclidean distances of element-wise
-moments, averaged over the source-target and the source-source pairs), not
-the authors' `msda.py`, whose first-order term compares centred feature
-matrices example by example and which repeats one pair and skips another.
+This is the moment-matching network with one shared classifier and the
+labelled domains' cross-entropies averaged: the paper's moment matching
+without its classifiers. The authors' digits code (`train_MSDA`) trains two
+classifiers with MCD-style discrepancy steps and sums the cross-entropies,
+and the paper's full M3SDA-beta adds a pair of classifiers per source and a
+weighted vote at test time; neither is implemented. The distance follows
+the paper's Eq. 1 (Euclidean distances of element-wise moments, averaged
+over the source-target and the source-source pairs), not the authors'
+`msda_regulizer` (moments 1-5 at weight 0.0005), whose first-order term
+compares centred feature matrices example by example and which repeats one
+pair and skips another. `tests/test_multisource_parity.py` holds this
+setting to a PyTorch restatement step for step.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ the target (`losses.gaussian_mmd`, the authors' estimate), and the
 disagreement of the branches' softmax outputs on the target
 (`losses.prediction_disagreement`); the two alignment terms are weighted by
 the progressive `2 / (1 + exp(-10 p)) - 1`, `p` the fraction of
-`trade_off_warmup` steps done (the authors': the whole run). The target is
+`trade_off_warmup` steps done, this one included (the authors' `i / iteration`,
+`i` from 1, over the whole run). The target is
 predicted by the mean of the branches' softmax outputs (the head's output).
 
 Departures from the authors' code, which are choices of this library: one
@@ -76,7 +77,9 @@ class MFSAN(base.Method):
       mmds.append(losses.gaussian_mmd(branch_features[own], target_features[own]))
     cls_loss, mmd = jnp.mean(jnp.stack(risks)), jnp.mean(jnp.stack(mmds))
     disagreement = losses.prediction_disagreement(target_logits)
-    weight = self.trade_off * base.progressive_weight(step, self.trade_off_warmup)
+    # The authors count the step being taken: their first step is weighted
+    # at p = 1 / iteration, not 0, and their last at p = 1.
+    weight = self.trade_off * base.progressive_weight(step + 1, self.trade_off_warmup)
     return cls_loss + weight * (mmd + disagreement), (variables, {
         "cls_loss": cls_loss, "mmd": mmd, "disagreement": disagreement,
         "transfer_loss": mmd + disagreement, "trade_off_now": weight,

@@ -15,6 +15,13 @@ whose gradient with respect to `theta` reaches through the inner step
 optimizer takes that gradient. Every domain goes through the network on its
 own (one forward pass per domain, BatchNorm on its own statistics). Losses
 are means over the support (query) domains.
+
+BatchNorm's running statistics keep what both passes leave (the support
+domains', then the query domains' at `theta'`). This is a choice of this
+library: in TLlib the query domains pass through `higher`'s copy of the
+network, whose buffers are discarded, so only the support pass reaches the
+running statistics; parameters and losses are the same either way
+(`tests/test_dg_parity.py`).
 """
 
 from __future__ import annotations
