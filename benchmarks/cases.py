@@ -51,6 +51,9 @@ class Case:
       whose BatchNorm layers use running statistics); empty for none.
     label: the row's name in the table.
     method: kind 'adapt': the method whose `office31` config is timed.
+    remat: kind 'backbone': Flax recomputes each block in the backward pass
+      (`remat=True`; a ViT's blocks also scanned, `scan_blocks=True`);
+      PyTorch's row is the same plain step, what its users run.
   """
 
   kind: str
@@ -60,6 +63,7 @@ class Case:
   frozen: str = ""
   label: str = ""
   method: str = ""
+  remat: bool = False
 
   @property
   def name(self) -> str:
@@ -69,10 +73,14 @@ class Case:
 def default_cases(models: Sequence[str], sizes: Sequence[int], batch: int,
                   frozen: bool, digits_methods: Sequence[str] = (),
                   adapt_methods: Sequence[str] = (), adapt_sizes: Sequence[int] = (),
-                  adapt_backbone: str = ADAPT_BACKBONE) -> list[Case]:
-  """The backbone rows, the frozen ResNet-50 rows, one digits row per method,
-  then the ResNet-50 adaptation rows (method x size, `batch` per domain)."""
+                  adapt_backbone: str = ADAPT_BACKBONE,
+                  remat_models: Sequence[str] = ()) -> list[Case]:
+  """The backbone rows (each of `remat_models` also with rematerialisation),
+  the frozen ResNet-50 rows, one digits row per method, then the ResNet-50
+  adaptation rows (method x size, `batch` per domain)."""
   cases = [Case("backbone", model, size, batch) for model in models for size in sizes]
+  cases += [Case("backbone", model, size, batch, label=f"{model} remat", remat=True)
+            for model in remat_models for size in sizes]
   if frozen:
     cases += [Case("backbone", "resnet50", size, batch, frozen=FROZEN_STAGES_REGEX,
                    label="resnet50 frozen 1-3") for size in sizes]

@@ -89,6 +89,10 @@ from benchmarks import timing
 _MODELS = flags.DEFINE_list("models", ["resnet50", "vit_base_patch16"], "Backbone registry names.")
 _BATCH = flags.DEFINE_integer("batch", 32, "Images per step.")
 _SIZES = flags.DEFINE_list("sizes", ["112", "224"], "Square image sizes.")
+_REMAT = flags.DEFINE_list(
+    "remat_models", ["vit_base_patch16"],
+    "Backbones also timed with rematerialisation (Flax `remat=True`, a ViT's blocks scanned: "
+    "`scan_blocks=True`) beside PyTorch's plain step: the memory rows.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps (after the warm-up).")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps after compilation.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
@@ -227,7 +231,7 @@ def _run_cases(rows_cases: Sequence[cases.Case], torch_supported,
   rows = []
   for case in rows_cases:
     row = {"case": case.name, "model": case.model, "size": case.size, "batch": case.batch,
-           "kind": case.kind, "frozen": case.frozen, "method": case.method,
+           "kind": case.kind, "frozen": case.frozen, "method": case.method, "remat": case.remat,
            "flax": _run_worker("flax", case, adapt_dir)}
     if torch_supported(case):
       row["torch"] = _run_worker("torch", case, adapt_dir)
@@ -261,7 +265,7 @@ def main(argv: Sequence[str]) -> None:
   rows_cases = cases.default_cases(_MODELS.value, sizes, _BATCH.value, _FROZEN.value,
                                    _DIGITS.value, _ADAPT.value,
                                    [int(size) for size in _ADAPT_SIZES.value],
-                                   _ADAPT_BACKBONE.value)
+                                   _ADAPT_BACKBONE.value, _REMAT.value)
   with contextlib.ExitStack() as stack:
     adapt_dir = _ADAPT_DIR.value
     if any(case.kind == "adapt" for case in rows_cases):

@@ -25,7 +25,8 @@ mkdir -p "$out_dir"
 if [[ -n "${GPU_BENCH_TINY:-}" ]]; then
   args=(--models=small_cnn --sizes=32 --batch=8 --steps=1 --warmup=0 --torch=false
         --frozen=false --hugepages=false --matmul_size=256 --digits_steps=1 --adapt_sizes=32
-        --adapt_backbone=resnet18 --adapt_images=31 --adapt_threads=1)
+        --adapt_backbone=resnet18 --adapt_images=31 --adapt_threads=1
+        --remat_models=vit_tiny_patch16)
   # One row of each kind in fp32; the bf16 pass times the backbone row only.
   float32_args=(--digits_methods=dann --adapt_methods=dann)
   bfloat16_args=(--digits_methods= --adapt_methods=)

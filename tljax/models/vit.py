@@ -18,7 +18,9 @@ function (`(cls + pe_cls, patches + pe_grid)` either way).
 Attention (`SelfAttention`) keeps `nn.MultiHeadDotProductAttention`'s
 parameters but runs the three projections as one matmul and the attention as
 `jax.nn.dot_product_attention` (`attention_impl='cudnn'` for the fused GPU
-kernel). `remat=True` recomputes each encoder block in the backward pass.
+kernel). `remat=True` recomputes each encoder block in the backward pass;
+with `scan_blocks=True` the blocks run as one looped program, so that the
+backward pass holds one block's activations at a time on every backend.
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ class DropPath(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    if not train or self.rate == 0.0:
+    # A traced rate (the blocks of a scanned encoder, `Encoder.scan_blocks`)
+    # always draws; a rate of 0 keeps every example then.
+    if not train or (isinstance(self.rate, (int, float)) and self.rate == 0.0):
       return x
     keep = 1.0 - self.rate
     mask = jax.random.bernoulli(self.make_rng("dropout"), keep,
@@ -188,27 +192,61 @@ class Encoder(nn.Module):
   drop_path: float = 0.0
   attention_impl: str | None = None
   remat: bool = False
+  scan_blocks: bool = False
   dtype: Any = jnp.float32
+
+  def _drop_path(self, index: int) -> float:
+    return self.drop_path * index / max(self.depth - 1, 1)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    # `train` is a Python bool that selects code paths: static under remat.
-    block = nn.remat(Encoder1DBlock, static_argnums=(2,)) if self.remat else Encoder1DBlock
-    for index in range(self.depth):
-      x = block(
-          num_heads=self.num_heads,
-          mlp_dim=self.mlp_dim,
-          dropout=self.dropout,
-          attention_dropout=self.attention_dropout,
-          drop_path=self.drop_path * index / max(self.depth - 1, 1),
-          attention_impl=self.attention_impl,
-          dtype=self.dtype,
-          name=f"encoderblock_{index}",
-      )(x, train)
+    if self.scan_blocks and not self.is_initializing():
+      x = self._scanned(x, train)
+    else:
+      # `train` is a Python bool that selects code paths: static under remat.
+      block = nn.remat(Encoder1DBlock, static_argnums=(2,)) if self.remat else Encoder1DBlock
+      for index in range(self.depth):
+        x = block(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout=self.dropout,
+                  attention_dropout=self.attention_dropout, drop_path=self._drop_path(index),
+                  attention_impl=self.attention_impl, dtype=self.dtype,
+                  name=f"encoderblock_{index}")(x, train)
     # LayerNorm acts per token, so normalising only the class token gives the
     # same features as normalising the whole sequence, at a fraction of the cost.
     return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=jnp.float32,
                         name="encoder_norm")(x[:, 0])
+
+
+  def _scanned(self, x: jax.Array, train: bool) -> jax.Array:
+    """The blocks as one program looped over their stacked parameters.
+
+    The parameters stay `encoderblock_{i}` (checkpoints, converters and
+    `param_groups` patterns see the unrolled layout); they are stacked here,
+    inside the step. With `remat`, the backward pass recomputes one block at
+    a time and keeps only the blocks' inputs: XLA:CPU hoists the recomputation
+    of unrolled remat blocks and keeps every block's activations anyway.
+    Dropout and stochastic depth draw from one key per block, split from the
+    encoder's: the same distributions as the unrolled blocks, other draws.
+    """
+    params = self.variables["params"]
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves),
+                           *[params[f"encoderblock_{i}"] for i in range(self.depth)])
+    rates = jnp.asarray([self._drop_path(i) for i in range(self.depth)], jnp.float32)
+    stochastic = train and max(self.dropout, self.attention_dropout, self.drop_path) > 0
+    keys = jax.random.split(self.make_rng("dropout"), self.depth) if stochastic else None
+
+    def body(x, inputs):
+      block_params, rate, key = inputs
+      block = Encoder1DBlock(num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+                             dropout=self.dropout, attention_dropout=self.attention_dropout,
+                             drop_path=rate if self.drop_path else 0.0,
+                             attention_impl=self.attention_impl, dtype=self.dtype)
+      rngs = {"dropout": key} if key is not None else {}
+      return block.apply({"params": block_params}, x, train, rngs=rngs), None
+
+    if self.remat:
+      body = jax.checkpoint(body)
+    x, _ = jax.lax.scan(body, x, (stacked, rates, keys))
+    return x
 
 
 class VisionTransformer(nn.Module):
@@ -235,6 +273,11 @@ class VisionTransformer(nn.Module):
     remat: recompute each encoder block's activations in the backward pass
       (`nn.remat`): less memory for large batches, about one more forward
       pass of compute.
+    scan_blocks: run the encoder blocks as one program looped over their
+      stacked parameters (`jax.lax.scan`; the parameters keep their names):
+      with `remat`, the backward pass holds one block's activations at a time
+      on every backend (unrolled, XLA:CPU keeps them all), and one block's
+      program compiles instead of `depth`.
   """
 
   patch_size: int
@@ -250,6 +293,7 @@ class VisionTransformer(nn.Module):
   frozen_norm: str = ""
   attention_impl: str | None = None
   remat: bool = False
+  scan_blocks: bool = False
 
   @property
   def features_dim(self) -> int:
@@ -287,6 +331,7 @@ class VisionTransformer(nn.Module):
         drop_path=self.drop_path,
         attention_impl=self.attention_impl,
         remat=self.remat,
+        scan_blocks=self.scan_blocks,
         dtype=self.dtype,
         name="Transformer",
     )(x, train)
@@ -318,7 +363,7 @@ def _factory(variant: str, patch_size: int):
   def create(*, dtype: Any = jnp.float32, frozen_norm: str = "", image_size: int | None = None,
              dropout: float = 0.0, attention_dropout: float = 0.0,
              drop_path: float = 0.0, attention_impl: str | None = None,
-             remat: bool = False) -> VisionTransformer:
+             remat: bool = False, scan_blocks: bool = False) -> VisionTransformer:
     if image_size and image_size % patch_size:
       raise ValueError(f"image_size {image_size} is not a multiple of the patch "
                        f"size {patch_size}")
@@ -326,7 +371,8 @@ def _factory(variant: str, patch_size: int):
         patch_size=patch_size, width=width, depth=depth, mlp_dim=mlp_dim,
         num_heads=num_heads, image_size=image_size, dropout=dropout,
         attention_dropout=attention_dropout, drop_path=drop_path, dtype=dtype,
-        frozen_norm=frozen_norm, attention_impl=attention_impl, remat=remat)
+        frozen_norm=frozen_norm, attention_impl=attention_impl, remat=remat,
+        scan_blocks=scan_blocks)
 
   return create
 
