@@ -56,19 +56,21 @@ class _ReverseGradient(torch.autograd.Function):
 
 
 class WarmStartGRL(tnn.Module):
-  """TLlib's `WarmStartGradientReverseLayer`."""
+  """TLlib's `WarmStartGradientReverseLayer`; `coeff` keeps the coefficient of
+  the latest forward pass."""
 
   def __init__(self, alpha=1.0, lo=0.0, hi=1.0, max_iters=1000, auto_step=False):
     super().__init__()
     self.alpha, self.lo, self.hi, self.max_iters, self.auto_step = alpha, lo, hi, max_iters, auto_step
-    self.iter_num = 0
+    self.iter_num, self.coeff = 0, None
 
   def forward(self, x):
-    coeff = float(2.0 * (self.hi - self.lo) / (1.0 + np.exp(-self.alpha * self.iter_num / self.max_iters))
-                  - (self.hi - self.lo) + self.lo)
+    self.coeff = float(2.0 * (self.hi - self.lo)
+                       / (1.0 + np.exp(-self.alpha * self.iter_num / self.max_iters))
+                       - (self.hi - self.lo) + self.lo)
     if self.auto_step:
       self.step()
-    return _ReverseGradient.apply(x, coeff)
+    return _ReverseGradient.apply(x, self.coeff)
 
   def step(self):
     self.iter_num += 1
@@ -381,13 +383,7 @@ class Reference:
 
   def variables(self) -> dict[str, np.ndarray]:
     """The modules' tensors in tljax's layout, by '/'-joined tljax path."""
-    out = {}
-    for key, value in self.world.state_dict().items():
-      if key.endswith("num_batches_tracked"):
-        continue
-      collection, path = tljax_path(key)
-      out[collection + ":" + "/".join(path)] = from_torch(value.numpy().copy(), path[-1])
-    return out
+    return tljax_variables(self.world)
 
   # ------------------------------------------------------------- optimizers
 
@@ -563,6 +559,18 @@ def tljax_path(key: str) -> tuple[str, tuple[str, ...]]:
     # A BatchNorm's weight is flax's scale; a 1-D weight only occurs there.
     return "params", (*modules, "weight")
   return "params", (*modules, name)
+
+
+def tljax_variables(module: tnn.Module) -> dict[str, np.ndarray]:
+  """`module`'s tensors in tljax's layout, keyed `<collection>:<'/'-joined
+  tljax path>` (BatchNorm's `num_batches_tracked` left out)."""
+  out = {}
+  for key, value in module.state_dict().items():
+    if key.endswith("num_batches_tracked"):
+      continue
+    collection, path = tljax_path(key)
+    out[collection + ":" + "/".join(path)] = from_torch(value.numpy().copy(), path[-1])
+  return out
 
 
 def to_torch(value: np.ndarray, leaf: str) -> np.ndarray:

@@ -4,6 +4,7 @@ The flag must be set before jax is imported anywhere, which is why it lives
 here. Tests that need a single device build a mesh over `jax.devices()[:1]`.
 """
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -57,6 +58,45 @@ NEW_METHODS = ["adda", "mcd", "bnm", "dsan", "pseudo_label", "mean_teacher", "fi
 DG_METHODS = ["irm", "vrex", "groupdro", "coral_dg", "mldg", "mixstyle"]
 MULTI_SOURCE_METHODS = ["m3sda", "mfsan"]
 SSL_METHODS = ["pi_model", "uda", "flexmatch", "debiasmatch", "dst", "self_tuning", "mean_teacher"]
+
+
+@contextlib.contextmanager
+def parity_settings(cache_dir: str):
+  """What the trajectory parity files run under (test_trajectory.py and the
+  files of its `PARITY_FILES`): float64, set globally rather than by
+  `jax.enable_x64` (thread-local: the host callbacks that bring draws and
+  masks out of a compiled step run on other threads, which would hand them
+  over in float32); XLA's optimisation passes off (compilation is most of a
+  case's time, and they change nothing a float64 comparison can see); a
+  compilation cache in `cache_dir`, of this module's run only (many cases
+  compile the same initialisation); one PyTorch thread."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+
+  def read(name):
+    try:
+      return jax.config.read(name)
+    except AttributeError:  # flags with a context manager are read as attributes
+      return getattr(jax.config, name)
+
+  settings = {"jax_enable_x64": True, "jax_disable_most_optimizations": True,
+              "jax_compilation_cache_dir": cache_dir,
+              "jax_persistent_cache_min_compile_time_secs": 0.0,
+              "jax_persistent_cache_min_entry_size_bytes": 0}
+  saved = {name: read(name) for name in settings}
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  compilation_cache.reset_cache()
+  for name, value in settings.items():
+    jax.config.update(name, value)
+  try:
+    yield
+  finally:
+    for name, value in saved.items():
+      jax.config.update(name, value)
+    compilation_cache.reset_cache()
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

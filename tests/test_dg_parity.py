@@ -49,8 +49,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import REPO
-from jax.experimental.compilation_cache import compilation_cache
+from conftest import REPO, parity_settings
 
 from tljax import train
 from tljax.methods.mldg import split_domains
@@ -79,36 +78,10 @@ TOLERANCE = 1e-9
 RESULTS: dict[str, dict[str, Any]] = {}
 
 
-def _read_config(name: str) -> Any:
-  try:
-    return jax.config.read(name)
-  except AttributeError:
-    return getattr(jax.config, name)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _float64(tmp_path_factory):
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  # As test_trajectory.py: compilation is most of each case's time, and XLA's
-  # optimisation passes change nothing a float64 comparison can see. x64 is
-  # set globally, not by `jax.enable_x64` (thread-local): the host callbacks
-  # that bring MixStyle's draws out of the step run on another thread, which
-  # would otherwise hand them over in float32.
-  settings = {"jax_enable_x64": True,
-              "jax_disable_most_optimizations": True,
-              "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("compilation_cache")),
-              "jax_persistent_cache_min_compile_time_secs": 0.0,
-              "jax_persistent_cache_min_entry_size_bytes": 0}
-  saved = {name: _read_config(name) for name in settings}
-  compilation_cache.reset_cache()
-  for name, value in settings.items():
-    jax.config.update(name, value)
-  yield
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
-  torch.set_num_threads(threads)
+  with parity_settings(str(tmp_path_factory.mktemp("compilation_cache"))):
+    yield
 
 
 # ----------------------------------------------------------------------------
@@ -418,13 +391,7 @@ class Reference:
     return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
 
   def variables(self) -> dict[str, np.ndarray]:
-    out = {}
-    for key, value in self.world.state_dict().items():
-      if key.endswith("num_batches_tracked"):
-        continue
-      collection, path = ref.tljax_path(key)
-      out[collection + ":" + "/".join(path)] = ref.from_torch(value.numpy().copy(), path[-1])
-    return out
+    return ref.tljax_variables(self.world)
 
   # ------------------------------------------------------------- TLlib's loops
 

@@ -42,7 +42,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, parity_settings
 from tljax import train
 
 sys.path.insert(0, str(REPO))
@@ -77,17 +77,9 @@ DEFAULT_FOLLOWS = {
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _float64():
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  # Compilation is most of each case's time; XLA's optimisation passes change
-  # nothing a float64 comparison can see.
-  optimised = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  with jax.enable_x64(True):
+def _float64(tmp_path_factory):
+  with parity_settings(str(tmp_path_factory.mktemp("compilation_cache"))):
     yield
-  jax.config.update("jax_disable_most_optimizations", optimised)
-  torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------
@@ -266,13 +258,7 @@ class Torch:
     self.world.load_state_dict(state)
 
   def variables(self) -> dict[str, np.ndarray]:
-    out = {}
-    for key, value in self.world.state_dict().items():
-      if key.endswith("num_batches_tracked"):
-        continue
-      collection, path = ref.tljax_path(key)
-      out[collection + ":" + "/".join(path)] = ref.from_torch(value.numpy().copy(), path[-1])
-    return out
+    return ref.tljax_variables(self.world)
 
   def step(self, step: int, batch: dict) -> float:
     to = lambda x: torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))

@@ -47,12 +47,11 @@ import sys
 from typing import Any, Callable
 
 import flax.traverse_util
-import jax
 import ml_collections
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, parity_settings
 from tljax.data import task as task_lib
 
 sys.path.insert(0, str(REPO))
@@ -61,7 +60,7 @@ torch = pytest.importorskip("torch", reason="parity needs PyTorch (pip install t
 from benchmarks import torch_reference as ref  # noqa: E402  pylint: disable=g-import-not-at-top
 # The trajectory harness: its batches, tljax run and measure.
 from test_trajectory import (  # noqa: E402  pylint: disable=g-import-not-at-top
-    Data, _read_config, _relative_differences, _run_method)
+    Data, _relative_differences, _run_method)
 
 tnn = torch.nn
 F = torch.nn.functional
@@ -92,17 +91,9 @@ DEFAULT_FOLLOWS = {
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _float64():
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  # Compilation is most of each case's time; XLA's optimisation passes change
-  # nothing a float64 comparison can see (as in test_trajectory.py).
-  optimizations = _read_config("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  with jax.enable_x64(True):
+def _float64(tmp_path_factory):
+  with parity_settings(str(tmp_path_factory.mktemp("compilation_cache"))):
     yield
-  jax.config.update("jax_disable_most_optimizations", optimizations)
-  torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------
@@ -221,40 +212,6 @@ def _data(seed: int) -> Data:
 # ----------------------------------------------------------------------------
 
 
-class _ReverseGradient(torch.autograd.Function):
-  """TLlib's `GradientReverseFunction`."""
-
-  @staticmethod
-  def forward(ctx, x, coeff):
-    ctx.coeff = coeff
-    return x * 1.0
-
-  @staticmethod
-  def backward(ctx, grad):
-    return grad.neg() * ctx.coeff, None
-
-
-class WarmStartGradientReverseLayer(tnn.Module):
-  """TLlib's `WarmStartGradientReverseLayer`; `coeff` keeps the coefficient of
-  the latest forward pass."""
-
-  def __init__(self, alpha, lo, hi, max_iters, auto_step=False):
-    super().__init__()
-    self.alpha, self.lo, self.hi, self.max_iters = alpha, lo, hi, max_iters
-    self.auto_step, self.iter_num, self.coeff = auto_step, 0, None
-
-  def forward(self, x):
-    self.coeff = float(2.0 * (self.hi - self.lo)
-                       / (1.0 + np.exp(-self.alpha * self.iter_num / self.max_iters))
-                       - (self.hi - self.lo) + self.lo)
-    if self.auto_step:
-      self.step()
-    return _ReverseGradient.apply(x, self.coeff)
-
-  def step(self):
-    self.iter_num += 1
-
-
 def regression_mdd(y_s, y_s_adv, y_t, y_t_adv, margin):
   """TLlib's `RegressionMarginDisparityDiscrepancy` (L1 disparity, mean)."""
   source = -margin * F.l1_loss(y_s_adv, y_s.detach(), reduction="none")
@@ -352,8 +309,8 @@ class Reference:
       head = image_regressor_head(width, factors)
       world["method"] = tnn.ModuleDict({"dd": tnn.ModuleDict(
           {"adv_head": image_regressor_head(width, factors)})})
-      self.grl = WarmStartGradientReverseLayer(method.grl_alpha, method.grl_lo, method.grl_hi,
-                                               method.grl_max_steps, auto_step=False)
+      self.grl = ref.WarmStartGRL(method.grl_alpha, method.grl_lo, method.grl_hi,
+                                  method.grl_max_steps, auto_step=False)
     else:  # rsd.py's bottleneck
       width = model.bottleneck_dim
       bottleneck = tnn.Sequential(tnn.AdaptiveAvgPool2d(output_size=(1, 1)), tnn.Flatten(),

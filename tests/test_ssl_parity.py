@@ -51,7 +51,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REPO
+from conftest import REPO, parity_settings
 from tljax import models, train
 from tljax.data import registry
 
@@ -75,17 +75,9 @@ RESULTS: dict[str, dict[str, Any]] = {}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _float64():
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  # Compilation is most of each case's time; XLA's optimisation passes change
-  # nothing a float64 comparison can see.
-  optimised = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  with jax.enable_x64(True):
+def _float64(tmp_path_factory):
+  with parity_settings(str(tmp_path_factory.mktemp("compilation_cache"))):
     yield
-  jax.config.update("jax_disable_most_optimizations", optimised)
-  torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------
@@ -506,13 +498,7 @@ class Torch:
 
   def variables(self, module=None) -> dict[str, np.ndarray]:
     module = module or self.world
-    out = {}
-    for key, value in module.state_dict().items():
-      if key.endswith("num_batches_tracked"):
-        continue
-      collection, path = ref.tljax_path(key)
-      out[collection + ":" + "/".join(path)] = ref.from_torch(value.numpy().copy(), path[-1])
-    return out
+    return ref.tljax_variables(module)
 
   # ------------------------------------------------------------- TLlib's loops
 

@@ -65,12 +65,11 @@ from typing import Any, Callable
 import flax.linen as nn
 import flax.traverse_util
 import jax
-from jax.experimental.compilation_cache import compilation_cache
 import ml_collections
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, parity_settings
 from tljax import losses
 from tljax import train
 from tljax.data import registry
@@ -105,35 +104,10 @@ PSEUDO_LABEL_THRESHOLD = 0.4
 RESULTS: dict[str, dict[str, Any]] = {}
 
 
-def _read_config(name: str) -> Any:
-  try:
-    return jax.config.read(name)
-  except AttributeError:  # flags with a context manager are read as attributes
-    return getattr(jax.config, name)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _float64(tmp_path_factory):
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  # Compilation is most of each case's time. XLA's optimisation passes change
-  # nothing a float64 comparison can see; and many cases build the same
-  # classifier, whose initialisation a compilation cache (this module's run
-  # only) compiles once.
-  settings = {"jax_disable_most_optimizations": True,
-              "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("compilation_cache")),
-              "jax_persistent_cache_min_compile_time_secs": 0.0,
-              "jax_persistent_cache_min_entry_size_bytes": 0}
-  saved = {name: _read_config(name) for name in settings}
-  compilation_cache.reset_cache()
-  for name, value in settings.items():
-    jax.config.update(name, value)
-  with jax.enable_x64(True):
+  with parity_settings(str(tmp_path_factory.mktemp("compilation_cache"))):
     yield
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
-  torch.set_num_threads(threads)
 
 
 def _leaf_name(path: tuple[str, ...]) -> str:
