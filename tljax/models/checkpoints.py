@@ -11,9 +11,10 @@ initialisation where `dont_load` says so:
 Readable files:
   * PyTorch state dicts with torchvision (ResNet, VGG, Inception-v3) or timm
     (ViT) key names,
-    as `.safetensors` (read with numpy; no torch needed) or `.pth`/`.pt`/`.bin`
-    (read only with `torch.load(..., weights_only=True)`, which refuses pickles
-    that would run code).
+    as `.safetensors` (read with numpy) or `.pth`/`.pt`/`.bin` (zip or legacy
+    `torch.save` files, read by `torch_pickle` with an allow-list, the rule of
+    `torch.load(..., weights_only=True)`: a pickle that would run code is
+    refused). Neither needs PyTorch.
   * big_vision / AugReg ViT `.npz` files (both the current names and the older
     `MultiHeadDotProductAttention_1` / `MlpBlock_3` / `posembed_input` ones, and
     scanned `Transformer/encoderblock` stacks).
@@ -71,7 +72,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 import re
 from typing import Any, Iterable, Mapping
 
@@ -86,6 +86,7 @@ import safetensors.numpy
 from tljax import models
 from tljax import workdir as workdir_lib
 from tljax.models import inception as inception_lib
+from tljax.models import torch_pickle
 from tljax.models import vgg as vgg_lib
 from tljax.models import vit as vit_lib
 
@@ -349,15 +350,8 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
 
 
 def _read_torch(path: str) -> dict[str, np.ndarray]:
-  """Reads a `.pth` state dict with the restricted (weights-only) unpickler."""
-  try:
-    # PyTorch is optional (the `torch` extra): only `.pth` files need it. The one
-    # import of torch in tljax (`.importlinter`).
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(
-        f"reading {path} needs PyTorch (pip install torch); alternatively save "
-        "the state dict as .safetensors, which needs no torch") from e
+  """Reads a `.pth` state dict, weights only (`torch_pickle`: no PyTorch
+  needed, and no global outside a weights file's is ever called)."""
   head = _head(path)
   # torch.save writes a zip archive, or, before PyTorch 1.6, a pickle
   # (protocol 2+, which starts with 0x80).
@@ -365,17 +359,15 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
     raise _damaged(path, ("not a PyTorch file (neither a zip archive nor a pickle); it "
                           f"starts with {head!r}") if head else "empty")
   try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-  except pickle.UnpicklingError as e:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    detail = next((line for line in lines if "WeightsUnpickler error" in line),
-                  lines[-1] if lines else repr(e))
+    obj = torch_pickle.read_state(path)
+  except torch_pickle.RefusedGlobal as e:
     raise ValueError(
         f"refusing to load {path}: it is not a plain weights file, the "
-        "weights-only unpickler rejected it (it may contain code, or be corrupt). If you "
-        f"trust it, re-save its state_dict() as .safetensors. Detail: {detail}") from e
+        "weights-only unpickler rejected it (it may contain code). If you "
+        f"trust it, re-save its state_dict() as .safetensors. Detail: {_one_line(e)}") from e
   except Exception as e:  # pylint: disable=broad-except
-    # Damage shows as RuntimeError (the zip reader), OSError, EOFError, ...
+    # Damage shows as zipfile.BadZipFile (a wrong CRC, a cut archive),
+    # pickle.UnpicklingError, EOFError, ValueError, struct.error, ...
     raise _damaged(path, f"a truncated or corrupt torch file ({_one_line(e)})") from e
   # Training checkpoints wrap the state dict.
   for wrapper in ("state_dict", "model"):
@@ -385,12 +377,10 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
     raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict")
   state = {}
   for key, tensor in obj.items():
-    if not isinstance(tensor, torch.Tensor):
+    if not isinstance(tensor, np.ndarray):
       raise ValueError(f"{path}: entry {key!r} is a {type(tensor).__name__}, "
                        "not a tensor")
-    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16
-      tensor = tensor.float()
-    state[key] = tensor.detach().cpu().numpy()
+    state[key] = tensor
   # DistributedDataParallel prefixes every key with `module.`.
   if state and all(key.startswith("module.") for key in state):
     state = {key[len("module."):]: value for key, value in state.items()}
@@ -401,8 +391,8 @@ def _checked_finite(path: str, arrays: Mapping[str, np.ndarray]) -> Mapping[str,
   """`arrays`, if every float value is finite.
 
   Pretrained weights are finite. NaN or infinity means damage the format could
-  not detect (safetensors has no checksums and torch does not check those of
-  its archives, so overwritten float bytes load without complaint) or weights
+  not detect (safetensors has no checksums, so overwritten float bytes load
+  without complaint; a `.pth` archive's checksums catch them) or weights
   saved from a diverged run; either way, training from them only gives NaN.
   """
   bad = [key for key, value in arrays.items()
