@@ -99,6 +99,14 @@ def parity_settings(cache_dir: str):
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def float64_parity(tmp_path_factory):
+  """`parity_settings` for one module's tests, with a cache of its own:
+  `pytestmark = pytest.mark.usefixtures("float64_parity")`."""
+  with parity_settings(str(tmp_path_factory.mktemp("compilation_cache"))):
+    yield
+
+
 @pytest.fixture(scope="session")
 def digits_data_dir(tmp_path_factory) -> str:
   """A TFDS data dir with `digits` and `digits_m` built once for the session."""

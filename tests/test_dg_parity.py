@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import REPO, parity_settings
+from conftest import REPO
 
 from tljax import train
 from tljax.methods.mldg import split_domains
@@ -78,10 +78,7 @@ TOLERANCE = 1e-9
 RESULTS: dict[str, dict[str, Any]] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _float64(tmp_path_factory):
-  with parity_settings(str(tmp_path_factory.mktemp("compilation_cache"))):
-    yield
+pytestmark = pytest.mark.usefixtures("float64_parity")
 
 
 # ----------------------------------------------------------------------------

@@ -42,7 +42,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import REPO, parity_settings
+from conftest import REPO
 from tljax import train
 
 sys.path.insert(0, str(REPO))
@@ -76,10 +76,7 @@ DEFAULT_FOLLOWS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _float64(tmp_path_factory):
-  with parity_settings(str(tmp_path_factory.mktemp("compilation_cache"))):
-    yield
+pytestmark = pytest.mark.usefixtures("float64_parity")
 
 
 # ----------------------------------------------------------------------------

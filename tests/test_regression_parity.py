@@ -51,7 +51,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import REPO, parity_settings
+from conftest import REPO
 from tljax.data import task as task_lib
 
 sys.path.insert(0, str(REPO))
@@ -90,10 +90,7 @@ DEFAULT_FOLLOWS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _float64(tmp_path_factory):
-  with parity_settings(str(tmp_path_factory.mktemp("compilation_cache"))):
-    yield
+pytestmark = pytest.mark.usefixtures("float64_parity")
 
 
 # ----------------------------------------------------------------------------

@@ -51,7 +51,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REPO, parity_settings
+from conftest import REPO
 from tljax import models, train
 from tljax.data import registry
 
@@ -74,10 +74,7 @@ TOLERANCE = 1e-9
 RESULTS: dict[str, dict[str, Any]] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _float64(tmp_path_factory):
-  with parity_settings(str(tmp_path_factory.mktemp("compilation_cache"))):
-    yield
+pytestmark = pytest.mark.usefixtures("float64_parity")
 
 
 # ----------------------------------------------------------------------------

@@ -69,7 +69,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import REPO, parity_settings
+from conftest import REPO
 from tljax import losses
 from tljax import train
 from tljax.data import registry
@@ -104,10 +104,7 @@ PSEUDO_LABEL_THRESHOLD = 0.4
 RESULTS: dict[str, dict[str, Any]] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _float64(tmp_path_factory):
-  with parity_settings(str(tmp_path_factory.mktemp("compilation_cache"))):
-    yield
+pytestmark = pytest.mark.usefixtures("float64_parity")
 
 
 def _leaf_name(path: tuple[str, ...]) -> str:
