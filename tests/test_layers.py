@@ -142,3 +142,20 @@ def test_benchmarks_call_no_private_name_of_tljax():
   uses = {str(path.relative_to(REPO)): _private_uses(path.read_text())
           for path in sorted((REPO / "benchmarks").glob("*.py"))}
   assert uses and all(not found for found in uses.values()), uses
+
+
+def test_the_trainer_loads_tensorflow_only_once_a_run_writes():
+  """`tljax.writers` (clu's writers, which load TensorFlow) is imported when a
+  run starts writing: the entry point and the trainer load without it, so a run
+  that stops on bad input answers in the time JAX takes to import."""
+  code = ("import sys; import tljax.main, tljax.seeds, tljax.train, tljax.sweep; "
+          "print(sorted(m for m in ('tensorflow', 'clu.metric_writers', 'tljax.writers') "
+          "if m in sys.modules))")
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split("\n")[-2] == "[]", result.stdout
+  code = "import sys; import tljax.writers; print('tensorflow' in sys.modules)"
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+  assert result.stdout.split("\n")[-2] == "True", result.stdout  # the check above can fail

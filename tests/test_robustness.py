@@ -95,35 +95,23 @@ def _truncated_pth(path):
     f.truncate(os.path.getsize(path) - 200)
 
 
+# One case of each kind of error the command line meets (a config value, a file,
+# a checkpoint, a changed run, an empty domain, a config that does not load),
+# each in a process of its own; LIBRARY_REFUSALS below holds the other refusals.
 # (name, flags, on the finished workdir?, regex of the one-line error[, options]).
 # Options: cwd="elsewhere" runs from outside the repository, with nothing but the
 # tljax package importable.
 BAD_INPUTS = [
     ("batch_size_zero", ["--config.batch_size=0"], False, r"config\.batch_size=0 is invalid"),
-    ("eval_every_zero", ["--config.eval_every=0"], False, r"config\.eval_every=0 is invalid"),
-    ("negative_learning_rate", ["--config.optimizer.learning_rate=-0.1"], False,
-     r"config\.optimizer\.learning_rate=-0\.1 is invalid: it must be a finite number > 0"),
-    ("negative_total_steps", ["--config.total_steps=-5"], False,
-     r"config\.total_steps=-5 is invalid"),
     ("data_dir_is_a_file", ["--config.data_dir={file}"], False, r"is a file"),
     ("corrupt_safetensors", ["--config.model.init={safetensors}"], False,
      r"not a valid safetensors file"),
     ("truncated_pth", ["--config.model.init={pth}"], False, r"truncated or corrupt torch file"),
-    ("unknown_backbone_keyword", ["--config.model.backbone_kwargs.bogus=1"], False,
-     r"backbone .small_cnn. does not take bogus; .*may set .*widths"),
-    ("unknown_backbone_on_finished_run", ["--config.model.name=resnet9"], True,
-     r"unknown backbone 'resnet9'"),
     ("changed_seed_on_finished_run", ["--config.seed=7"], True,
      r"holds a run with another config \(by its run\.json\): seed: 0 -> 7.*--allow_changes=seed"),
-    ("changed_learning_rate_on_finished_run", ["--config.optimizer.learning_rate=0.02"], True,
-     r"optimizer\.learning_rate: 0\.01 -> 0\.02"),
     ("other_method_on_finished_run", ["--config=configs/mcc.py:digits"], True,
      r"another config .*method\.name: 'source_only' -> 'mcc'"),
-    # Issue 32: a source-free method without its source model; an empty domain.
-    ("shot_without_a_source_model", ["--config=configs/shot.py:digits"], False,
-     r"config\.model\.init is empty, but method 'shot' \(source-free.*python -m tljax\.main "
-     r"--config=configs/source_only\.py:digits --workdir=/tmp/tljax/source. then .python -m "
-     r"tljax\.main --config=configs/shot\.py:digits .*--config\.model\.init=/tmp/tljax/source"),
+    # Issue 32: an empty domain.
     ("empty_source_folder", ["--config.source=image_folder:{empty_folder}"], False,
      r"image_folder:.*empty_folder has no class folders \(it is empty\)\. Expected <root>/<class>"),
     # Issue 33, case 14 and 12: config files that do not load, or load from elsewhere.
@@ -228,6 +216,25 @@ def _write(name, text):
 # (name, config file, fields, on the finished workdir?, prepare(workdir), allow_changes,
 #  regex of the message). `{domains}`: the folders of `_domains`.
 LIBRARY_REFUSALS = [
+    # Config values, a backbone, a changed run and a source-free method's missing
+    # start: refusals the command line prints as its one line (BAD_INPUTS shows
+    # that for each kind of error).
+    ("eval_every_zero", "source_only", {"eval_every": 0}, False, None, (),
+     r"config\.eval_every=0 is invalid"),
+    ("negative_learning_rate", "source_only", {"optimizer.learning_rate": -0.1}, False, None, (),
+     r"config\.optimizer\.learning_rate=-0\.1 is invalid: it must be a finite number > 0"),
+    ("negative_total_steps", "source_only", {"total_steps": -5}, False, None, (),
+     r"config\.total_steps=-5 is invalid"),
+    ("unknown_backbone_keyword", "source_only", {"model.backbone_kwargs.bogus": 1}, False, None,
+     (), r"backbone .small_cnn. does not take bogus; .*may set .*widths"),
+    ("unknown_backbone_on_finished_run", "source_only", {"model.name": "resnet9"}, True, None, (),
+     r"unknown backbone 'resnet9'"),
+    ("changed_learning_rate_on_finished_run", "source_only", {"optimizer.learning_rate": 0.02},
+     True, None, (), r"optimizer\.learning_rate: 0\.01 -> 0\.02"),
+    ("shot_without_a_source_model", "shot", {}, False, None, (),
+     r"config\.model\.init is empty, but method 'shot' \(source-free.*python -m tljax\.main "
+     r"--config=configs/source_only\.py:digits --workdir=/tmp/tljax/source. then .python -m "
+     r"tljax\.main --config=configs/shot\.py:digits .*--config\.model\.init=/tmp/tljax/source"),
     # Issue 32, item 1: a trained start, declared by a method or by a config.
     ("adda_without_pretraining_or_init", "adda", {"method.pretrain_steps": 0}, False, None, (),
      r"method 'adda' \(with method\.pretrain_steps=0 it skips its source pre-training\) starts "

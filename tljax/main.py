@@ -109,7 +109,8 @@ def main(args: tuple[list[str], list[cli.OpenOverride]]) -> None:
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)
   # Imported once the TensorFlow options above are set: TensorFlow, which the
-  # trainer loads (clu's TensorBoard writer), reads them when it loads.
+  # trainer loads when a run starts writing (clu's TensorBoard writer) and the
+  # dataset builders when they build, reads them when it loads.
   from tljax import seeds, train  # pylint: disable=g-import-not-at-top
 
   try:

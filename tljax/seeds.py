@@ -163,7 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     for s, state in zip(seeds, states):
       s.selection.oracle_higher_is_better = s.domains.labels.higher_is_better
       train._write_identity(s.run, int(state.step))
-      s.writer = train._create_writer(s.run.workdir, int(state.step))
+      s.writer = train.open_writer(s.run.workdir, int(state.step))
     try:
       first_step = int(states[0].step)
       batches = _stacked_batches(

@@ -50,8 +50,6 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from clu import metric_writers
-from clu import periodic_actions
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -960,80 +958,19 @@ def versions() -> dict[str, str]:
           "backend": jax.default_backend(), "devices": str(jax.device_count())}
 
 
-class JsonlWriter(metric_writers.interface.MetricWriter):
-  """Scalars as lines `{"step": s, "kind": "train" | "eval" | ..., ...}` of metrics.jsonl.
-
-  Keys arrive as `kind/name`; clu's progress report (`steps_per_sec`,
-  `uptime`) as bare names, written as `"kind": "progress"`. On a resume, lines past the restored step are
-  dropped first: the resumed run recomputes them (identically). The file is a
-  log, never read back by the run: a line that does not parse (a run killed
-  while writing it) is dropped with a warning.
-  """
-
-  def __init__(self, path: str, resume_step: int):
-    self.path = path
-    if os.path.exists(path):
-      kept = []
-      with open(path) as f:
-        for number, line in enumerate(f, start=1):
-          try:
-            step = json.loads(line)["step"]
-          except (json.JSONDecodeError, KeyError, TypeError):
-            logging.warning("%s:%d: dropped a line that does not parse (%r).", path, number,
-                            line[:80])
-            continue
-          if step <= resume_step:
-            kept.append(line if line.endswith("\n") else line + "\n")
-      with open(path + ".tmp", "w") as f:
-        f.writelines(kept)
-      os.replace(path + ".tmp", path)
-
-  def write_scalars(self, step, scalars):
-    by_kind = collections.defaultdict(dict)
-    for key, value in scalars.items():
-      kind, slash, name = key.partition("/")
-      if not slash:  # clu's progress report: steps_per_sec, uptime
-        kind, name = "progress", key
-      by_kind[kind][name] = float(value)
-    with open(self.path, "a") as f:
-      for kind, values in by_kind.items():
-        f.write(json.dumps({"step": int(step), "kind": kind, **values}) + "\n")
-
-  def write_summaries(self, step, values, metadata=None):
-    pass
-
-  def write_images(self, step, images):
-    pass
-
-  def write_videos(self, step, videos):
-    pass
-
-  def write_audios(self, step, audios, *, sample_rate):
-    pass
-
-  def write_texts(self, step, texts):
-    pass
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    pass
-
-  def write_hparams(self, hparams):
-    pass
-
-  def flush(self):
-    pass
-
-  def close(self):
-    pass
+def open_writer(workdir: str, resume_step: int):
+  """The run's metric writer (`tljax.writers.create`): TensorBoard events and
+  metrics.jsonl on process 0, nothing elsewhere."""
+  # Imported when a run starts writing, not with this module: clu's writers load
+  # TensorFlow (seconds), which a run that stops on bad input never needs.
+  from tljax import writers  # pylint: disable=g-import-not-at-top
+  return writers.create(workdir, resume_step)
 
 
-def _create_writer(workdir: str, resume_step: int) -> metric_writers.MetricWriter:
-  """TensorBoard events + metrics.jsonl on process 0; nothing elsewhere."""
-  if jax.process_index() > 0:
-    return metric_writers.MultiWriter([])
-  return metric_writers.MultiWriter([
-      metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard")),
-      JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step)])
+def open_progress_report(total_steps: int, every_steps: int, writers: Sequence[Any]):
+  """clu's steps/s and ETA report, through `writers` (`tljax.writers.progress_report`)."""
+  from tljax import writers as writers_lib  # pylint: disable=g-import-not-at-top  (as above)
+  return writers_lib.progress_report(total_steps, every_steps, writers)
 
 
 class _StopRequest:
@@ -1426,13 +1363,7 @@ def _train(seeds: Sequence[SeedRun], setup: Setup, state: TrainState, step_fn: C
     s.manager = _checkpoint_manager(s.run, s.selection)
     s.means = _MetricMeans()
   stop = _StopRequest().install()
-  # clu's progress report (steps/s, ETA) on the log lines' steps, also written
-  # as `steps_per_sec` and `uptime` scalars (TensorBoard, metrics.jsonl's
-  # `progress` lines). Its first call, after the compiled first step, starts the clock.
-  writers = [s.writer for s in seeds]
-  progress = periodic_actions.ReportProgress(
-      num_train_steps=total, every_steps=config.log_every, every_secs=None,
-      writer=writers[0] if len(writers) == 1 else metric_writers.MultiWriter(writers))
+  progress = open_progress_report(total, config.log_every, [s.writer for s in seeds])
   pending = None  # (step, metrics) of the step dispatched last: read one step late
   train_time, loop_start = 0.0, time.time()
   shared = {"start_up": loop_start - seeds[0].run.start_time, "first_step": 0.0, "refresh": 0.0}
@@ -1707,7 +1638,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     state, selection = _restore(run, setup)
     selection.oracle_higher_is_better = domains.labels.higher_is_better
     _write_identity(run, int(state.step))
-    writer = _create_writer(workdir, int(state.step))
+    writer = open_writer(workdir, int(state.step))
     try:
       one = SeedRun(config.seed, run, domains, selection, writer)
       batches = train_batches(config, domains, setup.method, int(state.step), run.batch_sharding)
