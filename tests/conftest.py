@@ -101,9 +101,10 @@ def parity_settings(cache_dir: str):
 
 @pytest.fixture(scope="module")
 def float64_parity(tmp_path_factory):
-  """`parity_settings` for one module's tests, with a cache of its own:
+  """`parity_settings` for one module's tests, with the session's compilation
+  cache (`_CACHE`, of this module's run only when that is off):
   `pytestmark = pytest.mark.usefixtures("float64_parity")`."""
-  with parity_settings(str(tmp_path_factory.mktemp("compilation_cache"))):
+  with parity_settings(_CACHE or str(tmp_path_factory.mktemp("compilation_cache"))):
     yield
 
 
