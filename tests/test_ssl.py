@@ -65,7 +65,7 @@ def ssl_config(name: str, data_dir: str, **overrides) -> ml_collections.ConfigDi
   config.model.bottleneck_dim = 32
   config.batch_size = 16
   config.eval_batch_size = 128
-  config.total_steps, config.eval_every, config.checkpoint_every, config.log_every = 4, 4, 1, 1
+  config.total_steps, config.eval_every, config.checkpoint_every, config.log_every = 4, 4, 2, 1
   config.keep_checkpoints = 3
   config.data.num_threads = 0
   for field, value in {"projection_dim": 16, "width": 32, "queue_size": 4}.items():
@@ -369,7 +369,7 @@ class Runs:
 
   @functools.cache
   def full(self, name) -> str:
-    """Four steps on two devices, checkpoints at 2, 3 and 4."""
+    """Four steps on two devices, checkpoints at 2 and 4."""
     workdir = os.path.join(self.root, name, "full")
     self._train(name, workdir, 2)
     return workdir
@@ -379,7 +379,7 @@ class Runs:
     """`full`'s workdir cut back to its checkpoint of step 2, resumed to step 4."""
     workdir = os.path.join(self.root, name, "resumed")
     shutil.copytree(self.full(name), workdir)
-    for step in ("3", "4"):
+    for step in ("4",):
       shutil.rmtree(os.path.join(workdir, "checkpoints", step))
     os.remove(os.path.join(workdir, "results.json"))
     self._train(name, workdir, 2)
