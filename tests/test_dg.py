@@ -484,8 +484,7 @@ class Runs:
     """`full`'s workdir cut back to its checkpoint of step 2, resumed to step 4."""
     workdir = os.path.join(self.root, name, "resumed")
     shutil.copytree(self.full(name), workdir)
-    for step in ("4",):
-      shutil.rmtree(os.path.join(workdir, "checkpoints", step))
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))
     os.remove(os.path.join(workdir, "results.json"))
     self._train(name, workdir, 2)
     return workdir
