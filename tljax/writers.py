@@ -59,6 +59,7 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
       for kind, values in by_kind.items():
         f.write(json.dumps({"step": int(step), "kind": kind, **values}) + "\n")
 
+  # Scalars only: the other kinds reach TensorBoard, the MultiWriter's other writer.
   def write_summaries(self, step, values, metadata=None):
     pass
 
@@ -80,6 +81,7 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
   def write_hparams(self, hparams):
     pass
 
+  # Each write_scalars opens, appends and closes: nothing is held to flush or close.
   def flush(self):
     pass
 
