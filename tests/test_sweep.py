@@ -447,3 +447,23 @@ def test_the_average_over_columns_has_its_own_interval_and_pairing(tmp_path):
   text = sweep.render_markdown(table, "DG")
   assert "| irm | 65.0 ± 2.6 | 42.3 ± 2.5 | 53.7 ± 2.5 |" in text
   assert "### Avg: 95% intervals and comparisons" in text
+
+
+@pytest.mark.parametrize("grid, message", [
+    ('def get_grid(arg="embedded"):\n  return {"methods": {"dann": "configs/dann.py:digits"}, '
+     '"tasks": {"T": {}}, "seeds": [0], "baselines": ["source_only"]}\n',
+     r"^error: .*grid\.py: 'baselines' names \['source_only'\], not rows of the grid "
+     r"\(rows: \['dann'\]\)"),
+    (None, r"^error: .*no_such_grid\.py"),
+])
+def test_a_grid_that_does_not_do_is_one_line(grid, message, tmp_path):
+  path = tmp_path / ("grid.py" if grid else "no_such_grid.py")
+  if grid:
+    path.write_text(grid)
+  result = subprocess.run([sys.executable, "-m", "tljax.sweep", "list", f"--grid={path}",
+                           f"--out={tmp_path / 'out'}"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and re.search(message, lines[0]), result.stderr[-3000:]
+  assert not os.path.exists(tmp_path / "out")

@@ -20,6 +20,7 @@ import sys
 
 from absl import app, flags, logging
 
+from tljax import cli
 from tljax import sweep
 
 _COMMAND = flags.DEFINE_enum("command", None, ["launch", "collect", "list"],
@@ -53,6 +54,15 @@ _SELECT = flags.DEFINE_list(
 
 
 def main(argv):
+  try:
+    _main(argv)
+  except (ValueError, OSError) as e:
+    # A grid, a reference file or an output folder that does not do: one line
+    # that says what and how to fix it.
+    sys.exit(cli.one_line_error(e))
+
+
+def _main(argv):
   command = _COMMAND.value or (argv[1] if len(argv) > 1 else None)
   if command not in ("launch", "collect", "list"):
     raise app.UsageError("usage: python -m tljax.sweep {launch,collect,list} --grid=... --out=...")
