@@ -817,3 +817,21 @@ def test_readme_own_domain_example_runs_verbatim(digits_data_dir, tmp_path):
     results = json.load(f)
   assert results["target_eval"].endswith(":train")  # the one split an image folder has
   assert len(results["target_per_class_accuracy"]) == 3
+
+
+@pytest.mark.parametrize("command, message", [
+    (["tljax.analyze", "--workdir={missing}"],
+     r"^error: '.*missing' has no config\.json: pass the workdir of a tljax run$"),
+    (["tljax.shallow", "--features={missing}.npz", "--out={out}"],
+     r"^error: --features=.*missing\.npz is not a file: pass an \.npz holding source_features"),
+    (["tljax.models.convert", "--model=resnet18", "--input={missing}.pth", "--output={out}.npz"],
+     r"^error: --input=.*missing\.pth is not a file: pass the checkpoint to convert"),
+], ids=["analyze", "shallow", "convert"])
+def test_the_other_commands_refuse_a_missing_input_in_one_line(command, message, tmp_path):
+  paths = {"missing": str(tmp_path / "missing"), "out": str(tmp_path / "out")}
+  result = subprocess.run([sys.executable, "-m", *[c.format(**paths) for c in command]],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and re.search(message, lines[0]), result.stderr[-3000:]
+  assert not os.path.exists(paths["out"]) and not os.path.exists(paths["out"] + ".npz")

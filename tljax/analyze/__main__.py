@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -34,6 +35,13 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Task config, for --pi
 
 
 def main(argv):
+  try:
+    _main(argv)
+  except (ValueError, OSError) as e:
+    sys.exit(f"error: {' '.join(str(e).split())}")  # bad input: one line, what and the fix
+
+
+def _main(argv):
   del argv
   if _PIXELS.value:
     if _CONFIG.value is None or not _OUT.value:

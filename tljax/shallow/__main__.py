@@ -9,6 +9,7 @@ target_labels`. Writes `shallow_results.{json,md,csv}` (and `tsne_*.png` with
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -38,7 +39,18 @@ _NORMALIZE = flags.DEFINE_enum("normalize", "none", list(experiment.NORMALIZATIO
 
 
 def main(argv):
+  try:
+    _main(argv)
+  except (ValueError, OSError) as e:
+    sys.exit(f"error: {' '.join(str(e).split())}")  # bad input: one line, what and the fix
+
+
+def _main(argv):
   del argv
+  if not os.path.isfile(_FEATURES.value):
+    raise FileNotFoundError(
+        f"--features={_FEATURES.value} is not a file: pass an .npz holding source_features, "
+        "source_labels, target_features and target_labels")
   overrides = {"dim": _DIM.value, "kernel": _KERNEL.value, "lamb": _LAMB.value,
                "gamma": _GAMMA.value, "T": _ITERATIONS.value, "mu": _MU.value}
   report = experiment.run_experiment(

@@ -9,6 +9,8 @@ What is read and written: `tljax/models/convert/__init__.py`.
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Sequence
 
 from absl import app
@@ -28,10 +30,20 @@ _OVERVIEW = flags.DEFINE_bool("overview", False, "Print a parameter overview.")
 
 
 def main(argv: Sequence[str]) -> None:
+  try:
+    _main(argv)
+  except (ValueError, OSError) as e:
+    sys.exit(f"error: {' '.join(str(e).split())}")  # bad input: one line, what and the fix
+
+
+def _main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not _OUTPUT.value and not _OVERVIEW.value:
     raise app.UsageError("give --output=FILE.npz, --overview, or both")
+  if not os.path.isfile(_INPUT.value):
+    raise FileNotFoundError(f"--input={_INPUT.value} is not a file: pass the checkpoint to "
+                            "convert (.pth, .safetensors, .npz)")
   arrays = convert.convert(_MODEL.value, _INPUT.value, image_size=_IMAGE_SIZE.value)
   if _OVERVIEW.value:
     print(convert.parameter_overview(arrays))
