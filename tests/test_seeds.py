@@ -128,15 +128,21 @@ def test_resumes_every_seed_even_when_their_latest_steps_differ(runs, digits_dat
 
 def test_vmapped_seeds_step_as_separate_steps(digits_data_dir):
   """`seed_batching='vmap'` (the accelerators' way): the same steps, to
-  rounding: batching a convolution over seeds turns it into a grouped
-  convolution whose sums are ordered differently, so three steps agree to a
-  few float32 ulps of the parameters' size, not to the bit."""
+  rounding. Batching a convolution over seeds turns it into a grouped
+  convolution whose sums are ordered differently, and a rounding difference can
+  flip a ReLU or a max-pool's choice, which moves a few entries of a small
+  layer's update by much more than an ulp (seen on one CPU: 1e-3 of the first
+  BN bias, whose update is the whole of its value). So the steps are compared
+  by the update of the whole parameter tree: the seeds' updates differ from
+  each other by the order of the update itself, and vmap's from the separate
+  step's by less than 1e-2 of it (2e-4 seen)."""
   config = _config(digits_data_dir, seed=0)
   mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
   domains = train.open_data(config, "")
   setup = train.build(config, domains.num_classes, mesh, domains.input_shape,
                       num_target_examples=len(domains.target_train), labels=domains.labels)
   states = [setup.state, setup.fresh_state(1)]
+  initial = [flat(state.params) for state in states]
   streams = []
   for seed in (0, 1):
     one = _config(digits_data_dir, seed=seed)
@@ -156,10 +162,23 @@ def test_vmapped_seeds_step_as_separate_steps(digits_data_dir):
     state, metrics = together(state, batch, step)
   assert metrics["loss"].shape == (2,)
   got = flat(state.params)
+
+  def update(params, k):  # seed k's parameters less its start, as one vector
+    return np.concatenate([np.ravel(np.asarray(params[key], np.float64) - initial[k][key])
+                           for key in sorted(initial[k])])
+
   for k in range(2):
-    for key, value in expected[k].items():
+    reference = update(expected[k], k)
+    vmapped = update({key: value[k] for key, value in got.items()}, k)
+    size = np.linalg.norm(reference)
+    assert size > 0
+    assert np.linalg.norm(vmapped - reference) < 1e-2 * size
+    # A step that mixed the seeds up would be off by about the other seed's
+    # update, which differs from this one's by the order of the update itself.
+    assert np.linalg.norm(update(expected[1 - k], 1 - k) - reference) > 0.3 * size
+    for key, value in expected[k].items():  # no single entry far off either
       scale = float(np.max(np.abs(value))) + 1e-6
-      np.testing.assert_allclose(got[key][k], value, rtol=0, atol=1e-5 * scale, err_msg=key)
+      np.testing.assert_allclose(got[key][k], value, rtol=0, atol=1e-2 * scale, err_msg=key)
   # The seeds' states stay apart: the second seed is not the first.
   key = "['classifier']['head']['kernel']"
   assert not np.allclose(got[key][0], got[key][1])

@@ -92,15 +92,6 @@ def unknown_field_message(error: Exception) -> str:
           + " The config file lists every field.")
 
 
-def one_line_error(error: Exception) -> str:
-  """`error: <message>` on one line, except listings (files searched, parameters
-  that do not fit), which are clearer as the lists they are."""
-  message = str(error)
-  if "\n  " not in message:
-    message = " ".join(message.split())
-  return f"error: {message}"
-
-
 def config_import_roots(argv: Sequence[str]) -> list[str]:
   """Folders from which a config file's own imports (`from configs import
   default`) resolve, whatever the working directory: the one above the config

@@ -22,6 +22,7 @@ import jax
 from ml_collections import config_flags
 
 from tljax import cli
+from tljax import errors
 from tljax import workdir
 
 # The command line the config flag reads its overrides from: the program's own
@@ -126,7 +127,7 @@ def main(args: tuple[list[str], list[cli.OpenOverride]]) -> None:
   except (ValueError, OSError, train.NonFiniteError, workdir.WorkdirInUseError) as e:
     # Bad input, a busy workdir, a file system that refuses, or a diverged run:
     # one line that says what and how to fix it.
-    sys.exit(cli.one_line_error(e))
+    sys.exit(errors.one_line_error(e))
 
 
 class _StartUpInterrupt:

@@ -16,6 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from tljax import analyze
+from tljax import errors
 from tljax import features as features_lib
 from tljax import workdir as workdir_lib
 from tljax.shallow import experiment
@@ -38,7 +39,7 @@ def main(argv):
   try:
     _main(argv)
   except (ValueError, OSError) as e:
-    sys.exit(f"error: {' '.join(str(e).split())}")  # bad input: one line, what and the fix
+    sys.exit(errors.one_line_error(e))  # bad input: one line, what and the fix
 
 
 def _main(argv):

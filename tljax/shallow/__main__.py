@@ -15,6 +15,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from tljax import errors
 from tljax.shallow import experiment
 
 _FEATURES = flags.DEFINE_string("features", None, "Input .npz file.", required=True)
@@ -42,7 +43,7 @@ def main(argv):
   try:
     _main(argv)
   except (ValueError, OSError) as e:
-    sys.exit(f"error: {' '.join(str(e).split())}")  # bad input: one line, what and the fix
+    sys.exit(errors.one_line_error(e))  # bad input: one line, what and the fix
 
 
 def _main(argv):

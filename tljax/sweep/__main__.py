@@ -20,7 +20,7 @@ import sys
 
 from absl import app, flags, logging
 
-from tljax import cli
+from tljax import errors
 from tljax import sweep
 
 _COMMAND = flags.DEFINE_enum("command", None, ["launch", "collect", "list"],
@@ -59,7 +59,7 @@ def main(argv):
   except (ValueError, OSError) as e:
     # A grid, a reference file or an output folder that does not do: one line
     # that says what and how to fix it.
-    sys.exit(cli.one_line_error(e))
+    sys.exit(errors.one_line_error(e))
 
 
 def _main(argv):

@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from tljax import errors
 from tljax.models import convert
 
 _MODEL = flags.DEFINE_string("model", None, "Backbone registry name, e.g. resnet50.",
@@ -33,7 +34,7 @@ def main(argv: Sequence[str]) -> None:
   try:
     _main(argv)
   except (ValueError, OSError) as e:
-    sys.exit(f"error: {' '.join(str(e).split())}")  # bad input: one line, what and the fix
+    sys.exit(errors.one_line_error(e))  # bad input: one line, what and the fix
 
 
 def _main(argv: Sequence[str]) -> None:
