@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -35,14 +34,8 @@ _NORMALIZE = flags.DEFINE_enum(
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Task config, for --pixels.")
 
 
+@errors.exits_on_bad_input
 def main(argv):
-  try:
-    _main(argv)
-  except (ValueError, OSError) as e:
-    sys.exit(errors.one_line_error(e))  # bad input: one line, what and the fix
-
-
-def _main(argv):
   del argv
   if _PIXELS.value:
     if _CONFIG.value is None or not _OUT.value:

@@ -9,7 +9,6 @@ target_labels`. Writes `shallow_results.{json,md,csv}` (and `tsne_*.png` with
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -39,14 +38,8 @@ _NORMALIZE = flags.DEFINE_enum("normalize", "none", list(experiment.NORMALIZATIO
                                "Input preprocessing of both domains ('l2': unit-norm samples).")
 
 
+@errors.exits_on_bad_input
 def main(argv):
-  try:
-    _main(argv)
-  except (ValueError, OSError) as e:
-    sys.exit(errors.one_line_error(e))  # bad input: one line, what and the fix
-
-
-def _main(argv):
   del argv
   if not os.path.isfile(_FEATURES.value):
     raise FileNotFoundError(

@@ -53,16 +53,8 @@ _SELECT = flags.DEFINE_list(
     "among all rows and among the settings of each method (rows named method@setting).")
 
 
+@errors.exits_on_bad_input
 def main(argv):
-  try:
-    _main(argv)
-  except (ValueError, OSError) as e:
-    # A grid, a reference file or an output folder that does not do: one line
-    # that says what and how to fix it.
-    sys.exit(errors.one_line_error(e))
-
-
-def _main(argv):
   command = _COMMAND.value or (argv[1] if len(argv) > 1 else None)
   if command not in ("launch", "collect", "list"):
     raise app.UsageError("usage: python -m tljax.sweep {launch,collect,list} --grid=... --out=...")

@@ -10,7 +10,6 @@ What is read and written: `tljax/models/convert/__init__.py`.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Sequence
 
 from absl import app
@@ -30,14 +29,8 @@ _IMAGE_SIZE = flags.DEFINE_integer(
 _OVERVIEW = flags.DEFINE_bool("overview", False, "Print a parameter overview.")
 
 
+@errors.exits_on_bad_input
 def main(argv: Sequence[str]) -> None:
-  try:
-    _main(argv)
-  except (ValueError, OSError) as e:
-    sys.exit(errors.one_line_error(e))  # bad input: one line, what and the fix
-
-
-def _main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not _OUTPUT.value and not _OVERVIEW.value:
