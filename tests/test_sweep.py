@@ -467,3 +467,49 @@ def test_a_grid_that_does_not_do_is_one_line(grid, message, tmp_path):
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and re.search(message, lines[0]), result.stderr[-3000:]
   assert not os.path.exists(tmp_path / "out")
+
+
+# Every grid the project ships, with the arguments its docstring names.
+SHIPPED_GRIDS = sorted(
+    [str(p.relative_to(REPO)) for p in (REPO / "experiments" / "grids").glob("*.py")]
+    + ["experiments/grids/partial.py:office31", "experiments/grids/open_set.py:office31",
+       "experiments/grids/universal.py:office31", "experiments/grids/regression.py:dsprites"])
+
+
+def _loaded_config(spec: str, overrides):
+  """`spec`'s config with the run's overrides set as the command line would set
+  them (a field the config lacks raises, as `--config.x=` does)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, str(REPO))
+  path, _, arg = spec.partition(":")
+  module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+  config = module.get_config(arg) if arg else module.get_config()
+  for key, value in overrides:
+    *parents, leaf = key.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    if leaf not in node:
+      raise KeyError(f"{spec}: the override {key}={value!r} names no field of the config")
+    node[leaf] = value
+  return config
+
+
+@pytest.mark.parametrize("grid_path", SHIPPED_GRIDS)
+def test_every_shipped_grid_expands_to_configs_that_load(grid_path, monkeypatch):
+  """A grid's runs name configs that exist and overrides their configs have:
+  what `launch` would otherwise find out one run at a time, after hours."""
+  from tljax import config_checks  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(REPO)
+  runs = sweep.expand(sweep.load_grid(grid_path))
+  assert runs
+  for spec, overrides, init_from in sorted({(r.spec, r.overrides, r.init_from or "")
+                                            for r in runs}):
+    config = _loaded_config(spec, overrides)
+    # Runs on the project's embedded data are checked as start-up checks them;
+    # those that read a user's files (data, weights) or another run's workdir
+    # (`init_from`) cannot be here.
+    reads_files = ({"manual_dir", "model.init"} & {k for k, _ in overrides}
+                   or config.model.init or init_from)
+    if not reads_files:
+      config_checks.validate(config)
