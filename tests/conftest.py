@@ -169,6 +169,26 @@ def set_fields(config, fields: dict) -> None:
     target[leaf] = value
 
 
+def load_config(spec: str, overrides=()):
+  """The config of `spec` (`configs/<file>.py[:<arg>]`, as `--config=` takes it),
+  with `overrides` ((dotted field, value) pairs) set as `--config.<field>=`
+  sets them: a field the config lacks raises `KeyError`."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, str(REPO))
+  path, _, arg = spec.partition(":")
+  module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+  config = module.get_config(arg) if arg else module.get_config()
+  for key, value in overrides:
+    *parents, leaf = key.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    if leaf not in node:
+      raise KeyError(f"{spec}: the override {key}={value!r} names no field of the config")
+    node[leaf] = value
+  return config
+
+
 def train_lines(workdir: str) -> list[dict]:
   """The training records of a run's metrics.jsonl."""
   import json  # pylint: disable=g-import-not-at-top

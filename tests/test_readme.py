@@ -1,12 +1,10 @@
 """The README's commands name configs, tasks and grids that exist and load."""
 
-import importlib
 import re
-import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_config
 from tljax import sweep
 
 README = (REPO / "README.md").read_text()
@@ -24,11 +22,7 @@ def test_the_readme_names_configs_and_grids():
 
 @pytest.mark.parametrize("spec", CONFIGS)
 def test_each_config_the_readme_names_loads(spec):
-  sys.path.insert(0, str(REPO))
-  path, _, arg = spec.partition(":")
-  module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-  config = module.get_config(arg) if arg else module.get_config()
-  assert config.method.name
+  assert load_config(spec).method.name
 
 
 @pytest.mark.parametrize("spec", GRIDS)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_config
 from tljax import sweep
 
 _TINY = {"model.backbone_kwargs.widths": (8, 8, 16), "model.bottleneck_dim": 32,
@@ -476,25 +476,6 @@ SHIPPED_GRIDS = sorted(
        "experiments/grids/universal.py:office31", "experiments/grids/regression.py:dsprites"])
 
 
-def _loaded_config(spec: str, overrides):
-  """`spec`'s config with the run's overrides set as the command line would set
-  them (a field the config lacks raises, as `--config.x=` does)."""
-  import importlib  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, str(REPO))
-  path, _, arg = spec.partition(":")
-  module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-  config = module.get_config(arg) if arg else module.get_config()
-  for key, value in overrides:
-    *parents, leaf = key.split(".")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    if leaf not in node:
-      raise KeyError(f"{spec}: the override {key}={value!r} names no field of the config")
-    node[leaf] = value
-  return config
-
-
 @pytest.mark.parametrize("grid_path", SHIPPED_GRIDS)
 def test_every_shipped_grid_expands_to_configs_that_load(grid_path, monkeypatch):
   """A grid's runs name configs that exist and overrides their configs have:
@@ -505,7 +486,7 @@ def test_every_shipped_grid_expands_to_configs_that_load(grid_path, monkeypatch)
   assert runs
   for spec, overrides, init_from in sorted({(r.spec, r.overrides, r.init_from or "")
                                             for r in runs}):
-    config = _loaded_config(spec, overrides)
+    config = load_config(spec, overrides)
     # Runs on the project's embedded data are checked as start-up checks them;
     # those that read a user's files (data, weights) or another run's workdir
     # (`init_from`) cannot be here.
