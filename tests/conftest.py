@@ -172,20 +172,14 @@ def set_fields(config, fields: dict) -> None:
 def load_config(spec: str, overrides=()):
   """The config of `spec` (`configs/<file>.py[:<arg>]`, as `--config=` takes it),
   with `overrides` ((dotted field, value) pairs) set as `--config.<field>=`
-  sets them: a field the config lacks raises `KeyError`."""
+  sets them: on the locked config, so a field it lacks raises `KeyError`."""
   import importlib  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, str(REPO))
   path, _, arg = spec.partition(":")
   module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
   config = module.get_config(arg) if arg else module.get_config()
-  for key, value in overrides:
-    *parents, leaf = key.split(".")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    if leaf not in node:
-      raise KeyError(f"{spec}: the override {key}={value!r} names no field of the config")
-    node[leaf] = value
+  config.lock()
+  set_fields(config, dict(overrides))
   return config
 
 

@@ -37,18 +37,13 @@ DSPRITES = {"C→N": "dsprites_c2n", "C→S": "dsprites_c2s", "N→C": "dsprites
 
 
 def _tasks(names: dict[str, str]) -> dict[str, dict]:
-  """Each column's source and target, from its config task (every method's
-  config reads the same domains for a task)."""
+  """Each column's source and target, as its config task names them (every
+  method's config reads the same domains for a task)."""
   import sys  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, ".")  # the repository root, for configs
   from configs import default  # pylint: disable=g-import-not-at-top
-  tasks = {}
-  for column, task in names.items():
-    dataset, _, pair = task.partition("_")
-    source, _, target = pair.partition("2")
-    tasks[column] = {"source": default.REGRESSION_DOMAINS[dataset][source],
-                     "target": default.REGRESSION_DOMAINS[dataset][target]}
-  return tasks
+  configs = {column: default.get_config(task) for column, task in names.items()}
+  return {column: {"source": c.source, "target": c.target} for column, c in configs.items()}
 
 
 def get_grid(arg: str = "embedded"):
